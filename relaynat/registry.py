@@ -1,0 +1,278 @@
+"""
+The relay's knowledge of servers: which skeleton fronts each one, its pool of
+idle data connections, and the clients waiting to be joined.
+
+This is plain logic with an injected clock; the relay's protocols call it.
+The pool rule is one invariant per server: idle connections plus those
+requested from the skeleton cover the pool size plus the clients waiting.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol as TypingProtocol
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relaynat.wire import (
+    DuplicateServer,
+    JoinTimeout,
+    ServerOffline,
+    SkeletonGone,
+    UnknownServer,
+    checkServerId,
+)
+
+_log = Logger()
+
+
+class SkeletonLink(TypingProtocol):
+    """What the registry needs of a skeleton's control connection."""
+
+    name: str
+
+    def requestConnection(self, serverId: str) -> Deferred[None]:
+        """Ask the skeleton for one more data connection for C{serverId}."""
+
+    def describe(self) -> str:
+        """Who this skeleton is, for error messages and logs."""
+
+
+class PooledConnection(TypingProtocol):
+    """What the registry needs of an offered data connection."""
+
+    def close(self) -> None:
+        """Drop this connection: it is not needed."""
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    deferred: Deferred[PooledConnection]
+    timeout: IDelayedCall | None = None
+
+
+@attrs.define(eq=False)
+class ServerEntry:
+    """One registered server and its pool."""
+
+    id: str
+    description: str
+    skeleton: SkeletonLink
+    since: float
+    pool: int
+    idle: deque[PooledConnection] = attrs.Factory(deque)
+    waiting: deque[_Waiter] = attrs.Factory(deque)
+    requested: int = 0
+
+
+class Registry:
+    """
+    The set of available servers, their idle connections and pending joins.
+
+    @ivar joinTimeout: seconds a client waits for the skeleton to open a
+        connection when the pool is empty.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, joinTimeout: float = 10.0, maxPool: int = 64
+    ) -> None:
+        self._clock = clock
+        self.joinTimeout = joinTimeout
+        self.maxPool = maxPool
+        self._servers: dict[str, ServerEntry] = {}
+        self._seen: set[str] = set()
+
+    def register(
+        self, skeleton: SkeletonLink, servers: list[tuple[str, str]], pool: int
+    ) -> None:
+        """
+        Add C{skeleton}'s servers, all or none, and start filling their pools.
+
+        @raise DuplicateServer: one of the ids belongs to another skeleton.
+        """
+        ids = [checkServerId(serverId) for serverId, _ in servers]
+        for serverId in ids:
+            entry = self._servers.get(serverId)
+            if entry is not None:
+                raise DuplicateServer(
+                    f"server {serverId} is already registered by skeleton"
+                    f" {entry.skeleton.describe()}; give this one another id"
+                    " or stop the other skeleton"
+                )
+        if len(set(ids)) != len(ids):
+            raise DuplicateServer("the same server id is listed twice")
+        pool = max(0, min(pool, self.maxPool))
+        now = self._clock.seconds()
+        for serverId, description in servers:
+            entry = ServerEntry(serverId, description, skeleton, now, pool)
+            self._servers[serverId] = entry
+            self._seen.add(serverId)
+            _log.info(
+                "server {server} registered by skeleton {skeleton}",
+                server=serverId,
+                skeleton=skeleton.describe(),
+            )
+            self._refill(entry)
+
+    def unregister(self, skeleton: SkeletonLink) -> None:
+        """Remove every server of C{skeleton}: it went away."""
+        for entry in [e for e in self._servers.values() if e.skeleton is skeleton]:
+            del self._servers[entry.id]
+            _log.info("server {server} is offline", server=entry.id)
+            while entry.idle:
+                entry.idle.popleft().close()
+            while entry.waiting:
+                waiter = entry.waiting.popleft()
+                self._cancelTimeout(waiter)
+                waiter.deferred.errback(
+                    SkeletonGone(f"the skeleton of server {entry.id} went away")
+                )
+
+    def owns(self, skeleton: SkeletonLink, serverId: str) -> bool:
+        """Is C{serverId} registered by C{skeleton}?"""
+        entry = self._servers.get(serverId)
+        return entry is not None and entry.skeleton is skeleton
+
+    def offer(self, serverId: str, connection: PooledConnection) -> bool:
+        """
+        A data connection for C{serverId} is ready: give it to the oldest
+        waiting client, or keep it idle.  Returns False if it was not kept.
+        """
+        entry = self._servers.get(serverId)
+        if entry is None:
+            connection.close()
+            return False
+        if entry.waiting:
+            waiter = entry.waiting.popleft()
+            self._cancelTimeout(waiter)
+            waiter.deferred.callback(connection)
+            return True
+        if len(entry.idle) >= entry.pool:
+            # More than the pool asked for: late answers to timed-out joins.
+            connection.close()
+            return False
+        entry.idle.append(connection)
+        return True
+
+    def discard(self, serverId: str, connection: PooledConnection) -> None:
+        """An idle connection was lost: forget it and replace it."""
+        entry = self._servers.get(serverId)
+        if entry is None:
+            return
+        try:
+            entry.idle.remove(connection)
+        except ValueError:
+            return
+        self._refill(entry)
+
+    def claim(self, serverId: str) -> Deferred[PooledConnection]:
+        """
+        A data connection of C{serverId} for a client: an idle one at once,
+        else a new one from the skeleton within C{joinTimeout} seconds.
+        """
+        entry = self._servers.get(serverId)
+        if entry is None:
+            if serverId in self._seen:
+                error: Exception = ServerOffline(
+                    f"server {serverId} is offline: its skeleton is not connected"
+                )
+            else:
+                error = UnknownServer(
+                    f"no server {serverId} is registered at this relay;"
+                    " 'relaynat list' shows the ones that are"
+                )
+            return fail(error)
+        if entry.idle:
+            connection = entry.idle.popleft()
+            self._refill(entry)
+            return succeed(connection)
+
+        def cancel(d: Deferred[PooledConnection]) -> None:
+            self._drop(entry, waiter)
+
+        waiter = _Waiter(Deferred(cancel))
+        waiter.timeout = self._clock.callLater(
+            self.joinTimeout, self._expire, entry, waiter
+        )
+        entry.waiting.append(waiter)
+        self._refill(entry)
+        return waiter.deferred
+
+    def listing(self) -> list[dict[str, object]]:
+        """The available servers, as L{wire.ListServers} returns them."""
+        return [
+            {
+                "id": entry.id,
+                "description": entry.description,
+                "since": entry.since,
+                "idle": len(entry.idle),
+            }
+            for entry in sorted(self._servers.values(), key=lambda e: e.id)
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """Totals, for tests and metrics: servers, idle, waiting, requested."""
+        entries = self._servers.values()
+        return {
+            "servers": len(self._servers),
+            "idle": sum(len(e.idle) for e in entries),
+            "waiting": sum(len(e.waiting) for e in entries),
+            "requested": sum(e.requested for e in entries),
+        }
+
+    def _refill(self, entry: ServerEntry) -> None:
+        while len(entry.idle) + entry.requested < entry.pool + len(entry.waiting):
+            entry.requested += 1
+            d = entry.skeleton.requestConnection(entry.id)
+            d.addBoth(self._answered, entry)
+
+    def _answered(self, result: object, entry: ServerEntry) -> None:
+        entry.requested -= 1
+        if not isinstance(result, Failure):
+            return
+        if self._servers.get(entry.id) is not entry:
+            return
+        _log.warn(
+            "skeleton {skeleton} could not open a connection for {server}: {why}",
+            skeleton=entry.skeleton.describe(),
+            server=entry.id,
+            why=result.getErrorMessage(),
+        )
+        # Fail one waiting client now rather than at its timeout, so the
+        # pool is not asked again and again for what it cannot give.
+        if entry.waiting and len(entry.waiting) > entry.requested:
+            waiter = entry.waiting.popleft()
+            self._cancelTimeout(waiter)
+            waiter.deferred.errback(
+                SkeletonGone(
+                    f"the skeleton of server {entry.id} could not open a"
+                    f" connection: {result.getErrorMessage()}"
+                )
+            )
+
+    def _expire(self, entry: ServerEntry, waiter: _Waiter) -> None:
+        waiter.timeout = None
+        self._drop(entry, waiter)
+        waiter.deferred.errback(
+            JoinTimeout(
+                f"server {entry.id} did not provide a connection within"
+                f" {self.joinTimeout:g} s"
+            )
+        )
+
+    def _drop(self, entry: ServerEntry, waiter: _Waiter) -> None:
+        self._cancelTimeout(waiter)
+        try:
+            entry.waiting.remove(waiter)
+        except ValueError:
+            pass
+
+    @staticmethod
+    def _cancelTimeout(waiter: _Waiter) -> None:
+        if waiter.timeout is not None and waiter.timeout.active():
+            waiter.timeout.cancel()
+        waiter.timeout = None

@@ -1,0 +1,160 @@
+"""
+The skeleton: it lives next to the hidden servers, keeps a control
+connection to the relay, and opens data connections on the relay's demand,
+joining each to a fresh connection to the server it fronts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import connectProtocol
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from relaynat.splice import OneProtocolFactory, SpliceHalf, splicePair
+from relaynat.wire import (
+    Channel,
+    Join,
+    Offer,
+    OpenConnection,
+    Register,
+    SkeletonGone,
+    TargetRefused,
+    UnknownServer,
+)
+
+_log = Logger()
+
+
+@attrs.frozen
+class FrontedServer:
+    """A server this skeleton fronts: its id, description and target."""
+
+    id: str
+    description: str
+    target: IStreamClientEndpoint
+
+
+class Skeleton:
+    """
+    The skeleton's state: the relay to reach, the servers it fronts, and the
+    session the relay gave its current control connection.
+    """
+
+    def __init__(
+        self,
+        relay: IStreamClientEndpoint,
+        name: str,
+        servers: Mapping[str, FrontedServer],
+        pool: int = 1,
+    ) -> None:
+        self.relay = relay
+        self.name = name
+        self.servers = dict(servers)
+        self.pool = pool
+        self.session: str | None = None
+        self.registered: Deferred[None] = Deferred()
+
+    def controlFactory(self) -> Factory:
+        return Factory.forProtocol(lambda: SkeletonControl(self))
+
+    def register(self, control: SkeletonControl) -> Deferred[None]:
+        """
+        Register every server on a new control connection (the
+        C{prepareConnection} of the skeleton's L{ClientService}).
+        """
+        return ensureDeferred(self._register(control))
+
+    async def _register(self, control: SkeletonControl) -> None:
+        servers = [
+            {"id": s.id, "description": s.description} for s in self.servers.values()
+        ]
+        try:
+            answer = await control.callRemote(
+                Register, name=self.name, servers=servers, pool=self.pool
+            )
+        except Exception as e:
+            _log.error("the relay refused this skeleton: {why}", why=str(e))
+            raise
+        self.session = answer["session"]
+        _log.info(
+            "registered {servers} with the relay",
+            servers=", ".join(sorted(self.servers)),
+        )
+        if not self.registered.called:
+            self.registered.callback(None)
+
+    async def offerConnection(self, serverId: str) -> None:
+        """Open a data connection for C{serverId} and offer it to the relay."""
+        channel = await connectProtocol(self.relay, DataChannel(self, serverId))
+        try:
+            await channel.callRemote(Offer, session=self.session or "", server=serverId)
+        except Exception:
+            channel.transport.loseConnection()
+            raise
+
+
+class SkeletonControl(Channel):
+    """The control connection, as the relay sees it: asks for connections."""
+
+    def __init__(self, skeleton: Skeleton) -> None:
+        super().__init__()
+        self.skeleton = skeleton
+
+    @OpenConnection.responder
+    def openConnection(self, server: str) -> Deferred[dict[str, object]]:
+        if server not in self.skeleton.servers:
+            raise UnknownServer(f"this skeleton does not front {server}")
+        return ensureDeferred(self._open(server))
+
+    async def _open(self, server: str) -> dict[str, object]:
+        try:
+            await self.skeleton.offerConnection(server)
+        except Exception as e:
+            _log.warn(
+                "could not open a connection to the relay for {server}: {why}",
+                server=server,
+                why=str(e),
+            )
+            raise SkeletonGone(f"the skeleton could not reach the relay: {e}") from e
+        return {}
+
+
+class DataChannel(Channel):
+    """A data connection: offered to the relay, then joined to the target."""
+
+    def __init__(self, skeleton: Skeleton, serverId: str) -> None:
+        super().__init__()
+        self.skeleton = skeleton
+        self.serverId = serverId
+
+    @Join.responder
+    def join(self, tunnel: str) -> Deferred[SpliceHalf]:
+        return ensureDeferred(self._join(tunnel))
+
+    async def _join(self, tunnel: str) -> SpliceHalf:
+        server = self.skeleton.servers[self.serverId]
+        relayHalf, targetHalf = splicePair("relay", "target")
+        try:
+            await server.target.connect(OneProtocolFactory(targetHalf))
+        except Exception as e:
+            _log.warn(
+                "tunnel {tunnel}: target of {server} refused: {why}",
+                tunnel=tunnel,
+                server=server.id,
+                why=str(e),
+            )
+            # The details stay in this log: they name the target's address.
+            raise TargetRefused(
+                f"server {server.id} is registered but its target refused the"
+                " connection"
+            ) from e
+        if not self.connected:
+            targetHalf.abandon()
+            raise SkeletonGone("the relay went away during the join")
+        _log.info("tunnel {tunnel} to {server} opened", tunnel=tunnel, server=server.id)
+        return relayHalf

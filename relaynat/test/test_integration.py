@@ -1,0 +1,190 @@
+"""
+The relay, a skeleton and a client in one process on real loopback sockets:
+bytes, concurrency, half-close, backpressure, failures and clean-up.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import DeferredList, ensureDeferred, gatherResults
+from twisted.internet.protocol import Factory
+from twisted.trial.unittest import TestCase
+
+from relaynat.client import listServers, openTunnel
+from relaynat.splice import splicePair
+from relaynat.test.loopback import (
+    Stack,
+    endpointOf,
+    listen,
+    openConnections,
+    pollUntil,
+    runAsync,
+)
+from relaynat.test.streams import (
+    Bulk,
+    BulkFactory,
+    Collect,
+    Echo,
+    ReplyAtEnd,
+    StalledFactory,
+    expectedDigest,
+)
+from relaynat.wire import ServerOffline, TargetRefused, UnknownServer
+
+MB = 1024 * 1024
+
+
+class IntegrationTests(TestCase):
+    """Real sockets, the real roles, one reactor."""
+
+    async def startStack(self, targets: dict, **kw) -> Stack:  # type: ignore[type-arg]
+        stack = await Stack().start(targets, **kw)
+        self.addCleanup(stack.stop)
+        return stack
+
+    async def assertNoLeaks(self, stack: Stack) -> None:
+        """
+        Tunnels close on every hop, and what is left is the skeleton's control
+        connection and its refilled pool (two sockets each, in this process).
+        """
+        await pollUntil(lambda: not stack.relay.tunnels)
+        counts = stack.relay.registry.counts()
+        self.assertEqual((counts["waiting"], counts["requested"]), (0, 0))
+        expected = 2 * (1 + counts["idle"])
+        await pollUntil(lambda: len(openConnections()) == expected)
+
+    @runAsync
+    async def test_bulkBothWays(self) -> None:
+        """
+        50 MB each way arrive whole and in order: the sha256 of what each end
+        sent equals the sha256 of what the other end received.
+        """
+        size = 50 * MB
+        server = BulkFactory(size, seed=2)
+        stack = await self.startStack({"bulk": server})
+        client = Bulk(size, seed=1)
+        await stack.connect("bulk", client)
+        await client.finished
+        await pollUntil(lambda: server.made and server.made[0].finished.called)
+        far = server.made[0]
+        self.assertEqual((client.gotBytes, far.gotBytes), (size, size))
+        self.assertEqual(far.gotHash.hexdigest(), expectedDigest(size, 1))
+        self.assertEqual(client.gotHash.hexdigest(), expectedDigest(size, 2))
+        await self.assertNoLeaks(stack)
+
+    @runAsync
+    async def test_concurrentTunnels(self) -> None:
+        """200 tunnels to one server at once all carry their own bytes back."""
+        stack = await self.startStack({"echo": Factory.forProtocol(Echo)})
+        messages = [b"%03d:" % i + bytes([i % 256]) * 5000 for i in range(200)]
+        collectors = [Collect(m, halfClose=True) for m in messages]
+        await gatherResults([stack.connect("echo", c) for c in collectors])
+        answers = await gatherResults([c.finished for c in collectors])
+        self.assertEqual(answers, messages)
+        await self.assertNoLeaks(stack)
+
+    @runAsync
+    async def test_halfClose(self) -> None:
+        """
+        A client that sends and shuts its write side still receives the
+        server's whole reply, which the server only sends after that end.
+        """
+        stack = await self.startStack({"rae": Factory.forProtocol(lambda: ReplyAtEnd(2 * MB))})
+        collector = Collect(b"q" * 300_000, halfClose=True)
+        await stack.connect("rae", collector)
+        answer = await collector.finished
+        self.assertEqual(answer, b"300000\n" + b"r" * (2 * MB))
+        await self.assertNoLeaks(stack)
+
+    @runAsync
+    async def test_backpressure(self) -> None:
+        """
+        A server that stops reading stalls the client's sender: the sender is
+        paused by flow control, and what it got rid of stays bounded (kernel
+        socket buffers on six sockets plus 64 KiB per transport) instead of
+        growing with the time it pushes.  When the server reads again, every
+        byte arrives in order.
+        """
+        stalled = StalledFactory()
+        stack = await self.startStack({"slow": stalled})
+        size = 400 * MB
+        sender = Bulk(size, seed=3)
+        await stack.connect("slow", sender)
+
+        # Settled: paused by flow control and no progress for a while.
+        last = [-1]
+
+        def settled() -> bool:
+            stuck = sender.paused and sender.sentBytes == last[0]
+            last[0] = sender.sentBytes
+            return stuck
+
+        await pollUntil(settled, timeout=30, step=0.25)
+        self.assertLess(sender.sentBytes, 64 * MB)
+        self.assertGreater(sender.toSend, 300 * MB)
+
+        server = stalled.made[0]
+        server.resume()
+        await server.finished
+        self.assertEqual(server.got, size)
+        self.assertEqual(server.gotHash.hexdigest(), expectedDigest(size, 3))
+        await sender.finished
+        await self.assertNoLeaks(stack)
+
+    @runAsync
+    async def test_targetRefused(self) -> None:
+        """
+        A registered server whose target refuses fails the join with a clear
+        error, and the client closes its local connection.
+        """
+        unused = await listen(Factory.forProtocol(Echo))
+        deadPort = unused.getHost().port
+        await unused.stopListening()
+        stack = await self.startStack({"web": deadPort})
+        relay = endpointOf(stack.clientPort)
+        half, _ = splicePair()
+        error = await self.assertFailure(ensureDeferred(openTunnel(relay, "web", half)), TargetRefused)
+        self.assertEqual(
+            str(error),
+            "server web is registered but its target refused the connection",
+        )
+        collector = Collect(b"hello")
+        await stack.connect("web", collector)
+        self.assertEqual(await collector.finished, b"")
+        self.flushLoggedErrors()
+        await self.assertNoLeaks(stack)
+
+    @runAsync
+    async def test_unknownAndOffline(self) -> None:
+        """
+        An id never registered and an id whose skeleton left get their own
+        errors; the skeleton's leaving empties the server list.
+        """
+        stack = await self.startStack({"echo": Factory.forProtocol(Echo)})
+        relay = endpointOf(stack.clientPort)
+        self.assertEqual([s["id"] for s in await listServers(relay)], ["echo"])
+        error = await self.assertFailure(
+            ensureDeferred(openTunnel(relay, "nope", splicePair()[0])), UnknownServer
+        )
+        self.assertIn("no server nope", str(error))
+        await stack.stopSkeleton()
+        await pollUntil(lambda: not stack.relay.registry.counts()["servers"])
+        self.assertEqual(await listServers(relay), [])
+        error = await self.assertFailure(
+            ensureDeferred(openTunnel(relay, "echo", splicePair()[0])), ServerOffline
+        )
+        self.assertIn("server echo is offline", str(error))
+
+    @runAsync
+    async def test_poolMissAndRefill(self) -> None:
+        """
+        With a pool of one, two tunnels at once both succeed (the second from
+        a connection opened on demand) and the pool is full again afterwards.
+        """
+        stack = await self.startStack({"echo": Factory.forProtocol(Echo)}, pool=1)
+        collectors = [Collect(b"x%d" % i, halfClose=True) for i in range(2)]
+        await DeferredList([stack.connect("echo", c) for c in collectors])
+        self.assertEqual(
+            await gatherResults([c.finished for c in collectors]), [b"x0", b"x1"]
+        )
+        await pollUntil(lambda: stack.relay.registry.counts()["idle"] == 1)
+        await self.assertNoLeaks(stack)
