@@ -1,0 +1,312 @@
+"""
+Configuration of the three roles: TOML files and command-line flags parsed
+into frozen objects, every key checked, every error naming where and why.
+
+Every address is a Twisted endpoint string, checked here by parsing it (no
+socket is opened), so C{tcp:}, C{unix:}, C{systemd:} and txtorcon's C{tor:}
+work alike.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.testing import MemoryReactor
+
+from relaynat.wire import BadRequest, checkServerId
+
+#: Twisted listens with a backlog of 50, which drops connections when a
+#: burst of clients arrives at once; a relay is such a server.
+DEFAULT_BACKLOG = 1024
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong: says where, which and why."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}")
+        self.source, self.key, self.problem = source, key, problem
+
+
+@attrs.frozen
+class RelayConfig:
+    """C{[relay]}: where to listen for clients (X) and skeletons (Y)."""
+
+    clients: str
+    skeletons: str
+    join_timeout: float = 10.0
+    max_pool: int = 64
+
+
+@attrs.frozen
+class ServerConfig:
+    """A C{[[server]]} a skeleton fronts."""
+
+    id: str
+    target: str
+    description: str = ""
+
+
+@attrs.frozen
+class SkeletonConfig:
+    """C{[skeleton]} and its C{[[server]]}s."""
+
+    relay: str
+    name: str
+    servers: tuple[ServerConfig, ...]
+    pool: int = 1
+
+
+@attrs.frozen
+class TunnelConfig:
+    """A C{[[tunnel]]}: a local listener carried to a server."""
+
+    server: str
+    listen: str
+
+
+@attrs.frozen
+class ClientConfig:
+    """C{[client]} and its C{[[tunnel]]}s."""
+
+    relay: str
+    tunnels: tuple[TunnelConfig, ...] = ()
+
+
+def readToml(path: str) -> dict[str, Any]:
+    """The TOML document in C{path}, or a L{ConfigError} naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(path, "(file)", e.strerror or str(e)) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "(syntax)", str(e)) from e
+
+
+def parseToml(text: str, source: str = "<string>") -> dict[str, Any]:
+    """The TOML document in C{text}."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, "(syntax)", str(e)) from e
+
+
+def splitAssignment(flag: str, value: str) -> tuple[str, str]:
+    """
+    Split a flag's C{ID=ENDPOINT} value at the first C{=}: endpoint strings
+    contain C{=} themselves (C{tcp:8080:interface=127.0.0.1}).
+    """
+    name, sep, rest = value.partition("=")
+    if not sep or not name or not rest:
+        raise ConfigError(flag, value, "expected ID=ENDPOINT")
+    return name, rest
+
+
+def relayConfig(document: dict[str, Any], source: str) -> RelayConfig:
+    """Check and build a relay's configuration from a parsed document."""
+    _onlyTables(document, source, {"relay"}, set())
+    table = _Table(document.get("relay", {}), source, "relay")
+    config = RelayConfig(
+        clients=table.endpoint("clients", server=True),
+        skeletons=table.endpoint("skeletons", server=True),
+        join_timeout=table.number("join_timeout", 10.0, low=0.1, high=3600),
+        max_pool=int(table.number("max_pool", 64, low=0, high=10_000, integer=True)),
+    )
+    table.done()
+    return config
+
+
+def skeletonConfig(document: dict[str, Any], source: str) -> SkeletonConfig:
+    """Check and build a skeleton's configuration from a parsed document."""
+    _onlyTables(document, source, {"skeleton"}, {"server"})
+    table = _Table(document.get("skeleton", {}), source, "skeleton")
+    servers = []
+    for i, entry in enumerate(_arrayOfTables(document, source, "server")):
+        server = _Table(entry, source, f"server[{i}]")
+        servers.append(
+            ServerConfig(
+                id=server.serverId("id"),
+                target=server.endpoint("target", server=False),
+                description=server.string("description", ""),
+            )
+        )
+        server.done()
+    if not servers:
+        raise ConfigError(source, "server", "a skeleton needs at least one [[server]]")
+    _unique(source, "server", [s.id for s in servers], "server id")
+    config = SkeletonConfig(
+        relay=table.endpoint("relay", server=False),
+        name=table.string("name", socket.gethostname()),
+        pool=int(table.number("pool", 1, low=0, high=1000, integer=True)),
+        servers=tuple(servers),
+    )
+    table.done()
+    return config
+
+
+def clientConfig(document: dict[str, Any], source: str, needTunnels: bool = True) -> ClientConfig:
+    """Check and build a client's configuration from a parsed document."""
+    _onlyTables(document, source, {"client"}, {"tunnel"})
+    table = _Table(document.get("client", {}), source, "client")
+    tunnels = []
+    for i, entry in enumerate(_arrayOfTables(document, source, "tunnel")):
+        tunnel = _Table(entry, source, f"tunnel[{i}]")
+        tunnels.append(
+            TunnelConfig(
+                server=tunnel.serverId("server"),
+                listen=tunnel.endpoint("listen", server=True),
+            )
+        )
+        tunnel.done()
+    if needTunnels and not tunnels:
+        raise ConfigError(source, "tunnel", "a client needs at least one [[tunnel]]")
+    _unique(source, "tunnel", [t.listen for t in tunnels], "listen address")
+    config = ClientConfig(relay=table.endpoint("relay", server=False), tunnels=tuple(tunnels))
+    table.done()
+    return config
+
+
+def withDefaultBacklog(description: str) -> str:
+    """A C{tcp:}/C{tcp6:} listening endpoint with L{DEFAULT_BACKLOG} unless set."""
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
+
+
+T = TypeVar("T")
+
+
+class _Table:
+    """One TOML table being read: takes keys off as they are checked."""
+
+    def __init__(self, data: object, source: str, name: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(source, name, "must be a table")
+        self.data = dict(data)
+        self.source, self.name = source, name
+
+    def _take(self, key: str, kind: type[T] | tuple[type, ...], default: Any) -> Any:
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise ConfigError(self.source, self._key(key), "missing")
+            return default
+        value = self.data.pop(key)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            expected = kind.__name__ if isinstance(kind, type) else "number"
+            raise ConfigError(
+                self.source, self._key(key), f"must be a {expected}, not {value!r}"
+            )
+        return value
+
+    def _key(self, key: str) -> str:
+        return f"{self.name}.{key}"
+
+    def string(self, key: str, default: Any = None) -> str:
+        return self._take(key, str, _REQUIRED if default is None else default)  # type: ignore[no-any-return]
+
+    def number(
+        self, key: str, default: float, low: float, high: float, integer: bool = False
+    ) -> float:
+        value = self._take(key, int if integer else (int, float), default)
+        if not low <= value <= high:
+            raise ConfigError(
+                self.source, self._key(key), f"must be between {low:g} and {high:g}"
+            )
+        return float(value) if not integer else int(value)
+
+    def serverId(self, key: str) -> str:
+        value = self.string(key)
+        return _checked(self.source, self._key(key), checkServerId, value)
+
+    def endpoint(self, key: str, server: bool) -> str:
+        value = self.string(key)
+        checkEndpoint(value, server, self.source, self._key(key))
+        return withDefaultBacklog(value) if server else value
+
+    def done(self) -> None:
+        for key in self.data:
+            raise ConfigError(self.source, self._key(key), "unknown key")
+
+
+_REQUIRED = object()
+
+
+def checkEndpoint(description: str, server: bool, source: str, key: str) -> None:
+    """
+    Raise L{ConfigError} unless C{description} parses as a listening
+    (C{server}) or connecting endpoint.  Nothing is opened: the endpoint is
+    built against a reactor that does nothing.
+    """
+    kind = description.split(":", 1)[0]
+    if kind == "onion":
+        # txtorcon would start looking for a Tor at parse time.
+        return
+    parse = serverFromString if server else clientFromString
+    try:
+        parse(MemoryReactor(), description)
+    except Exception as e:
+        role = "listening" if server else "connecting"
+        raise ConfigError(
+            source, key, f"not a valid {role} endpoint {description!r}: {e}"
+        ) from e
+
+
+def _checked(source: str, key: str, check: Callable[[str], str], value: str) -> str:
+    try:
+        return check(value)
+    except BadRequest as e:
+        raise ConfigError(source, key, str(e)) from e
+
+
+def _onlyTables(
+    document: dict[str, Any], source: str, tables: set[str], arrays: set[str]
+) -> None:
+    for key in document:
+        if key not in tables | arrays:
+            known = ", ".join(sorted([f"[{t}]" for t in tables] + [f"[[{a}]]" for a in arrays]))
+            raise ConfigError(source, key, f"unknown section; expected {known}")
+
+
+def _arrayOfTables(document: dict[str, Any], source: str, key: str) -> list[Any]:
+    value = document.get(key, [])
+    if not isinstance(value, list):
+        raise ConfigError(source, key, f"must be written [[{key}]]")
+    return value
+
+
+def _unique(source: str, key: str, values: Iterable[str], what: str) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ConfigError(source, key, f"{what} {value!r} appears twice")
+        seen.add(value)
+
+
+def withFlags(
+    document: dict[str, Any],
+    table: str,
+    flags: dict[str, Any],
+    arrays: dict[str, list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """
+    C{document} with command-line values laid over it: C{flags} replace keys
+    of C{[table]} (None means not given), C{arrays} add entries to
+    C{[[array]]}s.
+    """
+    merged = dict(document)
+    given = {key: value for key, value in flags.items() if value is not None}
+    if given:
+        section = merged.get(table, {})
+        merged[table] = {**section, **given} if isinstance(section, dict) else section
+    for key, entries in (arrays or {}).items():
+        if entries:
+            existing = merged.get(key, [])
+            merged[key] = (list(existing) if isinstance(existing, list) else existing) + entries
+    return merged

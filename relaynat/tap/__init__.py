@@ -1,0 +1,1 @@
+"""The twistd entry points of the three roles: Options and makeService each."""
