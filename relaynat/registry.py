@@ -214,6 +214,10 @@ class Registry:
             for entry in sorted(self._servers.values(), key=lambda e: e.id)
         ]
 
+    def idleConnections(self) -> list[PooledConnection]:
+        """Every idle pooled connection, of every server."""
+        return [c for entry in self._servers.values() for c in entry.idle]
+
     def counts(self) -> dict[str, int]:
         """Totals, for tests and metrics: servers, idle, waiting, requested."""
         entries = self._servers.values()

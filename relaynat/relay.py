@@ -24,7 +24,10 @@ from relaynat.wire import (
     ListServers,
     Offer,
     OpenConnection,
+    Ping,
+    PING_TIMEOUT,
     Register,
+    SILENCE_LIMIT,
     SkeletonGone,
     TargetRefused,
     Tunnel,
@@ -43,10 +46,17 @@ class Relay:
     """
 
     def __init__(
-        self, reactor: IReactorTime, joinTimeout: float = 10.0, maxPool: int = 64
+        self,
+        reactor: IReactorTime,
+        joinTimeout: float = 10.0,
+        maxPool: int = 64,
+        silenceLimit: float = SILENCE_LIMIT,
+        pingTimeout: float = PING_TIMEOUT,
     ) -> None:
         self.reactor = reactor
         self.registry = Registry(reactor, joinTimeout, maxPool)
+        self.silenceLimit = silenceLimit
+        self.pingTimeout = pingTimeout
         self.sessions: dict[str, SkeletonChannel] = {}
         self.tunnels: set[TunnelRecord] = set()
         self._tunnelIds = itertools.count(1)
@@ -62,6 +72,25 @@ class Relay:
     def newTunnelId(self) -> str:
         return f"t{next(self._tunnelIds)}"
 
+    def heartbeat(self) -> None:
+        """
+        Drop skeletons whose control connection has been silent too long,
+        and ping every idle pooled connection, dropping those that do not
+        answer (the registry then asks for replacements).
+        """
+        now = self.reactor.seconds()
+        for channel in list(self.sessions.values()):
+            if now - channel.lastHeard > self.silenceLimit:
+                _log.warn(
+                    "skeleton {skeleton} silent for {seconds:.0f} s: dropping it",
+                    skeleton=channel.describe(),
+                    seconds=now - channel.lastHeard,
+                )
+                channel.transport.abortConnection()
+        for connection in self.registry.idleConnections():
+            assert isinstance(connection, SkeletonChannel)
+            connection.probe()
+
 
 class SkeletonChannel(Channel):
     """
@@ -76,6 +105,12 @@ class SkeletonChannel(Channel):
         self.role: str | None = None
         self.session: str | None = None
         self.server: str | None = None
+        self.lastHeard = relay.reactor.seconds()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.innerProtocol is None:
+            self.lastHeard = self.relay.reactor.seconds()
+        super().dataReceived(data)
 
     # As the control connection: the registry's SkeletonLink.
 
@@ -145,6 +180,12 @@ class SkeletonChannel(Channel):
     def close(self) -> None:
         self.transport.loseConnection()
 
+    def probe(self) -> None:
+        """Ping this idle connection; drop it if it does not answer in time."""
+        d = self.callRemote(Ping)
+        d.addTimeout(self.relay.pingTimeout, self.relay.reactor)
+        d.addErrback(lambda _: self.transport.abortConnection())
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         super().connectionLost(reason)
         if self.role == "control":
@@ -172,39 +213,55 @@ class ClientChannel(Channel):
         return ensureDeferred(self._tunnel(checkServerId(server)))
 
     async def _tunnel(self, server: str) -> SpliceHalf:
-        # One retry covers a pooled connection that died just as it was
-        # claimed; a refused target is final.
-        for attempt in (1, 2):
-            self._claim = self.relay.registry.claim(server)
-            try:
-                skeleton = await self._claim
-            except CancelledError:
-                raise BadRequest("the client went away") from None
-            finally:
-                self._claim = None
+        # A pooled connection may have died unnoticed just before it was
+        # claimed: one retry covers that.  A refused target is final.
+        retries = 1
+        while True:
+            skeleton = await self._claimFor(server)
             tunnelId = self.relay.newTunnelId()
             clientHalf, serverHalf = splicePair("client", "server")
             try:
-                await skeleton.callRemote(
-                    Join, tunnel=tunnelId, _protoToSwitchToFactory=OneProtocolFactory(serverHalf)
-                )
+                await self._join(skeleton, tunnelId, serverHalf)
             except TargetRefused as e:
                 skeleton.close()
                 _log.warn("tunnel to {server} refused: {why}", server=server, why=str(e))
                 raise
             except Exception as e:
                 skeleton.close()
-                if attempt == 2:
+                if retries == 0:
                     raise SkeletonGone(
                         f"the skeleton of server {server} went away during the join"
                     ) from e
+                retries -= 1
                 continue
             if not self.connected:
                 serverHalf.abandon()
                 raise BadRequest("the client went away")
             TunnelRecord(self.relay, tunnelId, server, clientHalf, serverHalf)
             return clientHalf
-        raise AssertionError("unreachable")
+
+    async def _claimFor(self, server: str) -> SkeletonChannel:
+        self._claim = self.relay.registry.claim(server)
+        try:
+            return await self._claim
+        except CancelledError:
+            raise BadRequest("the client went away") from None
+        finally:
+            self._claim = None
+
+    async def _join(self, skeleton: SkeletonChannel, tunnelId: str, half: SpliceHalf) -> None:
+        # A switch command cannot be cancelled once sent, so a skeleton that
+        # does not answer in time loses its connection, which fails the call.
+        timeout = self.relay.reactor.callLater(
+            self.relay.registry.joinTimeout, skeleton.transport.abortConnection
+        )
+        try:
+            await skeleton.callRemote(
+                Join, tunnel=tunnelId, _protoToSwitchToFactory=OneProtocolFactory(half)
+            )
+        finally:
+            if timeout.active():
+                timeout.cancel()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         super().connectionLost(reason)

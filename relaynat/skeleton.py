@@ -11,16 +11,21 @@ from collections.abc import Mapping
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import connectProtocol
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relaynat.splice import OneProtocolFactory, SpliceHalf, splicePair
 from relaynat.wire import (
+    HEARTBEAT,
+    PING_TIMEOUT,
     Channel,
     Join,
     Offer,
     OpenConnection,
+    Ping,
     Register,
     SkeletonGone,
     TargetRefused,
@@ -51,13 +56,23 @@ class Skeleton:
         name: str,
         servers: Mapping[str, FrontedServer],
         pool: int = 1,
+        clock: IReactorTime | None = None,
+        heartbeat: float = HEARTBEAT,
+        pingTimeout: float = PING_TIMEOUT,
     ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock: IReactorTime = clock
+        self.heartbeat = heartbeat
+        self.pingTimeout = pingTimeout
         self.relay = relay
         self.name = name
         self.servers = dict(servers)
         self.pool = pool
         self.session: str | None = None
         self.registered: Deferred[None] = Deferred()
+        #: Open data connections, pooled or joined.
+        self.dataChannels: set[DataChannel] = set()
 
     def controlFactory(self) -> Factory:
         return Factory.forProtocol(lambda: SkeletonControl(self))
@@ -104,6 +119,30 @@ class SkeletonControl(Channel):
     def __init__(self, skeleton: Skeleton) -> None:
         super().__init__()
         self.skeleton = skeleton
+        self._heartbeat = LoopingCall(self._ping)
+        self._heartbeat.clock = skeleton.clock
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._heartbeat.start(self.skeleton.heartbeat, now=False)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        super().connectionLost(reason)
+
+    def _ping(self) -> None:
+        d = self.callRemote(Ping)
+        d.addTimeout(self.skeleton.pingTimeout, self.skeleton.clock)
+        d.addErrback(self._noAnswer)
+
+    def _noAnswer(self, failure: Failure) -> None:
+        if self.connected:
+            _log.warn(
+                "the relay did not answer a ping: reconnecting ({why})",
+                why=failure.getErrorMessage(),
+            )
+            self.transport.abortConnection()
 
     @OpenConnection.responder
     def openConnection(self, server: str) -> Deferred[dict[str, object]]:
@@ -131,6 +170,14 @@ class DataChannel(Channel):
         super().__init__()
         self.skeleton = skeleton
         self.serverId = serverId
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.skeleton.dataChannels.add(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.skeleton.dataChannels.discard(self)
+        super().connectionLost(reason)
 
     @Join.responder
     def join(self, tunnel: str) -> Deferred[SpliceHalf]:

@@ -34,6 +34,19 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import classImplementsOnly, implementedBy
 
+#: Seconds between heartbeats: a skeleton pings its control connection this
+#: often, and the relay probes idle pooled connections as often.  NAT
+#: mappings and stateful firewalls forget silent connections; these keep
+#: them alive, and find the dead ones.
+HEARTBEAT = 30.0
+
+#: Seconds a ping may go unanswered before its connection is dropped.
+PING_TIMEOUT = 15.0
+
+#: A skeleton's control connection silent this long is dropped by the relay,
+#: so that a skeleton that moved (new address, new route) can register again.
+SILENCE_LIMIT = 3 * HEARTBEAT
+
 #: A server id: short, printable, safe in logs, file names and URLs.
 SERVER_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 

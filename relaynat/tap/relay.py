@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 
 from relaynat.config import RelayConfig, relayConfig, withFlags
 from relaynat.relay import Relay
 from relaynat.tap.options import ConfigOptions
+from relaynat.wire import HEARTBEAT
 
 
 class Options(ConfigOptions):
@@ -37,6 +39,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     config = options.relay
     relay = Relay(reactor, joinTimeout=config.join_timeout, maxPool=config.max_pool)
     service = MultiService()
+    heartbeat = TimerService(HEARTBEAT, relay.heartbeat)
+    heartbeat.clock = reactor
+    heartbeat.setServiceParent(service)
     strports.service(config.clients, relay.clientFactory(), reactor=reactor).setServiceParent(service)
     strports.service(config.skeletons, relay.skeletonFactory(), reactor=reactor).setServiceParent(service)
     return service

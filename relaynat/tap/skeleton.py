@@ -51,7 +51,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         s.id: FrontedServer(s.id, s.description, clientFromString(reactor, s.target))
         for s in config.servers
     }
-    skeleton = Skeleton(relay, config.name, servers, config.pool)
+    skeleton = Skeleton(relay, config.name, servers, config.pool, clock=reactor)
     service = MultiService()
     ClientService(
         relay,

@@ -64,6 +64,7 @@ class Stack:
         targets: dict[str, Factory | int],
         pool: int = 1,
         joinTimeout: float = 10.0,
+        heartbeat: float = 30.0,
     ) -> Stack:
         self.relay = Relay(reactor, joinTimeout=joinTimeout)
         self.clientPort = await listen(self.relay.clientFactory())
@@ -80,7 +81,15 @@ class Stack:
                 self.targetPorts[serverId] = port
                 endpoint = endpointOf(port)
             fronted[serverId] = FrontedServer(serverId, f"test {serverId}", endpoint)
-        self.skeleton = Skeleton(endpointOf(self.skeletonPort), "test", fronted, pool)
+        self.skeleton = Skeleton(
+            endpointOf(self.skeletonPort),
+            "test",
+            fronted,
+            pool,
+            clock=reactor,
+            heartbeat=heartbeat,
+            pingTimeout=heartbeat,
+        )
         await self.startSkeleton()
         for serverId in targets:
             port = await listen(TunnelFactory(endpointOf(self.clientPort), serverId))
