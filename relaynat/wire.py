@@ -155,7 +155,7 @@ class Join(amp.ProtocolSwitchCommand):
 
     arguments = [(b"tunnel", amp.Unicode())]
     response: list[tuple[bytes, amp.Argument]] = []
-    errors = _errors(TargetRefused, UnknownServer)
+    errors = _errors(TargetRefused, UnknownServer, SkeletonGone)
 
 
 class ListServers(amp.Command):
