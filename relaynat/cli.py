@@ -57,7 +57,7 @@ def formatTable(servers: list[dict[str, Any]]) -> str:
     for s in servers:
         rows.append((s["id"], s["description"], _utc(s["since"]), str(s["idle"])))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     if not servers:
         lines.append("(no servers are available)")
     return "\n".join(lines) + "\n"

@@ -36,7 +36,7 @@ class TunnelFactory(Factory):
         self.relay = relay
         self.serverId = serverId
 
-    def buildProtocol(self, addr: IAddress) -> LocalHalf:
+    def buildProtocol(self, addr: IAddress | None) -> LocalHalf:  # type: ignore[override]
         local, _ = splicePair("local", "relay", LocalHalf)
         assert isinstance(local, LocalHalf)
         local.factory = self

@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relaynat.registry import Registry
+from relaynat.registry import PooledConnection, Registry
 from relaynat.splice import OneProtocolFactory, SpliceHalf, splicePair
 from relaynat.wire import (
     BadRequest,
@@ -202,7 +202,7 @@ class ClientChannel(Channel):
     def __init__(self, relay: Relay) -> None:
         super().__init__()
         self.relay = relay
-        self._claim: Deferred[SkeletonChannel] | None = None
+        self._claim: Deferred[PooledConnection] | None = None
 
     @ListServers.responder
     def listServers(self) -> dict[str, object]:
@@ -241,13 +241,15 @@ class ClientChannel(Channel):
             return clientHalf
 
     async def _claimFor(self, server: str) -> SkeletonChannel:
-        self._claim = self.relay.registry.claim(server)
+        self._claim = claim = self.relay.registry.claim(server)
         try:
-            return await self._claim
+            connection = await claim
         except CancelledError:
             raise BadRequest("the client went away") from None
         finally:
             self._claim = None
+        assert isinstance(connection, SkeletonChannel)
+        return connection
 
     async def _join(self, skeleton: SkeletonChannel, tunnelId: str, half: SpliceHalf) -> None:
         # A switch command cannot be cancelled once sent, so a skeleton that

@@ -7,11 +7,12 @@ joining each to a fresh connection to the server it fronts.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import connectProtocol
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -61,7 +62,9 @@ class Skeleton:
         pingTimeout: float = PING_TIMEOUT,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
         self.clock: IReactorTime = clock
         self.heartbeat = heartbeat
         self.pingTimeout = pingTimeout
@@ -77,11 +80,12 @@ class Skeleton:
     def controlFactory(self) -> Factory:
         return Factory.forProtocol(lambda: SkeletonControl(self))
 
-    def register(self, control: SkeletonControl) -> Deferred[None]:
+    def register(self, control: IProtocol) -> Deferred[None]:
         """
         Register every server on a new control connection (the
         C{prepareConnection} of the skeleton's L{ClientService}).
         """
+        assert isinstance(control, SkeletonControl)
         return ensureDeferred(self._register(control))
 
     async def _register(self, control: SkeletonControl) -> None:
@@ -119,7 +123,7 @@ class SkeletonControl(Channel):
     def __init__(self, skeleton: Skeleton) -> None:
         super().__init__()
         self.skeleton = skeleton
-        self._heartbeat = LoopingCall(self._ping)
+        self._heartbeat = LoopingCall(self._sendPing)
         self._heartbeat.clock = skeleton.clock
 
     def connectionMade(self) -> None:
@@ -131,7 +135,7 @@ class SkeletonControl(Channel):
             self._heartbeat.stop()
         super().connectionLost(reason)
 
-    def _ping(self) -> None:
+    def _sendPing(self) -> None:
         d = self.callRemote(Ping)
         d.addTimeout(self.skeleton.pingTimeout, self.skeleton.clock)
         d.addErrback(self._noAnswer)

@@ -10,6 +10,7 @@ at the skeleton); whichever half connects first waits, paused, for the other.
 
 from __future__ import annotations
 
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.error import ConnectionDone
@@ -42,6 +43,8 @@ class SpliceHalf(Protocol):
 
     peer: SpliceHalf
     observer: SpliceObserver | None = None
+    # A TCP or TLS transport: also a consumer, a push producer, abortable.
+    transport: Any
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -160,7 +163,7 @@ class OneProtocolFactory(Factory):
     def __init__(self, protocol: Protocol) -> None:
         self._protocol = protocol
 
-    def buildProtocol(self, addr: IAddress) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         return self._protocol
 
     def clientConnectionFailed(self, connector: object, reason: Failure) -> None:

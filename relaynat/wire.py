@@ -23,6 +23,7 @@ login step can come first on any connection without reshaping the rest.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from twisted.internet.interfaces import (
     IFileDescriptorReceiver,
@@ -102,6 +103,10 @@ _ERRORS: dict[type[Exception], bytes] = {
 }
 
 
+# Commands with no arguments or no answer values share this empty list.
+_NOTHING: list[tuple[bytes, amp.Argument]] = []
+
+
 def _errors(*kinds: type[Exception]) -> dict[type[Exception], bytes]:
     return {kind: _ERRORS[kind] for kind in kinds}
 
@@ -132,7 +137,7 @@ class Offer(amp.Command):
     """
 
     arguments = [(b"session", amp.Unicode()), (b"server", amp.Unicode())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = _NOTHING
     errors = _errors(UnknownSession, UnknownServer, BadRequest)
 
 
@@ -143,7 +148,7 @@ class OpenConnection(amp.Command):
     """
 
     arguments = [(b"server", amp.Unicode())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = _NOTHING
     errors = _errors(UnknownServer, SkeletonGone)
 
 
@@ -154,14 +159,14 @@ class Join(amp.ProtocolSwitchCommand):
     """
 
     arguments = [(b"tunnel", amp.Unicode())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = _NOTHING
     errors = _errors(TargetRefused, UnknownServer, SkeletonGone)
 
 
 class ListServers(amp.Command):
     """Client to relay: the servers that can be joined now."""
 
-    arguments: list[tuple[bytes, amp.Argument]] = []
+    arguments = _NOTHING
     response = [
         (
             b"servers",
@@ -185,7 +190,7 @@ class Tunnel(amp.ProtocolSwitchCommand):
 
     arguments = [(b"server", amp.Unicode())]
     # A switch's answer carries no values (AMP sends a bare _SwitchBox).
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = _NOTHING
     errors = _errors(
         UnknownServer, ServerOffline, TargetRefused, JoinTimeout, SkeletonGone,
         BadRequest,
@@ -195,8 +200,8 @@ class Tunnel(amp.ProtocolSwitchCommand):
 class Ping(amp.Command):
     """Either way: are you still there?"""
 
-    arguments: list[tuple[bytes, amp.Argument]] = []
-    response: list[tuple[bytes, amp.Argument]] = []
+    arguments = _NOTHING
+    response = _NOTHING
 
 
 def checkServerId(serverId: str) -> str:
@@ -231,13 +236,17 @@ class Channel(amp.AMP):
     could not deliver a reply after the client shut its write side.
     """
 
+    # A TCP or TLS transport: also a consumer, a push producer, and
+    # abortable, which ITransport alone does not say.
+    transport: Any
+
     def connectionMade(self) -> None:
         # AMP's own makeConnection does not set this, as Protocol's does.
         self.connected = True
         setNoDelay(self.transport)
         super().connectionMade()
 
-    def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
+    def connectionLost(self, reason: Failure = Failure(CONNECTION_DONE)) -> None:
         self.connected = False
         super().connectionLost(reason)
 
