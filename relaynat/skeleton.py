@@ -85,8 +85,8 @@ class Skeleton:
         Register every server on a new control connection (the
         C{prepareConnection} of the skeleton's L{ClientService}).
         """
-        assert isinstance(control, SkeletonControl)
-        return ensureDeferred(self._register(control))
+        # ClientService hands over a proxy of the SkeletonControl it built.
+        return ensureDeferred(self._register(cast(SkeletonControl, control)))
 
     async def _register(self, control: SkeletonControl) -> None:
         servers = [
