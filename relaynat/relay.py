@@ -203,6 +203,7 @@ class ClientChannel(Channel):
         super().__init__()
         self.relay = relay
         self._claim: Deferred[PooledConnection] | None = None
+        self._tunnelAsked = False
 
     @ListServers.responder
     def listServers(self) -> dict[str, object]:
@@ -210,6 +211,9 @@ class ClientChannel(Channel):
 
     @Tunnel.responder
     def tunnel(self, server: str) -> Deferred[SpliceHalf]:
+        if self._tunnelAsked:
+            raise BadRequest("one tunnel per connection: open another connection")
+        self._tunnelAsked = True
         return ensureDeferred(self._tunnel(checkServerId(server)))
 
     async def _tunnel(self, server: str) -> SpliceHalf:

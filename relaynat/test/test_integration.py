@@ -6,10 +6,13 @@ bytes, concurrency, half-close, backpressure, failures and clean-up.
 from __future__ import annotations
 
 from twisted.internet.defer import DeferredList, ensureDeferred, gatherResults
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Factory
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from relaynat.client import listServers, openTunnel
+from relaynat.skeleton import FrontedServer, Skeleton
 from relaynat.splice import splicePair
 from relaynat.test.loopback import (
     Stack,
@@ -28,7 +31,7 @@ from relaynat.test.streams import (
     StalledFactory,
     expectedDigest,
 )
-from relaynat.wire import ServerOffline, TargetRefused, UnknownServer
+from relaynat.wire import DuplicateServer, ServerOffline, TargetRefused, UnknownServer
 
 MB = 1024 * 1024
 
@@ -188,3 +191,56 @@ class IntegrationTests(TestCase):
         )
         await pollUntil(lambda: stack.relay.registry.counts()["idle"] == 1)
         await self.assertNoLeaks(stack)
+
+
+class RelayBooksTests(TestCase):
+    """What the relay tells its operator, and what it tells nobody."""
+
+    @runAsync
+    async def test_tunnelEndLogged(self) -> None:
+        """
+        The end of each tunnel is logged with its server id, the bytes each
+        way, the duration and which side closed it.
+        """
+        events: list[dict] = []  # type: ignore[type-arg]
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        stack = await Stack().start({"rae": Factory.forProtocol(lambda: ReplyAtEnd(1000))})
+        self.addCleanup(stack.stop)
+        collector = Collect(b"q" * 123, halfClose=True)
+        await stack.connect("rae", collector)
+        await collector.finished
+        await pollUntil(lambda: not stack.relay.tunnels)
+        [end] = [e for e in events if "ended" in e.get("log_format", "")]
+        self.assertEqual(
+            (end["server"], end["up"], end["down"], end["how"]),
+            ("rae", 123, len(b"123\n") + 1000, "closed by client"),
+        )
+        self.assertGreaterEqual(end["duration"], 0)
+        self.assertIn("rae", formatEvent(end))
+
+    @runAsync
+    async def test_duplicateServerRefused(self) -> None:
+        """
+        A second skeleton claiming a registered id is refused with an error
+        that names the id and the first skeleton, but no address; the first
+        keeps its server.
+        """
+        stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
+        self.addCleanup(stack.stop)
+        second = Skeleton(
+            endpointOf(stack.skeletonPort),
+            "intruder",
+            {"echo": FrontedServer("echo", "", endpointOf(stack.targetPorts["echo"]))},
+        )
+        control = await connectProtocol(endpointOf(stack.skeletonPort), second.controlFactory().buildProtocol(None))
+        self.addCleanup(control.transport.loseConnection)
+        error = await self.assertFailure(second.register(control), DuplicateServer)
+        self.assertEqual(
+            str(error),
+            "server echo is already registered by skeleton 'test'; give this one"
+            " another id or stop the other skeleton",
+        )
+        self.assertNotIn("127.0.0.1", str(error))
+        [entry] = stack.relay.registry.listing()
+        self.assertEqual(entry["description"], "test echo")
