@@ -19,7 +19,7 @@ from twisted.python import usage
 from relaynat import __version__
 from relaynat.client import listServers
 from relaynat.config import ConfigError, clientConfig, withFlags
-from relaynat.tap.options import ConfigOptions
+from relaynat.tap.options import ConfigOptions, number
 
 
 class ListOptions(ConfigOptions):
@@ -28,7 +28,7 @@ class ListOptions(ConfigOptions):
     optFlags = [["json", None, "print JSON instead of a table"]]
     optParameters = ConfigOptions.optParameters + [
         ["relay", None, None, "the relay's client endpoint (port X)"],
-        ["timeout", None, 10.0, "seconds to wait for the relay", float],
+        ["timeout", None, 10.0, "seconds to wait for the relay", number("timeout", float)],
     ]
 
     def build(self) -> None:
@@ -55,7 +55,7 @@ def formatTable(servers: list[dict[str, Any]]) -> str:
     """The server list as an aligned text table."""
     rows = [("ID", "DESCRIPTION", "ONLINE SINCE (UTC)", "IDLE")]
     for s in servers:
-        rows.append((s["id"], s["description"], _utc(s["since"]), str(s["idle"])))
+        rows.append((_printable(s["id"]), _printable(s["description"]), _utc(s["since"]), str(s["idle"])))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     if not servers:
@@ -67,6 +67,11 @@ def formatJson(servers: list[dict[str, Any]]) -> str:
     return json.dumps(
         [{**s, "since_utc": _utc(s["since"])} for s in servers], indent=2
     ) + "\n"
+
+
+def _printable(text: str) -> str:
+    # A relay this version did not write may pass on anything.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _utc(epoch: float) -> str:

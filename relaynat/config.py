@@ -199,10 +199,8 @@ class _Table:
             return default
         value = self.data.pop(key)
         if isinstance(value, bool) or not isinstance(value, kind):
-            expected = kind.__name__ if isinstance(kind, type) else "number"
-            raise ConfigError(
-                self.source, self._key(key), f"must be a {expected}, not {value!r}"
-            )
+            expected = _NOUNS.get(kind, "a number") if isinstance(kind, type) else "a number"
+            raise ConfigError(self.source, self._key(key), f"must be {expected}, not {value!r}")
         return value
 
     def _key(self, key: str) -> str:
@@ -236,6 +234,7 @@ class _Table:
 
 
 _REQUIRED = object()
+_NOUNS = {str: "a string", int: "a whole number", float: "a number"}
 
 
 def checkEndpoint(description: str, server: bool, source: str, key: str) -> None:

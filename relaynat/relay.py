@@ -34,6 +34,7 @@ from relaynat.wire import (
     UnknownServer,
     UnknownSession,
     checkServerId,
+    checkText,
 )
 
 _log = Logger()
@@ -131,10 +132,12 @@ class SkeletonChannel(Channel):
             raise BadRequest("this connection is already in use")
         if not servers:
             raise BadRequest("a skeleton must register at least one server")
-        self.name = name[:64]
+        self.name = checkText("skeleton name", name)
         try:
             self.relay.registry.register(
-                self, [(s["id"], s["description"]) for s in servers], pool
+                self,
+                [(s["id"], checkText("description", s["description"])) for s in servers],
+                pool,
             )
         except Exception as e:
             _log.warn(
@@ -187,13 +190,16 @@ class SkeletonChannel(Channel):
         d.addErrback(lambda _: self.transport.abortConnection())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        super().connectionLost(reason)
+        # Unregister first: AMP's connectionLost fails the pending
+        # OpenConnection calls, and waiting clients should hear that the
+        # skeleton went away rather than that a request failed.
         if self.role == "control":
             _log.info("skeleton {skeleton} disconnected", skeleton=self.describe())
             self.relay.sessions.pop(self.session or "", None)
             self.relay.registry.unregister(self)
         elif self.role == "data" and self.innerProtocol is None and self.server:
             self.relay.registry.discard(self.server, self)
+        super().connectionLost(reason)
 
 
 class ClientChannel(Channel):

@@ -32,8 +32,11 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.main import CONNECTION_DONE
 from twisted.protocols import amp
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import classImplementsOnly, implementedBy
+
+_log = Logger()
 
 #: Seconds between heartbeats: a skeleton pings its control connection this
 #: often, and the relay probes idle pooled connections as often.  NAT
@@ -216,6 +219,18 @@ def checkServerId(serverId: str) -> str:
     return serverId
 
 
+def checkText(what: str, text: str, limit: int = 200) -> str:
+    """
+    Return C{text} if it is short and printable, else raise L{BadRequest}:
+    names and descriptions end up on other people's terminals and in logs.
+    """
+    if len(text) > limit or not text.isprintable():
+        raise BadRequest(
+            f"bad {what} {text[:40]!r}: use at most {limit} printable characters"
+        )
+    return text
+
+
 def setNoDelay(transport: object) -> None:
     """
     Turn Nagle off where the transport is TCP: a relay hop must not hold
@@ -249,6 +264,23 @@ class Channel(amp.AMP):
     def connectionLost(self, reason: Failure = Failure(CONNECTION_DONE)) -> None:
         self.connected = False
         super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.innerProtocol is not None:
+            self.innerProtocol.dataReceived(data)
+            return
+        try:
+            super().dataReceived(data)
+        except Exception as e:
+            # Stock AMP lets some malformed boxes raise (an empty box, an
+            # answer to no question, a command name that is not UTF-8); a
+            # peer sending garbage is dropped with one line, not a traceback.
+            _log.warn(
+                "dropping {peer}: malformed AMP: {error}",
+                peer=self.transport.getPeer(),
+                error=repr(e),
+            )
+            self.transport.abortConnection()
 
     def _inner(self) -> IHalfCloseableProtocol | None:
         if self.innerProtocol is None:

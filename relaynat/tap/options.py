@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.python import usage
 
 from relaynat.config import ConfigError, readToml
+
+
+def number(flag: str, kind: type[float] | type[int]) -> Callable[[str], float]:
+    """A coercer for a numeric flag whose error names the flag."""
+
+    def coerce(value: str) -> float:
+        try:
+            return kind(value)
+        except ValueError:
+            noun = "a whole number" if kind is int else "a number"
+            raise ValueError(f"--{flag} must be {noun}, not {value!r}") from None
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
 
 
 class ConfigOptions(usage.Options):
@@ -18,6 +33,13 @@ class ConfigOptions(usage.Options):
     optParameters: list[list[Any]] = [
         ["config", "c", None, "TOML configuration file (flags override it)"],
     ]
+
+    def opt_version(self) -> None:
+        """Print relaynat's version and exit."""
+        from relaynat import __version__
+
+        print(f"relaynat {__version__}")
+        raise SystemExit(0)
 
     def document(self) -> tuple[dict[str, Any], str]:
         """The parsed file (empty without one), and what to call it in errors."""

@@ -10,7 +10,7 @@ from twisted.application.service import MultiService
 
 from relaynat.config import RelayConfig, relayConfig, withFlags
 from relaynat.relay import Relay
-from relaynat.tap.options import ConfigOptions
+from relaynat.tap.options import ConfigOptions, number
 from relaynat.wire import HEARTBEAT
 
 
@@ -20,7 +20,7 @@ class Options(ConfigOptions):
     optParameters = ConfigOptions.optParameters + [
         ["clients", None, None, "endpoint for clients (port X), e.g. tcp:7000"],
         ["skeletons", None, None, "endpoint for skeletons (port Y), e.g. tcp:7001"],
-        ["join-timeout", None, None, "seconds to wait for a skeleton's connection", float],
+        ["join-timeout", None, None, "seconds to wait for a skeleton's connection", number("join-timeout", float)],
     ]
 
     def build(self) -> None:

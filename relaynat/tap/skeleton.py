@@ -11,7 +11,7 @@ from twisted.python.usage import UsageError
 
 from relaynat.config import ConfigError, SkeletonConfig, skeletonConfig, splitAssignment, withFlags
 from relaynat.skeleton import FrontedServer, Skeleton
-from relaynat.tap.options import ConfigOptions
+from relaynat.tap.options import ConfigOptions, number
 
 
 class Options(ConfigOptions):
@@ -20,7 +20,7 @@ class Options(ConfigOptions):
     optParameters = ConfigOptions.optParameters + [
         ["relay", None, None, "the relay's skeleton endpoint (port Y), e.g. tcp:relay.example:7001"],
         ["name", None, None, "this skeleton's name, as the relay logs it (default: host name)"],
-        ["pool", None, None, "idle connections kept ready per server", int],
+        ["pool", None, None, "idle connections kept ready per server", number("pool", int)],
     ]
 
     def __init__(self) -> None:

@@ -1,0 +1,241 @@
+"""
+Tests for the C{relaynat} command: the table and JSON it prints, its option
+parsing, and C{relaynat list} run for real, as a separate process, against a
+relay running in the test's own reactor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from relaynat import __version__
+from relaynat.cli import ListOptions, Options, formatJson, formatTable
+from relaynat.test.loopback import Stack, listen, runAsync
+from relaynat.test.streams import Echo
+
+#: The installed console script, next to the interpreter running the tests.
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "relaynat")
+
+SERVERS = [
+    {"id": "web", "description": "demo web server", "since": 1700000000.0, "idle": 2},
+    {"id": "db", "description": "", "since": 1700000061.5, "idle": 0},
+]
+
+
+class FormatTests(SynchronousTestCase):
+    """L{formatTable} and L{formatJson}."""
+
+    def test_tableEmpty(self) -> None:
+        """With no servers, the table is its header and a note saying so."""
+        self.assertEqual(
+            formatTable([]),
+            "ID  DESCRIPTION  ONLINE SINCE (UTC)  IDLE\n(no servers are available)\n",
+        )
+
+    def test_tableSeveral(self) -> None:
+        """
+        Several servers are aligned in columns as wide as their widest cell,
+        in the order given, with UTC times and no trailing spaces.
+        """
+        self.assertEqual(
+            formatTable(SERVERS),
+            "ID   DESCRIPTION      ONLINE SINCE (UTC)   IDLE\n"
+            "web  demo web server  2023-11-14 22:13:20  2\n"
+            "db                    2023-11-14 22:14:21  0\n",
+        )
+
+    def test_tableWideId(self) -> None:
+        """A long id widens its column; the others follow it."""
+        table = formatTable([{"id": "a" * 20, "description": "d", "since": 0, "idle": 1}])
+        header, row = table.splitlines()
+        self.assertEqual(header.index("DESCRIPTION"), 22)
+        self.assertEqual(row, "a" * 20 + "  d            1970-01-01 00:00:00  1")
+
+    def test_tableControlCharacters(self) -> None:
+        """
+        A description is chosen by whoever runs a skeleton; terminal control
+        characters in it (a screen clear, a newline faking another row) are
+        not printed raw to the user's terminal.
+        """
+        table = formatTable(
+            [{"id": "web", "description": "\x1b[2Jfake\nrow", "since": 0, "idle": 0}]
+        )
+        self.assertNotIn("\x1b", table)
+        self.assertEqual(len(table.splitlines()), 2)
+
+
+    def test_jsonEmpty(self) -> None:
+        """With no servers, the JSON is an empty list and a newline."""
+        self.assertEqual(formatJson([]), "[]\n")
+
+    def test_jsonSeveral(self) -> None:
+        """
+        The JSON has every field as the relay gave it, plus the time in UTC
+        as text, and ends with a newline.
+        """
+        text = formatJson(SERVERS)
+        self.assertTrue(text.endswith("}\n]\n"))
+        self.assertEqual(
+            json.loads(text),
+            [
+                {**SERVERS[0], "since_utc": "2023-11-14 22:13:20"},
+                {**SERVERS[1], "since_utc": "2023-11-14 22:14:21"},
+            ],
+        )
+
+
+class OptionsTests(SynchronousTestCase):
+    """The C{relaynat} command line, parsed in process."""
+
+    def test_list(self) -> None:
+        """C{relaynat list --relay ENDPOINT --json} parses into its parts."""
+        options = Options()
+        options.parseOptions(["list", "--relay", "tcp:relay.example:7000", "--json"])
+        self.assertEqual(options.subCommand, "list")
+        sub = options.subOptions
+        self.assertIsInstance(sub, ListOptions)
+        self.assertEqual(sub.client.relay, "tcp:relay.example:7000")
+        self.assertEqual(sub.client.tunnels, ())
+        self.assertTrue(sub["json"])
+        self.assertEqual(sub["timeout"], 10.0)
+
+    def test_tableByDefault(self) -> None:
+        """Without C{--json}, the output is a table; the timeout can be set."""
+        options = ListOptions()
+        options.parseOptions(["--relay", "tcp:h:7000", "--timeout", "2.5"])
+        self.assertFalse(options["json"])
+        self.assertEqual(options["timeout"], 2.5)
+
+    def test_noCommand(self) -> None:
+        """Without a command, the usage error names the commands."""
+        error = self.assertRaises(UsageError, Options().parseOptions, [])
+        self.assertEqual(str(error), "name a command: list")
+
+    def test_unknownCommand(self) -> None:
+        """An unknown command is a usage error."""
+        self.assertRaises(UsageError, Options().parseOptions, ["lsit"])
+
+    def test_noRelay(self) -> None:
+        """C{list} without a relay says what is missing."""
+        error = self.assertRaises(UsageError, ListOptions().parseOptions, [])
+        self.assertEqual(str(error), "command line: client.relay: missing")
+
+    def test_badRelay(self) -> None:
+        """A relay that is not a connecting endpoint is refused."""
+        error = self.assertRaises(
+            UsageError, ListOptions().parseOptions, ["--relay", "tcp:7000"]
+        )
+        self.assertTrue(
+            str(error).startswith(
+                "command line: client.relay: not a valid connecting endpoint 'tcp:7000'"
+            ),
+            str(error),
+        )
+
+    def test_configFile(self) -> None:
+        """
+        The relay can come from a client's config file, tunnels and all, and
+        C{--relay} overrides it.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                '[client]\nrelay = "tcp:from-file:7000"\n'
+                '[[tunnel]]\nserver = "web"\nlisten = "tcp:8080"\n'
+            )
+        options = ListOptions()
+        options.parseOptions(["--config", path])
+        self.assertEqual(options.client.relay, "tcp:from-file:7000")
+        options = ListOptions()
+        options.parseOptions(["--config", path, "--relay", "tcp:from-flag:7000"])
+        self.assertEqual(options.client.relay, "tcp:from-flag:7000")
+
+
+class ListCommandTests(TestCase):
+    """C{relaynat list} as a real process against a relay in this process."""
+
+    def setUp(self) -> None:
+        if not os.path.exists(SCRIPT):
+            raise self.skipTest(f"the relaynat script is not installed at {SCRIPT}")
+
+    async def runScript(self, *args: str) -> tuple[str, str, int]:
+        # The reactor keeps running while the child runs, so the relay in
+        # this process answers it.
+        out, err, code = await getProcessOutputAndValue(
+            SCRIPT, args, env=dict(os.environ), reactor=reactor
+        )
+        return out.decode(), err.decode(), code
+
+    async def startStack(self) -> str:
+        """A relay with one skeleton fronting "echo"; the relay's client endpoint."""
+        stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
+        self.addCleanup(stack.stop)
+        return f"tcp:127.0.0.1:{stack.clientPort.getHost().port}"  # type: ignore[attr-defined]
+
+    @runAsync
+    async def test_table(self) -> None:
+        """The table lists the registered server with its description."""
+        relay = await self.startStack()
+        out, err, code = await self.runScript("list", "--relay", relay)
+        self.assertEqual((code, err), (0, ""))
+        header, row = out.splitlines()
+        self.assertEqual(header.split(), ["ID", "DESCRIPTION", "ONLINE", "SINCE", "(UTC)", "IDLE"])
+        self.assertEqual(row.split()[:3], ["echo", "test", "echo"])
+        self.assertEqual(row.split()[-1], "1")
+
+    @runAsync
+    async def test_json(self) -> None:
+        """C{--json} prints a JSON list with the registered server."""
+        relay = await self.startStack()
+        out, err, code = await self.runScript("list", "--relay", relay, "--json")
+        self.assertEqual((code, err), (0, ""))
+        [server] = json.loads(out)
+        self.assertEqual(
+            (server["id"], server["description"], server["idle"]), ("echo", "test echo", 1)
+        )
+        self.assertLess(abs(server["since"] - reactor.seconds()), 60)
+        self.assertRegex(server["since_utc"], r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
+
+    @runAsync
+    async def test_unreachableRelay(self) -> None:
+        """
+        A relay that refuses the connection makes C{list} fail with exit
+        status 1 and one line saying why.
+        """
+        port = await listen(Factory.forProtocol(Echo))
+        number = port.getHost().port  # type: ignore[attr-defined]
+        await port.stopListening()  # type: ignore[misc]
+        out, err, code = await self.runScript("list", "--relay", f"tcp:127.0.0.1:{number}")
+        self.assertEqual((code, out), (1, ""))
+        self.assertTrue(
+            err.startswith("relaynat list: cannot list servers: Connection was refused"), err
+        )
+        self.assertEqual(err.count("\n"), 1)
+
+    @runAsync
+    async def test_usageError(self) -> None:
+        """A usage error exits with status 2 and ends with the problem."""
+        out, err, code = await self.runScript("list")
+        self.assertEqual((code, out), (2, ""))
+        self.assertTrue(err.endswith("relaynat: command line: client.relay: missing\n"), err)
+
+    @runAsync
+    async def test_version(self) -> None:
+        """C{relaynat --version} prints relaynat's version."""
+        out, err, code = await self.runScript("--version")
+        self.assertEqual((code, out), (0, f"relaynat {__version__}\n"))
+
+    @runAsync
+    async def test_listVersion(self) -> None:
+        """C{relaynat list --version} also prints relaynat's version."""
+        out, err, code = await self.runScript("list", "--version")
+        self.assertEqual((code, out), (0, f"relaynat {__version__}\n"))
+
