@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import classImplementsOnly, implementedBy
 
 _log = Logger()
+_CLEAN_CLOSE = Failure(CONNECTION_DONE)
 
 #: Seconds between heartbeats: a skeleton pings its control connection this
 #: often, and the relay probes idle pooled connections as often.  NAT
@@ -261,7 +262,7 @@ class Channel(amp.AMP):
         setNoDelay(self.transport)
         super().connectionMade()
 
-    def connectionLost(self, reason: Failure = Failure(CONNECTION_DONE)) -> None:
+    def connectionLost(self, reason: Failure = _CLEAN_CLOSE) -> None:
         self.connected = False
         super().connectionLost(reason)
 
