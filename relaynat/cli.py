@@ -2,6 +2,16 @@
 The C{relaynat} command: tools around the three twistd roles.
 
   relaynat list [--config client.toml] [--relay ENDPOINT] [--json]
+  relaynat keygen DIR --name NAME [--name NAME]... [--force]
+  relaynat fingerprint FILE
+  relaynat trust URL --out FILE [--expect FINGERPRINT] [--timeout SECONDS]
+  relaynat passwd FILE USER [--register IDS] [--join IDS]
+                            [--password-file F | --keep-password]
+  relaynat passwd FILE USER --delete
+  relaynat secret FILE [--force]
+
+The commands but C{list} live in L{relaynat.tools}.  A usage error exits
+with status 2, a failure with status 1, each with one line on stderr.
 """
 
 from __future__ import annotations
@@ -20,6 +30,16 @@ from relaynat import __version__
 from relaynat.client import listServers
 from relaynat.config import ConfigError, clientConfig, withFlags
 from relaynat.tap.options import ConfigOptions, number
+from relaynat.tools import (
+    FAILURES,
+    LOCAL_COMMANDS,
+    FingerprintOptions,
+    KeygenOptions,
+    PasswdOptions,
+    SecretOptions,
+    TrustOptions,
+    trust,
+)
 
 
 class ListOptions(ConfigOptions):
@@ -39,7 +59,14 @@ class ListOptions(ConfigOptions):
 
 class Options(usage.Options):
     synopsis = "relaynat COMMAND [options]"
-    subCommands = [["list", None, ListOptions, "print the servers the relay has available"]]
+    subCommands: list[list[Any]] = [
+        ["list", None, ListOptions, "print the servers the relay has available"],
+        ["keygen", None, KeygenOptions, "create the relay's key and certificate"],
+        ["fingerprint", None, FingerprintOptions, "print the fingerprint of a key or certificate"],
+        ["trust", None, TrustOptions, "download, check and save the relay's certificate"],
+        ["passwd", None, PasswdOptions, "add, change or delete a user of the relay"],
+        ["secret", None, SecretOptions, "create a secret file for one server"],
+    ]
 
     def opt_version(self) -> None:
         """Print the version and exit."""
@@ -48,7 +75,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("name a command: list")
+            names = ", ".join(command[0] for command in self.subCommands)
+            raise usage.UsageError(f"name a command: {names}")
 
 
 def formatTable(servers: list[dict[str, Any]]) -> str:
@@ -86,6 +114,29 @@ async def _list(reactor: Any, options: ListOptions, out: TextIO) -> None:
     out.write(formatJson(servers) if options["json"] else formatTable(servers))
 
 
+def runLocal(command: str, options: usage.Options, out: TextIO, err: TextIO) -> int:
+    """Run one of the commands that need no reactor; its exit status."""
+    try:
+        LOCAL_COMMANDS[command](options, out, err)
+    except FAILURES as e:
+        err.write(f"relaynat {command}: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        err.write(f"\nrelaynat {command}: interrupted\n")
+        return 1
+    return 0
+
+
+async def runTrust(reactor: Any, options: TrustOptions, out: TextIO, err: TextIO) -> int:
+    """Run C{relaynat trust}; its exit status."""
+    try:
+        await trust(reactor, options, out, err)
+    except FAILURES as e:
+        err.write(f"relaynat trust: {e}\n")
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     options = Options()
     try:
@@ -94,13 +145,26 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"{options}\nrelaynat: {e}\n")
         sys.exit(2)
 
-    def run(reactor: Any) -> Any:
-        d = ensureDeferred(_list(reactor, options.subOptions, sys.stdout))
+    command = options.subCommand
+    if command in LOCAL_COMMANDS:
+        sys.exit(runLocal(command, options.subOptions, sys.stdout, sys.stderr))
+    react(_trusting if command == "trust" else _listing, [options.subOptions])
 
-        def failed(f: Any) -> None:
-            sys.stderr.write(f"relaynat list: cannot list servers: {f.getErrorMessage()}\n")
-            raise SystemExit(1)
 
-        return d.addErrback(failed)
+def _trusting(reactor: Any, options: TrustOptions) -> Any:
+    async def trusting() -> None:
+        code = await runTrust(reactor, options, sys.stdout, sys.stderr)
+        if code:
+            raise SystemExit(code)
 
-    react(run)
+    return ensureDeferred(trusting())
+
+
+def _listing(reactor: Any, options: ListOptions) -> Any:
+    d = ensureDeferred(_list(reactor, options, sys.stdout))
+
+    def failed(f: Any) -> None:
+        sys.stderr.write(f"relaynat list: cannot list servers: {f.getErrorMessage()}\n")
+        raise SystemExit(1)
+
+    return d.addErrback(failed)

@@ -25,9 +25,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import attrs
+from twisted.internet import error
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet import error
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import deferLater, react
@@ -226,17 +226,14 @@ def writeConfigs(outDir: str, targetPort: int, confDir: str = CONF) -> DemoConfi
         for tunnel in client["tunnel"]
     )
     os.makedirs(outDir, exist_ok=True)
-    paths = {}
+    paths = {role: os.path.join(outDir, f"{role}.toml") for role in ROLES}
+    moved = {role: moveConfig(texts[role], ports) for role in ROLES}
+    relayConfig(parseToml(moved["relay"], paths["relay"]), paths["relay"])
+    servers = skeletonConfig(parseToml(moved["skeleton"], paths["skeleton"]), paths["skeleton"])
+    clientConfig(parseToml(moved["client"], paths["client"]), paths["client"])
     for role in ROLES:
-        paths[role] = os.path.join(outDir, f"{role}.toml")
         with open(paths[role], "w", encoding="utf-8") as f:
-            f.write(moveConfig(texts[role], ports))
-    with open(paths["relay"], encoding="utf-8") as f:
-        relayConfig(parseToml(f.read(), paths["relay"]), paths["relay"])
-    with open(paths["skeleton"], encoding="utf-8") as f:
-        servers = skeletonConfig(parseToml(f.read(), paths["skeleton"]), paths["skeleton"]).servers
-    with open(paths["client"], encoding="utf-8") as f:
-        clientConfig(parseToml(f.read(), paths["client"]), paths["client"])
+            f.write(moved[role])
     return DemoConfigs(
         relay=paths["relay"],
         skeleton=paths["skeleton"],
@@ -245,7 +242,7 @@ def writeConfigs(outDir: str, targetPort: int, confDir: str = CONF) -> DemoConfi
         skeletonsPort=skeletonsPort,
         targetPort=targetPort,
         tunnelPorts=tunnelPorts,
-        servers=tuple((s.id, s.description) for s in servers),
+        servers=tuple((s.id, s.description) for s in servers.servers),
     )
 
 
@@ -497,7 +494,8 @@ class HttpGet(Protocol):
         self.received.append(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.done.callback(b"".join(self.received))
+        if not self.done.called:  # else it timed out
+            self.done.callback(b"".join(self.received))
 
 
 async def fetchPage(reactor: Any, port: int, timeout: float = 10.0) -> bytes:
@@ -561,10 +559,14 @@ class LocalStack:
                     f"the {child.name} process {child.describeEnd()}:\n{child.tail()}"
                 )
 
-    async def listing(self) -> list[dict[str, Any]]:
+    async def listing(self, timeout: float = 5.0) -> list[dict[str, Any]]:
         """What the relay lists now, asked in this process."""
-        relay = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.configs.clientsPort, timeout=5)
-        return await listServers(relay)
+        relay = TCP4ClientEndpoint(
+            self.reactor, "127.0.0.1", self.configs.clientsPort, timeout=timeout
+        )
+        d = ensureDeferred(listServers(relay))
+        d.addTimeout(timeout, self.reactor)
+        return await d
 
     async def waitRegistered(self, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Wait until the relay lists every server of the skeleton."""

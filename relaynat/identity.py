@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -68,6 +69,11 @@ def fingerprintOfFile(path: str) -> str:
         key = serialization.load_pem_private_key(data, password=None)
     except ValueError as e:
         raise IdentityError(f"{path}: neither a PEM certificate nor a private key") from e
+    except TypeError as e:
+        # cryptography's word for "this key needs a password".
+        raise IdentityError(f"{path}: the private key is encrypted; give its certificate") from e
+    except UnsupportedAlgorithm as e:
+        raise IdentityError(f"{path}: a private key of a kind relaynat cannot read") from e
     return fingerprint(key)
 
 

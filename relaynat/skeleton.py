@@ -10,15 +10,16 @@ from collections.abc import Mapping
 from typing import cast
 
 import attrs
-from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.endpoints import connectProtocol
-from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relaynat.splice import OneProtocolFactory, SpliceHalf, splicePair
+from relaynat.link import ControlChannel, RelayLink
+from relaynat.secret import checkJoinProof, newNonce
+from relaynat.splice import FramedHalf, OneProtocolFactory, SpliceHalf, splicePair
 from relaynat.wire import (
     HEARTBEAT,
     PING_TIMEOUT,
@@ -28,6 +29,7 @@ from relaynat.wire import (
     OpenConnection,
     Ping,
     Register,
+    SecretMismatch,
     SkeletonGone,
     TargetRefused,
     UnknownServer,
@@ -38,42 +40,36 @@ _log = Logger()
 
 @attrs.frozen
 class FrontedServer:
-    """A server this skeleton fronts: its id, description and target."""
+    """A server this skeleton fronts: its id, description, target and secret."""
 
     id: str
     description: str
     target: IStreamClientEndpoint
+    secret: bytes = attrs.field(repr=False)
 
 
 class Skeleton:
     """
-    The skeleton's state: the relay to reach, the servers it fronts, and the
-    session the relay gave its current control connection.
+    The skeleton's state: its way to the relay, the servers it fronts, and
+    its open data connections.
     """
 
     def __init__(
         self,
-        relay: IStreamClientEndpoint,
+        link: RelayLink,
         name: str,
         servers: Mapping[str, FrontedServer],
         pool: int = 1,
-        clock: IReactorTime | None = None,
         heartbeat: float = HEARTBEAT,
         pingTimeout: float = PING_TIMEOUT,
     ) -> None:
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = cast(IReactorTime, reactor)
-        self.clock: IReactorTime = clock
+        self.link = link
+        self.clock = link.clock
         self.heartbeat = heartbeat
         self.pingTimeout = pingTimeout
-        self.relay = relay
         self.name = name
         self.servers = dict(servers)
         self.pool = pool
-        self.session: str | None = None
-        self.registered: Deferred[None] = Deferred()
         #: Open data connections, pooled or joined.
         self.dataChannels: set[DataChannel] = set()
 
@@ -82,46 +78,50 @@ class Skeleton:
 
     def register(self, control: IProtocol) -> Deferred[None]:
         """
-        Register every server on a new control connection (the
+        Log in and register every server on a new control connection (the
         C{prepareConnection} of the skeleton's L{ClientService}).
         """
         # ClientService hands over a proxy of the SkeletonControl it built.
-        return ensureDeferred(self._register(cast(SkeletonControl, control)))
+        return Deferred.fromCoroutine(self._register(cast(SkeletonControl, control)))
 
     async def _register(self, control: SkeletonControl) -> None:
         servers = [
             {"id": s.id, "description": s.description} for s in self.servers.values()
         ]
         try:
-            answer = await control.callRemote(
+            await control.start()
+            await control.callRemote(
                 Register, name=self.name, servers=servers, pool=self.pool
             )
         except Exception as e:
             _log.error("the relay refused this skeleton: {why}", why=str(e))
             raise
-        self.session = answer["session"]
         _log.info(
             "registered {servers} with the relay",
             servers=", ".join(sorted(self.servers)),
         )
-        if not self.registered.called:
-            self.registered.callback(None)
 
     async def offerConnection(self, serverId: str) -> None:
         """Open a data connection for C{serverId} and offer it to the relay."""
-        channel = await connectProtocol(self.relay, DataChannel(self, serverId))
+        session = self.link.session
+        if session is None:
+            raise SkeletonGone("not logged in to the relay")
+        channel = await self.link.connect(DataChannel(self, serverId))
         try:
-            await channel.callRemote(Offer, session=self.session or "", server=serverId)
+            proof = await self.link.prove(channel, session)
+            await channel.callRemote(
+                Offer, session=session.id, proof=proof, server=serverId, nonce=channel.nonce
+            )
         except Exception:
             channel.transport.loseConnection()
             raise
 
 
-class SkeletonControl(Channel):
+class SkeletonControl(ControlChannel):
     """The control connection, as the relay sees it: asks for connections."""
 
     def __init__(self, skeleton: Skeleton) -> None:
-        super().__init__()
+        super().__init__(skeleton.link)
         self.skeleton = skeleton
         self._heartbeat = LoopingCall(self._sendPing)
         self._heartbeat.clock = skeleton.clock
@@ -152,7 +152,7 @@ class SkeletonControl(Channel):
     def openConnection(self, server: str) -> Deferred[dict[str, object]]:
         if server not in self.skeleton.servers:
             raise UnknownServer(f"this skeleton does not front {server}")
-        return ensureDeferred(self._open(server))
+        return Deferred.fromCoroutine(self._open(server))
 
     async def _open(self, server: str) -> dict[str, object]:
         try:
@@ -174,6 +174,8 @@ class DataChannel(Channel):
         super().__init__()
         self.skeleton = skeleton
         self.serverId = serverId
+        #: This connection's half of the per-server secret's challenge.
+        self.nonce = newNonce()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -184,12 +186,23 @@ class DataChannel(Channel):
         super().connectionLost(reason)
 
     @Join.responder
-    def join(self, tunnel: str) -> Deferred[SpliceHalf]:
-        return ensureDeferred(self._join(tunnel))
-
-    async def _join(self, tunnel: str) -> SpliceHalf:
+    def join(self, tunnel: str, nonce: bytes, proof: bytes) -> Deferred[SpliceHalf]:
         server = self.skeleton.servers[self.serverId]
-        relayHalf, targetHalf = splicePair("relay", "target")
+        if not checkJoinProof(server.secret, nonce, self.nonce, tunnel, proof):
+            # Checked here, not at the relay, which never sees the secret;
+            # the target is not contacted.
+            _log.warn(
+                "tunnel {tunnel}: wrong secret for {server}: refused",
+                tunnel=tunnel,
+                server=server.id,
+            )
+            raise SecretMismatch(
+                f"wrong secret for server {server.id}: check the tunnel's secret_file"
+            )
+        return Deferred.fromCoroutine(self._join(tunnel, server))
+
+    async def _join(self, tunnel: str, server: FrontedServer) -> SpliceHalf:
+        relayHalf, targetHalf = splicePair("relay", "target", FramedHalf)
         try:
             await server.target.connect(OneProtocolFactory(targetHalf))
         except Exception as e:

@@ -16,10 +16,13 @@ from typing import Protocol as TypingProtocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaynat.wire import setNoDelay
+
+_log = Logger()
 
 
 class SpliceObserver(TypingProtocol):
@@ -76,11 +79,22 @@ class SpliceHalf(Protocol):
             self.transport.pauseProducing()
 
     def dataReceived(self, data: bytes) -> None:
-        self.received += len(data)
-        if self.linked:
-            self.peer.transport.write(data)
-        else:
+        if not self.linked:
             self._early.append(data)
+            return
+        self.received += len(data)
+        self.peer.deliver(data)
+
+    def deliver(self, data: bytes) -> None:
+        """Write C{data}, read by the peer, to this half's connection."""
+        self.transport.write(data)
+
+    def deliverEnd(self) -> None:
+        """The peer read its end-of-stream: pass it on after what is buffered."""
+        # Nothing more will be read there, so this transport no longer
+        # consumes from the peer's.
+        self.transport.unregisterProducer()
+        self.transport.loseWriteConnection()
 
     def readConnectionLost(self) -> None:
         self.readClosed = True
@@ -118,12 +132,7 @@ class SpliceHalf(Protocol):
                 self.observer.ended(self)
 
     def _forwardEnd(self) -> None:
-        # Nothing more will be read here, so the peer's transport no longer
-        # consumes from ours; shutting its write side passes the end on after
-        # whatever it still buffers.
-        peer = self.peer.transport
-        peer.unregisterProducer()
-        peer.loseWriteConnection()
+        self.peer.deliverEnd()
 
     def _closeIfDone(self) -> None:
         if self.readClosed and self.writeClosed:
@@ -136,8 +145,8 @@ def _link(a: SpliceHalf, b: SpliceHalf) -> None:
     b.transport.registerProducer(a.transport, True)
     for half in (a, b):
         early, half._early = half._early, []
-        if early:
-            half.peer.transport.write(b"".join(early))
+        for data in early:
+            half.dataReceived(data)
     for half in (a, b):
         if half.readClosed:
             half._forwardEnd()
@@ -145,11 +154,82 @@ def _link(a: SpliceHalf, b: SpliceHalf) -> None:
             half.transport.resumeProducing()
 
 
+class FramedHalf(SpliceHalf):
+    """
+    The relay-facing end of a tunnel at the client and at the skeleton.
+
+    TLS as Twisted speaks it cannot shut one direction (there is no
+    close_notify for the write side alone), yet a client that shuts its
+    write side must still get the whole reply.  So the two ends frame the
+    stream between them: a 4-byte big-endian length, then that many bytes;
+    a length of zero is end-of-stream.  The relay splices the framed bytes
+    untouched, and this end closes its connection once end-of-stream has
+    passed both ways.
+    """
+
+    MAX_FRAME = 1 << 20
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._header = b""
+        self._remaining = 0
+
+    def deliver(self, data: bytes) -> None:
+        # One frame per read from the plain side: at most the transport's
+        # read size (64 KiB), well under MAX_FRAME.
+        self.transport.writeSequence([len(data).to_bytes(4, "big"), data])
+
+    def deliverEnd(self) -> None:
+        self.transport.unregisterProducer()
+        self.transport.write(b"\0\0\0\0")
+        self.writeConnectionLost()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.linked:
+            self._early.append(data)
+            return
+        self.received += len(data)
+        position, size = 0, len(data)
+        while position < size:
+            if self.readClosed:
+                self._violation("bytes after end-of-stream")
+                return
+            if self._remaining:
+                take = min(self._remaining, size - position)
+                whole = position == 0 and take == size
+                self.peer.deliver(data if whole else data[position : position + take])
+                position += take
+                self._remaining -= take
+                continue
+            need = 4 - len(self._header)
+            self._header += data[position : position + need]
+            position += need
+            if len(self._header) < 4:
+                return
+            length = int.from_bytes(self._header, "big")
+            self._header = b""
+            if length == 0:
+                # The far end's end-of-stream, as a TCP FIN would be.
+                self.readConnectionLost()
+            elif length > self.MAX_FRAME:
+                self._violation(f"a frame of {length} bytes")
+                return
+            else:
+                self._remaining = length
+
+    def _violation(self, what: str) -> None:
+        _log.warn("tunnel stream broken ({what}): closing it", what=what)
+        self.transport.abortConnection()
+
+
 def splicePair(
-    aName: str = "a", bName: str = "b", aClass: type[SpliceHalf] = SpliceHalf
+    aName: str = "a",
+    bName: str = "b",
+    aClass: type[SpliceHalf] = SpliceHalf,
+    bClass: type[SpliceHalf] = SpliceHalf,
 ) -> tuple[SpliceHalf, SpliceHalf]:
     """Two halves that will splice their connections once both are made."""
-    a, b = aClass(aName), SpliceHalf(bName)
+    a, b = aClass(aName), bClass(bName)
     a.peer, b.peer = b, a
     return a, b
 

@@ -28,8 +28,11 @@ from typing import Any
 from twisted.internet.interfaces import (
     IFileDescriptorReceiver,
     IHalfCloseableProtocol,
+    IHandshakeListener,
+    ISSLTransport,
     ITCPTransport,
 )
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.main import CONNECTION_DONE
 from twisted.protocols import amp
 from twisted.logger import Logger
@@ -87,12 +90,28 @@ class SkeletonGone(RelaynatError):
     """The skeleton went away while a tunnel was being set up."""
 
 
-class UnknownSession(RelaynatError):
-    """A data connection named a session the relay does not know."""
-
-
 class BadRequest(RelaynatError):
     """The request is malformed (a bad server id, an empty registration)."""
+
+
+class LoginFailed(RelaynatError):
+    """Unknown user, wrong password, or too many failures: one error for all."""
+
+
+class SessionRefused(RelaynatError):
+    """A connection's session proof is wrong, or its session expired."""
+
+
+class PermissionDenied(RelaynatError):
+    """The user may not do this (register that server id, say)."""
+
+
+class SecretMismatch(RelaynatError):
+    """The client's proof of the server's secret is wrong."""
+
+
+class LoginRequired(RelaynatError):
+    """A command that needs a login or a session proof came before it."""
 
 
 _ERRORS: dict[type[Exception], bytes] = {
@@ -102,8 +121,12 @@ _ERRORS: dict[type[Exception], bytes] = {
     TargetRefused: b"TARGET_REFUSED",
     JoinTimeout: b"JOIN_TIMEOUT",
     SkeletonGone: b"SKELETON_GONE",
-    UnknownSession: b"UNKNOWN_SESSION",
     BadRequest: b"BAD_REQUEST",
+    LoginFailed: b"LOGIN_FAILED",
+    SessionRefused: b"SESSION_REFUSED",
+    PermissionDenied: b"PERMISSION_DENIED",
+    SecretMismatch: b"SECRET_MISMATCH",
+    LoginRequired: b"LOGIN_REQUIRED",
 }
 
 
@@ -115,11 +138,46 @@ def _errors(*kinds: type[Exception]) -> dict[type[Exception], bytes]:
     return {kind: _ERRORS[kind] for kind in kinds}
 
 
+class Login(amp.Command):
+    """
+    The first step of SCRAM-SHA-256-PLUS (tls-server-end-point binding) on a
+    control connection: the client-first message; answered server-first.
+    """
+
+    arguments = [(b"message", amp.Unicode())]
+    response = [(b"message", amp.Unicode())]
+    errors = _errors(LoginFailed, BadRequest)
+
+
+class LoginFinish(amp.Command):
+    """
+    The second step: client-final; answered server-final (which the client
+    checks: the relay proves it knows the verifier), and a session whose key
+    later connections of this login prove instead of the password.
+    """
+
+    arguments = [(b"message", amp.Unicode())]
+    response = [
+        (b"message", amp.Unicode()),
+        (b"session", amp.Unicode()),
+        (b"key", amp.String()),
+        (b"expires", amp.Float()),
+    ]
+    errors = _errors(LoginFailed, BadRequest)
+
+
+class Hello(amp.Command):
+    """A fresh challenge, for the session proof of a data connection."""
+
+    arguments = _NOTHING
+    response = [(b"challenge", amp.String())]
+
+
 class Register(amp.Command):
     """
-    Sent by a skeleton as the first command of its control connection: who it
-    is, which servers it fronts, and how many idle connections per server it
-    keeps ready.  The answer is the session that its data connections name.
+    Sent by a logged-in skeleton on its control connection: who it is, which
+    servers it fronts, and how many idle connections per server it keeps
+    ready.
     """
 
     arguments = [
@@ -130,19 +188,26 @@ class Register(amp.Command):
         ),
         (b"pool", amp.Integer()),
     ]
-    response = [(b"session", amp.Unicode())]
-    errors = _errors(DuplicateServer, BadRequest)
+    response = _NOTHING
+    errors = _errors(DuplicateServer, BadRequest, PermissionDenied, LoginRequired)
 
 
 class Offer(amp.Command):
     """
-    The first command of a skeleton's data connection: this connection is
-    ready to be joined to a client of C{server}.
+    After L{Hello}, the command of a skeleton's data connection: this
+    connection, of session C{session} (C{proof} answers the challenge), is
+    ready to be joined to a client of C{server}.  C{nonce} is the skeleton's
+    half of the per-server secret's challenge for that join.
     """
 
-    arguments = [(b"session", amp.Unicode()), (b"server", amp.Unicode())]
+    arguments = [
+        (b"session", amp.Unicode()),
+        (b"proof", amp.String()),
+        (b"server", amp.Unicode()),
+        (b"nonce", amp.String()),
+    ]
     response = _NOTHING
-    errors = _errors(UnknownSession, UnknownServer, BadRequest)
+    errors = _errors(UnknownServer, BadRequest, SessionRefused)
 
 
 class OpenConnection(amp.Command):
@@ -158,17 +223,23 @@ class OpenConnection(amp.Command):
 
 class Join(amp.ProtocolSwitchCommand):
     """
-    Relay to skeleton, on an offered data connection: connect to the server's
-    target and, once connected, carry raw bytes from here on.
+    Relay to skeleton, on an offered data connection: check the client's
+    C{proof} of the server's secret over its C{nonce}, the skeleton's nonce
+    and the join id C{tunnel}; then connect to the server's target and, once
+    connected, carry raw bytes from here on.
     """
 
-    arguments = [(b"tunnel", amp.Unicode())]
+    arguments = [
+        (b"tunnel", amp.Unicode()),
+        (b"nonce", amp.String()),
+        (b"proof", amp.String()),
+    ]
     response = _NOTHING
-    errors = _errors(TargetRefused, UnknownServer, SkeletonGone)
+    errors = _errors(TargetRefused, UnknownServer, SkeletonGone, SecretMismatch)
 
 
 class ListServers(amp.Command):
-    """Client to relay: the servers that can be joined now."""
+    """Client to relay, logged in: the servers this user may join now."""
 
     arguments = _NOTHING
     response = [
@@ -184,20 +255,43 @@ class ListServers(amp.Command):
             ),
         )
     ]
+    errors = _errors(LoginRequired)
+
+
+class Prepare(amp.Command):
+    """
+    Client to relay, after L{Hello} on a data connection: this connection
+    belongs to C{session} (C{proof} answers the challenge) and wants
+    C{server}.  The relay sets a skeleton connection aside and answers with
+    the join id and the skeleton's nonce, so that the client can prove the
+    server's secret in L{Tunnel}.
+    """
+
+    arguments = [
+        (b"session", amp.Unicode()),
+        (b"proof", amp.String()),
+        (b"server", amp.Unicode()),
+        (b"nonce", amp.String()),
+    ]
+    response = [(b"join", amp.Unicode()), (b"nonce", amp.String())]
+    errors = _errors(
+        UnknownServer, ServerOffline, JoinTimeout, SkeletonGone, BadRequest,
+        SessionRefused,
+    )
 
 
 class Tunnel(amp.ProtocolSwitchCommand):
     """
-    Client to relay, the only command of a client's data connection: join me
-    to C{server}, then carry raw bytes from here on.
+    Client to relay, after L{Prepare} on the same connection: join me (with
+    C{proof} of the server's secret) and carry raw bytes from here on.
     """
 
-    arguments = [(b"server", amp.Unicode())]
+    arguments = [(b"join", amp.Unicode()), (b"proof", amp.String())]
     # A switch's answer carries no values (AMP sends a bare _SwitchBox).
     response = _NOTHING
     errors = _errors(
-        UnknownServer, ServerOffline, TargetRefused, JoinTimeout, SkeletonGone,
-        BadRequest,
+        UnknownServer, TargetRefused, SkeletonGone, BadRequest, SecretMismatch,
+        JoinTimeout,
     )
 
 
@@ -256,14 +350,49 @@ class Channel(amp.AMP):
     # abortable, which ITransport alone does not say.
     transport: Any
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._secure: bool | Failure = False
+        self._waiting: list[Deferred[None]] = []
+
+    def whenSecure(self) -> Deferred[None]:
+        """
+        Fires when TLS is established (at once without TLS), or fails with
+        the reason the connection was lost before that.
+        """
+        if self._secure is True:
+            return succeed(None)
+        if isinstance(self._secure, Failure):
+            return fail(self._secure)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def handshakeCompleted(self) -> None:
+        self._settle(True)
+
+    def _settle(self, outcome: bool | Failure) -> None:
+        if self._secure is not False:
+            return
+        self._secure = outcome
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if outcome is True:
+                d.callback(None)
+            else:
+                d.errback(outcome)
+
     def connectionMade(self) -> None:
         # AMP's own makeConnection does not set this, as Protocol's does.
         self.connected = True
         setNoDelay(self.transport)
+        if ISSLTransport(self.transport, None) is None:
+            self.handshakeCompleted()
         super().connectionMade()
 
     def connectionLost(self, reason: Failure = _CLEAN_CLOSE) -> None:
         self.connected = False
+        self._settle(reason)
         super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
@@ -313,5 +442,6 @@ class Channel(amp.AMP):
 classImplementsOnly(
     Channel,
     IHalfCloseableProtocol,
+    IHandshakeListener,
     *[i for i in implementedBy(amp.AMP) if i is not IFileDescriptorReceiver],
 )

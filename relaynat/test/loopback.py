@@ -6,6 +6,10 @@ process, with real sockets, for the integration tests.
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
+import shutil
+import tempfile
 from collections.abc import Callable
 
 from twisted.application.internet import ClientService
@@ -21,9 +25,13 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
-from relaynat.client import TunnelFactory
+from relaynat.auth import Users
+from relaynat.client import TunnelFactory, controlFactory
+from relaynat.identity import CERT_FILE, KEY_FILE, PinnedRelay, RelayIdentity, generate, writePrivate
+from relaynat.link import Credentials, RelayLink
 from relaynat.relay import Relay
 from relaynat.skeleton import FrontedServer, Skeleton
+from relaynat.users import Rights, User, saveUsers
 
 reactor = _reactor
 
@@ -47,10 +55,42 @@ async def pollUntil(
         await deferLater(reactor, step, lambda: None)
 
 
+PASSWORD = "correct horse battery staple"
+_IDENTITY: tuple[bytes, bytes] | None = None
+
+
+def relayIdentity(directory: str, names: tuple[str, ...] = ("127.0.0.1",)) -> RelayIdentity:
+    """A relay key and certificate in C{directory} (made once per process)."""
+    global _IDENTITY
+    if _IDENTITY is None or names != ("127.0.0.1",):
+        made = generate(list(names))
+        if names != ("127.0.0.1",):
+            key, cert = made
+        else:
+            _IDENTITY = made
+    if names == ("127.0.0.1",):
+        assert _IDENTITY is not None
+        key, cert = _IDENTITY
+    writePrivate(os.path.join(directory, KEY_FILE), key)
+    writePrivate(os.path.join(directory, CERT_FILE), cert)
+    return RelayIdentity.load(os.path.join(directory, KEY_FILE), os.path.join(directory, CERT_FILE))
+
+
+def writeUsers(path: str, users: dict[str, Rights]) -> Users:
+    """A users file with these users, all with L{PASSWORD}."""
+    saveUsers(path, {name: User.create(name, PASSWORD, rights) for name, rights in users.items()})
+    return Users(path)
+
+
+ANYTHING = Rights(register=None, join=None)
+
+
 class Stack:
     """
-    One relay, one skeleton fronting C{targets} (id to server factory), and
-    a client with a local listener per target.  C{stop} tears all down.
+    One relay (TLS, a users file), one skeleton fronting C{targets} (id to
+    server factory, or a port number nobody listens on), and a client with a
+    local listener per target, both logged in as C{user}.  C{stop} tears all
+    down.
     """
 
     def __init__(self) -> None:
@@ -58,6 +98,7 @@ class Stack:
         self.services: list[ClientService] = []
         self.locals: dict[str, IListeningPort] = {}
         self.targetPorts: dict[str, IListeningPort] = {}
+        self.directory = tempfile.mkdtemp(prefix="relaynat-test-")
 
     async def start(
         self,
@@ -65,48 +106,75 @@ class Stack:
         pool: int = 1,
         joinTimeout: float = 10.0,
         heartbeat: float = 30.0,
+        users: dict[str, Rights] | None = None,
+        user: str = "alice",
     ) -> Stack:
-        self.relay = Relay(reactor, joinTimeout=joinTimeout)
+        self.identity = relayIdentity(self.directory)
+        self.users = writeUsers(
+            os.path.join(self.directory, "users"), users if users is not None else {user: ANYTHING}
+        )
+        self.relay = Relay(reactor, self.identity, self.users, joinTimeout=joinTimeout)
         self.clientPort = await listen(self.relay.clientFactory())
         self.skeletonPort = await listen(self.relay.skeletonFactory())
         self.ports += [self.clientPort, self.skeletonPort]
+        self.secrets: dict[str, bytes] = {}
         fronted = {}
         for serverId, target in targets.items():
             if isinstance(target, int):
-                # A port number: a target nobody listens on.
                 endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", target)
             else:
                 port = await listen(target)
                 self.ports.append(port)
                 self.targetPorts[serverId] = port
                 endpoint = endpointOf(port)
-            fronted[serverId] = FrontedServer(serverId, f"test {serverId}", endpoint)
+            self.secrets[serverId] = secrets.token_bytes(32)
+            fronted[serverId] = FrontedServer(
+                serverId, f"test {serverId}", endpoint, self.secrets[serverId]
+            )
+        self.skeletonLink = self.link(self.skeletonPort, user)
         self.skeleton = Skeleton(
-            endpointOf(self.skeletonPort),
-            "test",
-            fronted,
-            pool,
-            clock=reactor,
-            heartbeat=heartbeat,
-            pingTimeout=heartbeat,
+            self.skeletonLink, "test", fronted, pool, heartbeat=heartbeat, pingTimeout=heartbeat
         )
         await self.startSkeleton()
+        self.clientLink = self.link(self.clientPort, user)
+        await self.startClient()
         for serverId in targets:
-            port = await listen(TunnelFactory(endpointOf(self.clientPort), serverId))
+            factory = TunnelFactory(self.clientLink, serverId, self.secrets[serverId])
+            port = await listen(factory)
             self.ports.append(port)
             self.locals[serverId] = port
         await pollUntil(lambda: self.relay.registry.counts()["idle"] >= pool * len(targets))
         return self
 
+    def link(self, port: IListeningPort, user: str, password: str = PASSWORD) -> RelayLink:
+        """A way to the relay's C{port}, pinning its key, as C{user}."""
+        return RelayLink(
+            endpointOf(port),
+            PinnedRelay(self.identity.fingerprint),
+            Credentials(user, password),
+            reactor,
+        )
+
     async def startSkeleton(self) -> None:
         service = ClientService(
-            endpointOf(self.skeletonPort),
+            self.skeletonLink.endpoint,
             self.skeleton.controlFactory(),
             prepareConnection=self.skeleton.register,
         )
         service.startService()
         self.services.append(service)
         await service.whenConnected(failAfterFailures=1)
+
+    async def startClient(self) -> None:
+        service = ClientService(
+            self.clientLink.endpoint,
+            controlFactory(self.clientLink),
+            prepareConnection=lambda p: Deferred.fromCoroutine(p.start()),
+        )
+        service.startService()
+        self.services.insert(0, service)
+        await service.whenConnected(failAfterFailures=1)
+        await self.clientLink.loggedIn()
 
     async def stopSkeleton(self) -> None:
         service = self.services.pop()
@@ -118,13 +186,14 @@ class Stack:
 
     async def stop(self) -> None:
         """
-        Stop the skeleton and every listener, then wait until every
-        connection is closed: the relay drops a skeleton's pool when its
-        control connection goes, and each side closes at the other's end.
+        Stop the skeleton, the client and every listener, then wait until
+        every connection is closed: the relay drops a skeleton's pool when
+        its control connection goes, and each side closes at the other's end.
         """
         await DeferredList([s.stopService() for s in self.services])
         await DeferredList([p.stopListening() for p in self.ports])
         await pollUntil(lambda: not openConnections())
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def openConnections() -> set[tcp.Connection]:

@@ -31,25 +31,25 @@ class HeartbeatTests(TestCase):
         """
         stack = await self.startStack()
         relay = stack.relay
-        firstSession = next(iter(relay.sessions))
+        firstSession = next(iter(relay.skeletons))
         relay.silenceLimit = 0.0
         relay.heartbeat()
-        await pollUntil(lambda: firstSession not in relay.sessions)
+        await pollUntil(lambda: firstSession not in relay.skeletons)
         relay.silenceLimit = 3600.0
         await pollUntil(lambda: relay.registry.counts()["servers"] == 1, timeout=15)
-        self.assertNotIn(firstSession, relay.sessions)
+        self.assertNotIn(firstSession, relay.skeletons)
         self.flushLoggedErrors()
 
     @runAsync
     async def test_skeletonPingsKeepItHeard(self) -> None:
         """The skeleton's pings reach the relay: its last-heard time moves on."""
         stack = await self.startStack(heartbeat=0.05)
-        control = next(iter(stack.relay.sessions.values()))
+        control = next(iter(stack.relay.skeletons.values()))
         first = control.lastHeard
         await pollUntil(lambda: control.lastHeard > first + 0.2)
         stack.relay.silenceLimit = 1.0
         stack.relay.heartbeat()
-        self.assertIn(control, stack.relay.sessions.values())
+        self.assertIn(control, stack.relay.skeletons.values())
 
     @runAsync
     async def test_deadPooledConnectionReplaced(self) -> None:

@@ -6,7 +6,6 @@ bytes, concurrency, half-close, backpressure, failures and clean-up.
 from __future__ import annotations
 
 from twisted.internet.defer import DeferredList, ensureDeferred, gatherResults
-from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -46,14 +45,14 @@ class IntegrationTests(TestCase):
 
     async def assertNoLeaks(self, stack: Stack) -> None:
         """
-        Tunnels close on every hop, and what is left is the skeleton's control
-        connection and its refilled pool (two sockets each, in this process).
+        Tunnels close on every hop, and what is left is the skeleton's and
+        the client's control connections and the skeleton's refilled pool
+        (two sockets each, in this process).
         """
         await pollUntil(lambda: not stack.relay.tunnels)
-        counts = stack.relay.registry.counts()
-        self.assertEqual((counts["waiting"], counts["requested"]), (0, 0))
-        expected = 2 * (1 + counts["idle"])
-        await pollUntil(lambda: len(openConnections()) == expected)
+        counts = stack.relay.registry.counts
+        await pollUntil(lambda: (counts()["waiting"], counts()["requested"]) == (0, 0))
+        await pollUntil(lambda: len(openConnections()) == 2 * (2 + counts()["idle"]))
 
     @runAsync
     async def test_bulkBothWays(self) -> None:
@@ -143,9 +142,11 @@ class IntegrationTests(TestCase):
         deadPort = unused.getHost().port
         await unused.stopListening()
         stack = await self.startStack({"web": deadPort})
-        relay = endpointOf(stack.clientPort)
         half, _ = splicePair()
-        error = await self.assertFailure(ensureDeferred(openTunnel(relay, "web", half)), TargetRefused)
+        error = await self.assertFailure(
+            ensureDeferred(openTunnel(stack.clientLink, "web", stack.secrets["web"], half)),
+            TargetRefused,
+        )
         self.assertEqual(
             str(error),
             "server web is registered but its target refused the connection",
@@ -163,17 +164,18 @@ class IntegrationTests(TestCase):
         errors; the skeleton's leaving empties the server list.
         """
         stack = await self.startStack({"echo": Factory.forProtocol(Echo)})
-        relay = endpointOf(stack.clientPort)
-        self.assertEqual([s["id"] for s in await listServers(relay)], ["echo"])
+        link = stack.clientLink
+        self.assertEqual([s["id"] for s in await listServers(link)], ["echo"])
         error = await self.assertFailure(
-            ensureDeferred(openTunnel(relay, "nope", splicePair()[0])), UnknownServer
+            ensureDeferred(openTunnel(link, "nope", b"s" * 32, splicePair()[0])), UnknownServer
         )
         self.assertIn("no server nope", str(error))
         await stack.stopSkeleton()
         await pollUntil(lambda: not stack.relay.registry.counts()["servers"])
-        self.assertEqual(await listServers(relay), [])
+        self.assertEqual(await listServers(link), [])
         error = await self.assertFailure(
-            ensureDeferred(openTunnel(relay, "echo", splicePair()[0])), ServerOffline
+            ensureDeferred(openTunnel(link, "echo", stack.secrets["echo"], splicePair()[0])),
+            ServerOffline,
         )
         self.assertIn("server echo is offline", str(error))
 
@@ -212,10 +214,13 @@ class RelayBooksTests(TestCase):
         await collector.finished
         await pollUntil(lambda: not stack.relay.tunnels)
         [end] = [e for e in events if "ended" in e.get("log_format", "")]
-        self.assertEqual(
-            (end["server"], end["up"], end["down"], end["how"]),
-            ("rae", 123, len(b"123\n") + 1000, "closed by client"),
-        )
+        # Bytes on the wire: the payload plus 4 bytes a frame, with one frame
+        # for each read and one for the end-of-stream.
+        self.assertEqual((end["server"], end["user"], end["up"]), ("rae", "alice", 123 + 4 + 4))
+        self.assertGreaterEqual(end["down"], 1004 + 4 + 4)
+        self.assertEqual((end["down"] - 1004) % 4, 0)
+        # Each end closes once both ways are done; either may come first.
+        self.assertIn(end["how"], ["closed by server", "closed by client"])
         self.assertGreaterEqual(end["duration"], 0)
         self.assertIn("rae", formatEvent(end))
 
@@ -228,12 +233,10 @@ class RelayBooksTests(TestCase):
         """
         stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
         self.addCleanup(stack.stop)
-        second = Skeleton(
-            endpointOf(stack.skeletonPort),
-            "intruder",
-            {"echo": FrontedServer("echo", "", endpointOf(stack.targetPorts["echo"]))},
-        )
-        control = await connectProtocol(endpointOf(stack.skeletonPort), second.controlFactory().buildProtocol(None))
+        link = stack.link(stack.skeletonPort, "alice")
+        target = endpointOf(stack.targetPorts["echo"])
+        second = Skeleton(link, "intruder", {"echo": FrontedServer("echo", "", target, b"s" * 32)})
+        control = await link.connect(second.controlFactory().buildProtocol(None))
         self.addCleanup(control.transport.loseConnection)
         error = await self.assertFailure(second.register(control), DuplicateServer)
         self.assertEqual(

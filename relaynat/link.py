@@ -1,0 +1,208 @@
+"""
+How skeletons and clients reach the relay: TLS with the relay verified
+(its key pinned, or a CA certificate checked for its host name), login by
+SCRAM-SHA-256-PLUS without sending the password, and the session proofs of
+later connections.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, TypeVar
+
+import attrs
+from cryptography import x509
+from scramp import ScramClient, ScramException
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relaynat.auth import sessionProof
+from relaynat.identity import PinnedRelay, serverEndPoint
+from relaynat.wire import Channel, Hello, Login, LoginFailed, LoginFinish
+
+_log = Logger()
+
+C = TypeVar("C", bound=Channel)
+
+
+class RelayUnreachable(Exception):
+    """The relay could not be reached, or the TLS handshake failed."""
+
+
+@attrs.frozen
+class Credentials:
+    """A user's name and password; the password never leaves this process."""
+
+    user: str
+    password: str = attrs.field(repr=False)
+
+
+@attrs.define
+class LoginSession:
+    """A session the relay issued: its id, key and expiry."""
+
+    id: str
+    key: bytes = attrs.field(repr=False)
+    expires: float
+
+    def proof(self, challenge: bytes) -> bytes:
+        return sessionProof(self.key, challenge)
+
+
+def hostnameVerifier(hostname: str, caPem: bytes | None) -> Any:
+    """
+    TLS options that check the relay's certificate chain (against C{caPem},
+    or the system's CAs) and its host name, with service-identity.
+    """
+    trustRoot = ssl.Certificate.loadPEM(caPem) if caPem is not None else ssl.platformTrust()
+    return ssl.optionsForClientTLS(
+        hostname,
+        trustRoot=trustRoot,
+        extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
+    )
+
+
+class RelayLink:
+    """
+    One user's way to one relay: connections over verified TLS, one login
+    at a time, and proofs of that login's session on other connections.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        verifier: Any,
+        credentials: Credentials,
+        clock: IReactorTime,
+    ) -> None:
+        self._verifier = verifier
+        self.endpoint = wrapClientTLS(verifier, endpoint)
+        self.credentials = credentials
+        self.clock = clock
+        self.session: LoginSession | None = None
+        self._waiting: list[Deferred[LoginSession]] = []
+
+    async def connect(self, channel: C) -> C:
+        """Connect C{channel} to the relay and wait for verified TLS."""
+        try:
+            await connectProtocol(self.endpoint, channel)
+        except Exception as e:
+            raise RelayUnreachable(f"cannot reach the relay: {e}") from e
+        await self.secured(channel)
+        return channel
+
+    async def secured(self, channel: Channel) -> None:
+        """Wait until C{channel}'s TLS is up, turning failures into clear errors."""
+        try:
+            await channel.whenSecure()
+        except Exception as e:
+            raise self._failure(e) from e
+
+    def _failure(self, error: Exception) -> Exception:
+        if isinstance(self._verifier, PinnedRelay):
+            mismatch = self._verifier.mismatch()
+            if mismatch is not None:
+                return mismatch
+        return RelayUnreachable(f"TLS with the relay failed: {error}")
+
+    async def login(self, channel: Channel) -> LoginSession:
+        """
+        Log in on C{channel}: SCRAM-SHA-256-PLUS bound to this TLS channel.
+        The relay's final message proves it knows this user's verifier; a
+        relay that cannot prove it is refused.
+        """
+        await self.secured(channel)
+        certificate: x509.Certificate = channel.transport.getPeerCertificate().to_cryptography()
+        binding = serverEndPoint(certificate)
+        scram = ScramClient(
+            ["SCRAM-SHA-256-PLUS"],
+            self.credentials.user,
+            self.credentials.password,
+            channel_binding=("tls-server-end-point", binding),
+        )
+        try:
+            first = await channel.callRemote(Login, message=scram.get_client_first())
+            scram.set_server_first(first["message"])
+            final = await channel.callRemote(LoginFinish, message=scram.get_client_final())
+            scram.set_server_final(final["message"])
+        except ScramException as e:
+            channel.transport.abortConnection()
+            raise LoginFailed(f"the relay failed to prove it knows this user: {e}") from e
+        _log.info("logged in to the relay as {user}", user=self.credentials.user)
+        return LoginSession(final["session"], final["key"], final["expires"])
+
+    def adopt(self, session: LoginSession) -> None:
+        """Use C{session} for the data connections from now on."""
+        self.session = session
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(session)
+
+    def loggedIn(self) -> Deferred[LoginSession]:
+        """The current session, or the next one if there is none yet."""
+        if self.session is not None and self.session.expires > self.clock.seconds():
+            d: Deferred[LoginSession] = Deferred()
+            d.callback(self.session)
+            return d
+        d = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def loggedOut(self, session: LoginSession) -> None:
+        """C{session} is gone (its control connection closed): forget it."""
+        if self.session is not None and hmac.compare_digest(self.session.id, session.id):
+            self.session = None
+
+    async def prove(self, channel: Channel, session: LoginSession) -> bytes:
+        """Ask for a challenge on C{channel} and answer it with C{session}'s key."""
+        answer = await channel.callRemote(Hello)
+        return session.proof(answer["challenge"])
+
+
+class ControlChannel(Channel):
+    """
+    A control connection that logs in when made ready (the
+    C{prepareConnection} of a L{ClientService}) and logs in again before
+    its session expires, for as long as it is open.
+    """
+
+    #: Log in again when this share of the session's life has passed.
+    RENEW_AT = 0.8
+
+    def __init__(self, link: RelayLink) -> None:
+        super().__init__()
+        self.link = link
+        self._renewal: Any = None
+        self._session: LoginSession | None = None
+
+    async def start(self) -> LoginSession:
+        self._session = session = await self.link.login(self)
+        self.link.adopt(session)
+        now = self.link.clock.seconds()
+        if self.connected:
+            self._renewal = self.link.clock.callLater(
+                max(1.0, (session.expires - now) * self.RENEW_AT), self._renew
+            )
+        return session
+
+    def _renew(self) -> None:
+        self._renewal = None
+        d = Deferred.fromCoroutine(self.start())
+        d.addErrback(self._renewFailed)
+
+    def _renewFailed(self, failure: Failure) -> None:
+        _log.warn("renewing the login failed: {why}", why=failure.getErrorMessage())
+        if self.connected:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._renewal is not None and self._renewal.active():
+            self._renewal.cancel()
+        if self._session is not None:
+            # The relay revokes a session when its login's connection closes.
+            self.link.loggedOut(self._session)
+        super().connectionLost(reason)
