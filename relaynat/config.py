@@ -9,6 +9,7 @@ work alike.
 
 from __future__ import annotations
 
+import os
 import socket
 import tomllib
 from collections.abc import Callable, Iterable
@@ -18,6 +19,7 @@ import attrs
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from relaynat.identity import IdentityError, checkFingerprint
 from relaynat.wire import BadRequest, checkServerId
 
 #: Twisted listens with a backlog of 50, which drops connections when a
@@ -35,20 +37,48 @@ class ConfigError(Exception):
 
 @attrs.frozen
 class RelayConfig:
-    """C{[relay]}: where to listen for clients (X) and skeletons (Y)."""
+    """
+    C{[relay]}: where to listen for clients (X), skeletons (Y) and, if
+    given, the web page that publishes the relay's certificate; the relay's
+    key, certificate and users file.
+    """
 
     clients: str
     skeletons: str
+    key: str
+    cert: str
+    users: str
+    web: str | None = None
     join_timeout: float = 10.0
     max_pool: int = 64
+    session_lifetime: float = 86400.0
+
+
+@attrs.frozen
+class RelayAccess:
+    """
+    How a skeleton or client reaches the relay and trusts it, and who it
+    logs in as: C{relay_key} pins the relay's key (a C{sha256:} fingerprint,
+    or a file with the relay's certificate); C{relay_verify = "hostname"}
+    checks a CA-issued certificate for C{relay_name} instead.
+    """
+
+    relay: str
+    user: str
+    password_file: str
+    relay_key: str | None = None
+    relay_verify: str = "pin"
+    relay_ca: str | None = None
+    relay_name: str | None = None
 
 
 @attrs.frozen
 class ServerConfig:
-    """A C{[[server]]} a skeleton fronts."""
+    """A C{[[server]]} a skeleton fronts, and the file with its secret."""
 
     id: str
     target: str
+    secret_file: str
     description: str = ""
 
 
@@ -56,7 +86,7 @@ class ServerConfig:
 class SkeletonConfig:
     """C{[skeleton]} and its C{[[server]]}s."""
 
-    relay: str
+    access: RelayAccess
     name: str
     servers: tuple[ServerConfig, ...]
     pool: int = 1
@@ -68,13 +98,14 @@ class TunnelConfig:
 
     server: str
     listen: str
+    secret_file: str
 
 
 @attrs.frozen
 class ClientConfig:
     """C{[client]} and its C{[[tunnel]]}s."""
 
-    relay: str
+    access: RelayAccess
     tunnels: tuple[TunnelConfig, ...] = ()
 
 
@@ -108,31 +139,76 @@ def splitAssignment(flag: str, value: str) -> tuple[str, str]:
     return name, rest
 
 
-def relayConfig(document: dict[str, Any], source: str) -> RelayConfig:
-    """Check and build a relay's configuration from a parsed document."""
+def relayConfig(document: dict[str, Any], source: str, base: str | None = None) -> RelayConfig:
+    """
+    Check and build a relay's configuration from a parsed document; file
+    names are relative to C{base} (the config file's folder by default).
+    """
     _onlyTables(document, source, {"relay"}, set())
-    table = _Table(document.get("relay", {}), source, "relay")
+    table = _Table(document.get("relay", {}), source, "relay", base)
     config = RelayConfig(
         clients=table.endpoint("clients", server=True),
         skeletons=table.endpoint("skeletons", server=True),
+        key=table.path("key"),
+        cert=table.path("cert"),
+        users=table.path("users"),
+        web=table.endpoint("web", server=True, required=False),
         join_timeout=table.number("join_timeout", 10.0, low=0.1, high=3600),
         max_pool=int(table.number("max_pool", 64, low=0, high=10_000, integer=True)),
+        session_lifetime=table.number("session_lifetime", 86400.0, low=60, high=365 * 86400),
     )
     table.done()
     return config
 
 
-def skeletonConfig(document: dict[str, Any], source: str) -> SkeletonConfig:
+def _access(table: _Table) -> RelayAccess:
+    verify = table.string("relay_verify", "pin")
+    if verify not in ("pin", "hostname"):
+        raise ConfigError(table.source, table._key("relay_verify"), 'must be "pin" or "hostname"')
+    relay = table.endpoint("relay", server=False)
+    access = RelayAccess(
+        relay=relay,
+        user=table.string("user"),
+        password_file=table.path("password_file"),
+        relay_key=table.relayKey("relay_key", required=verify == "pin"),
+        relay_verify=verify,
+        relay_ca=table.path("relay_ca", required=False),
+        relay_name=table.string("relay_name", "") or hostOf(relay),
+    )
+    if verify == "hostname" and not access.relay_name:
+        raise ConfigError(
+            table.source, table._key("relay_name"), "needed with relay_verify = \"hostname\""
+        )
+    return access
+
+
+def hostOf(endpoint: str) -> str | None:
+    """The host of a C{tcp:HOST:PORT} or C{tcp:host=HOST:port=PORT} endpoint."""
+    kind, _, rest = endpoint.partition(":")
+    if kind not in ("tcp", "tcp6", "tls", "tor"):
+        return None
+    for i, part in enumerate(rest.split(":")):
+        if part.startswith("host="):
+            return part[len("host="):]
+        if i == 0 and "=" not in part:
+            return part
+    return None
+
+
+def skeletonConfig(
+    document: dict[str, Any], source: str, base: str | None = None
+) -> SkeletonConfig:
     """Check and build a skeleton's configuration from a parsed document."""
     _onlyTables(document, source, {"skeleton"}, {"server"})
-    table = _Table(document.get("skeleton", {}), source, "skeleton")
+    table = _Table(document.get("skeleton", {}), source, "skeleton", base)
     servers = []
     for i, entry in enumerate(_arrayOfTables(document, source, "server")):
-        server = _Table(entry, source, f"server[{i}]")
+        server = _Table(entry, source, f"server[{i}]", base)
         servers.append(
             ServerConfig(
                 id=server.serverId("id"),
                 target=server.endpoint("target", server=False),
+                secret_file=server.path("secret_file"),
                 description=server.string("description", ""),
             )
         )
@@ -141,7 +217,7 @@ def skeletonConfig(document: dict[str, Any], source: str) -> SkeletonConfig:
         raise ConfigError(source, "server", "a skeleton needs at least one [[server]]")
     _unique(source, "server", [s.id for s in servers], "server id")
     config = SkeletonConfig(
-        relay=table.endpoint("relay", server=False),
+        access=_access(table),
         name=table.string("name", socket.gethostname()),
         pool=int(table.number("pool", 1, low=0, high=1000, integer=True)),
         servers=tuple(servers),
@@ -150,24 +226,27 @@ def skeletonConfig(document: dict[str, Any], source: str) -> SkeletonConfig:
     return config
 
 
-def clientConfig(document: dict[str, Any], source: str, needTunnels: bool = True) -> ClientConfig:
+def clientConfig(
+    document: dict[str, Any], source: str, needTunnels: bool = True, base: str | None = None
+) -> ClientConfig:
     """Check and build a client's configuration from a parsed document."""
     _onlyTables(document, source, {"client"}, {"tunnel"})
-    table = _Table(document.get("client", {}), source, "client")
+    table = _Table(document.get("client", {}), source, "client", base)
     tunnels = []
     for i, entry in enumerate(_arrayOfTables(document, source, "tunnel")):
-        tunnel = _Table(entry, source, f"tunnel[{i}]")
+        tunnel = _Table(entry, source, f"tunnel[{i}]", base)
         tunnels.append(
             TunnelConfig(
                 server=tunnel.serverId("server"),
                 listen=tunnel.endpoint("listen", server=True),
+                secret_file=tunnel.path("secret_file"),
             )
         )
         tunnel.done()
     if needTunnels and not tunnels:
         raise ConfigError(source, "tunnel", "a client needs at least one [[tunnel]]")
     _unique(source, "tunnel", [t.listen for t in tunnels], "listen address")
-    config = ClientConfig(relay=table.endpoint("relay", server=False), tunnels=tuple(tunnels))
+    config = ClientConfig(access=_access(table), tunnels=tuple(tunnels))
     table.done()
     return config
 
@@ -186,11 +265,14 @@ T = TypeVar("T")
 class _Table:
     """One TOML table being read: takes keys off as they are checked."""
 
-    def __init__(self, data: object, source: str, name: str) -> None:
+    def __init__(self, data: object, source: str, name: str, base: str | None = None) -> None:
         if not isinstance(data, dict):
             raise ConfigError(source, name, "must be a table")
         self.data = dict(data)
         self.source, self.name = source, name
+        if base is None:
+            base = "." if source in ("command line", "<string>") else os.path.dirname(source)
+        self.base = base
 
     def _take(self, key: str, kind: type[T] | tuple[type, ...], default: Any) -> Any:
         if key not in self.data:
@@ -223,10 +305,32 @@ class _Table:
         value = self.string(key)
         return _checked(self.source, self._key(key), checkServerId, value)
 
-    def endpoint(self, key: str, server: bool) -> str:
-        value = self.string(key)
+    def endpoint(self, key: str, server: bool, required: bool = True) -> Any:
+        value = self.string(key, None if required else "")
+        if not value:
+            return None
         checkEndpoint(value, server, self.source, self._key(key))
         return withDefaultBacklog(value) if server else value
+
+    def path(self, key: str, required: bool = True) -> Any:
+        """A file name, relative to the config file's folder."""
+        value = self.string(key, None if required else "")
+        if not value:
+            return None
+        return os.path.normpath(os.path.join(self.base, os.path.expanduser(value)))
+
+    def relayKey(self, key: str, required: bool) -> str | None:
+        """A C{sha256:} fingerprint as it is, or a certificate file's name."""
+        value = self.string(key, None if required else "")
+        if not value:
+            return None
+        if value.lower().startswith("sha256:"):
+            try:
+                return checkFingerprint(value)
+            except IdentityError as e:
+                raise ConfigError(self.source, self._key(key), str(e)) from None
+        self.data[key] = value
+        return self.path(key)
 
     def done(self) -> None:
         for key in self.data:

@@ -15,13 +15,14 @@ from cryptography import x509
 from scramp import ScramClient, ScramException
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import clientFromString, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaynat.auth import sessionProof
-from relaynat.identity import PinnedRelay, serverEndPoint
+from relaynat.config import ConfigError, RelayAccess
+from relaynat.identity import IdentityError, PinnedRelay, fingerprintOfFile, serverEndPoint
 from relaynat.wire import Channel, Hello, Login, LoginFailed, LoginFinish
 
 _log = Logger()
@@ -206,3 +207,43 @@ class ControlChannel(Channel):
             # The relay revokes a session when its login's connection closes.
             self.link.loggedOut(self._session)
         super().connectionLost(reason)
+
+
+def linkFromConfig(access: RelayAccess, reactor: Any) -> RelayLink:
+    """
+    The L{RelayLink} a skeleton's or client's configuration describes,
+    with its files read now: a missing or bad file is a L{ConfigError}.
+    """
+    password = _readPassword(access.password_file)
+    if access.relay_verify == "hostname":
+        assert access.relay_name is not None
+        caPem = None
+        if access.relay_ca is not None:
+            caPem = _readFile(access.relay_ca, "relay_ca")
+        verifier = hostnameVerifier(access.relay_name, caPem)
+    else:
+        assert access.relay_key is not None
+        expected = access.relay_key
+        if not expected.startswith("sha256:"):
+            try:
+                expected = fingerprintOfFile(expected)
+            except IdentityError as e:
+                raise ConfigError(access.relay_key, "relay_key", str(e)) from None
+        verifier = PinnedRelay(expected)
+    endpoint = clientFromString(reactor, access.relay)
+    return RelayLink(endpoint, verifier, Credentials(access.user, password), reactor)
+
+
+def _readFile(path: str, key: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(path, key, e.strerror or str(e)) from None
+
+
+def _readPassword(path: str) -> str:
+    lines = _readFile(path, "password_file").decode("utf-8", "replace").splitlines()
+    if not lines or not lines[0]:
+        raise ConfigError(path, "password_file", "the first line must hold the password")
+    return lines[0]

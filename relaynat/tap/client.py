@@ -5,19 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.defer import Deferred
 from twisted.python.usage import UsageError
 
-from relaynat.client import TunnelFactory
+from relaynat.client import TunnelFactory, controlFactory
 from relaynat.config import ClientConfig, ConfigError, clientConfig, splitAssignment, withFlags
+from relaynat.link import linkFromConfig
+from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, loadSecrets
 from relaynat.tap.options import ConfigOptions
 
 
-class Options(ConfigOptions):
-    synopsis = "[--config client.toml] [--relay tcp:HOST:7000] [--tunnel SERVER=ENDPOINT ...]"
+class Options(AccessOptions):
+    synopsis = (
+        "[--config client.toml] [--relay tcp:HOST:7000 --relay-key sha256:...]"
+        " [--user NAME --password-file FILE] [--tunnel SERVER=ENDPOINT --secret SERVER=FILE ...]"
+    )
     longdesc = "Run a client: forward local connections through the relay."
-    optParameters = ConfigOptions.optParameters + [
+    optParameters = ConfigOptions.optParameters + ACCESS_PARAMETERS + [
         ["relay", None, None, "the relay's client endpoint (port X), e.g. tcp:relay.example:7000"],
     ]
 
@@ -35,17 +41,28 @@ class Options(ConfigOptions):
 
     def build(self) -> None:
         document, source = self.document()
-        merged = withFlags(document, "client", {"relay": self["relay"]}, {"tunnel": self.tunnels})
+        flags = {"relay": self["relay"], **self.accessFlags()}
+        merged = withFlags(document, "client", flags, {"tunnel": self.tunnels})
+        if isinstance(merged.get("tunnel"), list):
+            merged["tunnel"] = self.withSecrets(merged["tunnel"], "server")
         self.client: ClientConfig = clientConfig(merged, source)
+        self.secrets = loadSecrets({t.server: t.secret_file for t in self.client.tunnels})
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     config = options.client
-    relay = clientFromString(reactor, config.relay)
+    link = linkFromConfig(config.access, reactor)
     service = MultiService()
+    ClientService(
+        link.endpoint,
+        controlFactory(link),
+        retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
+        clock=reactor,
+        prepareConnection=lambda control: Deferred.fromCoroutine(control.start()),
+    ).setServiceParent(service)
     for tunnel in config.tunnels:
-        factory = TunnelFactory(relay, tunnel.server)
+        factory = TunnelFactory(link, tunnel.server, options.secrets[tunnel.server])
         strports.service(tunnel.listen, factory, reactor=reactor).setServiceParent(service)
     return service

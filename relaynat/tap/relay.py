@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.internet import TimerService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.web.server import Site
 
-from relaynat.config import RelayConfig, relayConfig, withFlags
+from relaynat.auth import Users
+from relaynat.config import ConfigError, RelayConfig, relayConfig, withFlags
+from relaynat.identity import IdentityError, RelayIdentity
 from relaynat.relay import Relay
 from relaynat.tap.options import ConfigOptions, number
+from relaynat.users import UsersFileError
+from relaynat.web import publicationResource
 from relaynat.wire import HEARTBEAT
 
 
 class Options(ConfigOptions):
-    synopsis = "[--config relay.toml] [--clients tcp:7000] [--skeletons tcp:7001]"
-    longdesc = "Run the relay: clients connect to port X, skeletons to port Y."
+    synopsis = "[--config relay.toml] [--clients tcp:7000] [--skeletons tcp:7001] ..."
+    longdesc = "Run the relay: clients connect to port X, skeletons to port Y, both over TLS."
     optParameters = ConfigOptions.optParameters + [
         ["clients", None, None, "endpoint for clients (port X), e.g. tcp:7000"],
         ["skeletons", None, None, "endpoint for skeletons (port Y), e.g. tcp:7001"],
-        ["join-timeout", None, None, "seconds to wait for a skeleton's connection", number("join-timeout", float)],
+        ["web", None, None, "endpoint publishing the certificate, e.g. tcp:7080"],
+        ["key", None, None, "the relay's private key (from relaynat keygen)"],
+        ["cert", None, None, "the relay's certificate (from relaynat keygen)"],
+        ["users", None, None, "the users file (from relaynat passwd)"],
+        ["join-timeout", None, None, "seconds to wait for a skeleton's connection",
+         number("join-timeout", float)],
     ]
 
     def build(self) -> None:
@@ -28,20 +39,60 @@ class Options(ConfigOptions):
         flags = {
             "clients": self["clients"],
             "skeletons": self["skeletons"],
+            "web": self["web"],
+            "key": self["key"],
+            "cert": self["cert"],
+            "users": self["users"],
             "join_timeout": self["join-timeout"],
         }
         self.relay: RelayConfig = relayConfig(withFlags(document, "relay", flags), source)
+        try:
+            self.identity = RelayIdentity.load(self.relay.key, self.relay.cert)
+            self.users = Users(self.relay.users)
+        except (IdentityError, UsersFileError) as e:
+            raise ConfigError(source, "relay", str(e)) from None
+
+
+class ReloadOnHangup(Service):
+    """Reload the users file on SIGHUP, keeping the old one if it is bad."""
+
+    def __init__(self, reactor: Any, users: Users) -> None:
+        self.reactor, self.users = reactor, users
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
+    def stopService(self) -> None:
+        signal.signal(signal.SIGHUP, self._previous or signal.SIG_DFL)
+        return super().stopService()
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        # Not in a signal handler's context: reload from the reactor.
+        self.reactor.callFromThread(self.users.reload)
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     config = options.relay
-    relay = Relay(reactor, joinTimeout=config.join_timeout, maxPool=config.max_pool)
+    relay = Relay(
+        reactor,
+        options.identity,
+        options.users,
+        joinTimeout=config.join_timeout,
+        maxPool=config.max_pool,
+        sessionLifetime=config.session_lifetime,
+    )
     service = MultiService()
     heartbeat = TimerService(HEARTBEAT, relay.heartbeat)
     heartbeat.clock = reactor
     heartbeat.setServiceParent(service)
+    ReloadOnHangup(reactor, options.users).setServiceParent(service)
     strports.service(config.clients, relay.clientFactory(), reactor=reactor).setServiceParent(service)
     strports.service(config.skeletons, relay.skeletonFactory(), reactor=reactor).setServiceParent(service)
+    if config.web is not None:
+        site = Site(publicationResource(options.identity))
+        strports.service(config.web, site, reactor=reactor).setServiceParent(service)
     return service

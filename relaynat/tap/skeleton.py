@@ -10,14 +10,19 @@ from twisted.internet.endpoints import clientFromString
 from twisted.python.usage import UsageError
 
 from relaynat.config import ConfigError, SkeletonConfig, skeletonConfig, splitAssignment, withFlags
+from relaynat.link import linkFromConfig
 from relaynat.skeleton import FrontedServer, Skeleton
+from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, loadSecrets
 from relaynat.tap.options import ConfigOptions, number
 
 
-class Options(ConfigOptions):
-    synopsis = "[--config skeleton.toml] [--relay tcp:HOST:7001] [--server ID=ENDPOINT ...]"
+class Options(AccessOptions):
+    synopsis = (
+        "[--config skeleton.toml] [--relay tcp:HOST:7001 --relay-key sha256:...]"
+        " [--user NAME --password-file FILE] [--server ID=ENDPOINT --secret ID=FILE ...]"
+    )
     longdesc = "Run a skeleton: register servers with the relay and carry their tunnels."
-    optParameters = ConfigOptions.optParameters + [
+    optParameters = ConfigOptions.optParameters + ACCESS_PARAMETERS + [
         ["relay", None, None, "the relay's skeleton endpoint (port Y), e.g. tcp:relay.example:7001"],
         ["name", None, None, "this skeleton's name, as the relay logs it (default: host name)"],
         ["pool", None, None, "idle connections kept ready per server", number("pool", int)],
@@ -38,23 +43,29 @@ class Options(ConfigOptions):
     def build(self) -> None:
         document, source = self.document()
         flags = {"relay": self["relay"], "name": self["name"], "pool": self["pool"]}
+        flags.update(self.accessFlags())
         merged = withFlags(document, "skeleton", flags, {"server": self.servers})
+        if isinstance(merged.get("server"), list):
+            merged["server"] = self.withSecrets(merged["server"], "id")
         self.skeleton: SkeletonConfig = skeletonConfig(merged, source)
+        self.secrets = loadSecrets({s.id: s.secret_file for s in self.skeleton.servers})
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     config = options.skeleton
-    relay = clientFromString(reactor, config.relay)
+    link = linkFromConfig(config.access, reactor)
     servers = {
-        s.id: FrontedServer(s.id, s.description, clientFromString(reactor, s.target))
+        s.id: FrontedServer(
+            s.id, s.description, clientFromString(reactor, s.target), options.secrets[s.id]
+        )
         for s in config.servers
     }
-    skeleton = Skeleton(relay, config.name, servers, config.pool, clock=reactor)
+    skeleton = Skeleton(link, config.name, servers, config.pool)
     service = MultiService()
     ClientService(
-        relay,
+        link.endpoint,
         skeleton.controlFactory(),
         retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
         clock=reactor,

@@ -1,0 +1,62 @@
+"""The flags a skeleton and a client share: how to reach and trust the relay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python.usage import UsageError
+
+from relaynat.config import ConfigError, splitAssignment
+from relaynat.secret import SecretFileError, loadSecret
+from relaynat.tap.options import ConfigOptions
+
+ACCESS_PARAMETERS: list[list[Any]] = [
+    ["relay-key", None, None, "the relay's key: sha256:FINGERPRINT, or its certificate file"],
+    ["relay-verify", None, None, 'how to check the relay: "pin" (default) or "hostname"'],
+    ["user", None, None, "the user to log in as"],
+    ["password-file", None, None, "a file whose first line is the password"],
+]
+
+
+class AccessOptions(ConfigOptions):
+    """Options of a role that logs in to the relay and knows per-server secrets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secretFiles: dict[str, str] = {}
+
+    def opt_secret(self, value: str) -> None:
+        """A server's secret file, ID=FILE (e.g. web=web.secret); repeatable."""
+        try:
+            serverId, path = splitAssignment("--secret", value)
+        except ConfigError as e:
+            raise UsageError(str(e)) from e
+        self.secretFiles[serverId] = path
+
+    def accessFlags(self) -> dict[str, Any]:
+        return {
+            "relay_key": self["relay-key"],
+            "relay_verify": self["relay-verify"],
+            "user": self["user"],
+            "password_file": self["password-file"],
+        }
+
+    def withSecrets(self, entries: list[dict[str, Any]], idKey: str) -> list[dict[str, Any]]:
+        """Entries from flags and file, with C{--secret} files filled in by id."""
+        return [
+            {**e, "secret_file": self.secretFiles[e[idKey]]}
+            if isinstance(e, dict) and e.get(idKey) in self.secretFiles
+            else e
+            for e in entries
+        ]
+
+
+def loadSecrets(paths: dict[str, str]) -> dict[str, bytes]:
+    """Read every secret file now, so a bad one stops start-up with its name."""
+    secrets = {}
+    for serverId, path in paths.items():
+        try:
+            secrets[serverId] = loadSecret(path)
+        except SecretFileError as e:
+            raise ConfigError(path, f"secret of {serverId}", str(e)) from None
+    return secrets
