@@ -1,7 +1,8 @@
 """
 The C{relaynat} command: tools around the three twistd roles.
 
-  relaynat list [--config client.toml] [--relay ENDPOINT] [--json]
+  relaynat list [--config client.toml] [--relay ENDPOINT --relay-key KEY
+                 --user NAME --password-file FILE] [--json]
   relaynat keygen DIR --name NAME [--name NAME]... [--force]
   relaynat fingerprint FILE
   relaynat trust URL --out FILE [--expect FINGERPRINT] [--timeout SECONDS]
@@ -22,13 +23,14 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.task import react
 from twisted.python import usage
 
 from relaynat import __version__
 from relaynat.client import listServers
 from relaynat.config import ConfigError, clientConfig, withFlags
+from relaynat.link import linkFromConfig
+from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions
 from relaynat.tap.options import ConfigOptions, number
 from relaynat.tools import (
     FAILURES,
@@ -42,18 +44,20 @@ from relaynat.tools import (
 )
 
 
-class ListOptions(ConfigOptions):
-    synopsis = "[--config client.toml] [--relay ENDPOINT] [--json]"
-    longdesc = "Print the servers the relay has available."
+class ListOptions(AccessOptions):
+    synopsis = "[--config client.toml] [--relay ENDPOINT --relay-key KEY --user NAME --password-file FILE] [--json]"
+    longdesc = "Log in to the relay and print the servers this user may join."
     optFlags = [["json", None, "print JSON instead of a table"]]
-    optParameters = ConfigOptions.optParameters + [
+    optParameters = ConfigOptions.optParameters + ACCESS_PARAMETERS + [
         ["relay", None, None, "the relay's client endpoint (port X)"],
         ["timeout", None, 10.0, "seconds to wait for the relay", number("timeout", float)],
     ]
 
     def build(self) -> None:
         document, source = self.document()
-        merged = withFlags(document, "client", {"relay": self["relay"]})
+        flags = {"relay": self["relay"], **self.accessFlags()}
+        # The tunnels' secrets are not needed to list.
+        merged = {k: v for k, v in withFlags(document, "client", flags).items() if k != "tunnel"}
         self.client = clientConfig(merged, source, needTunnels=False)
 
 
@@ -107,8 +111,8 @@ def _utc(epoch: float) -> str:
 
 
 async def _list(reactor: Any, options: ListOptions, out: TextIO) -> None:
-    relay = clientFromString(reactor, options.client.relay)
-    d = ensureDeferred(listServers(relay))
+    link = linkFromConfig(options.client.access, reactor)
+    d = ensureDeferred(listServers(link))
     d.addTimeout(options["timeout"], reactor)
     servers = await d
     out.write(formatJson(servers) if options["json"] else formatTable(servers))

@@ -96,15 +96,15 @@ class Relay:
         # wrong password does; it lives as long as the process.
         self.pepper = secrets.token_bytes(32)
 
-    def clientFactory(self) -> Factory:
+    def clientFactory(self) -> TLSMemoryBIOFactory:
         """The TLS factory for port X."""
         return self._tls(Factory.forProtocol(lambda: ClientChannel(self)))
 
-    def skeletonFactory(self) -> Factory:
+    def skeletonFactory(self) -> TLSMemoryBIOFactory:
         """The TLS factory for port Y."""
         return self._tls(Factory.forProtocol(lambda: SkeletonChannel(self)))
 
-    def _tls(self, factory: Factory) -> Factory:
+    def _tls(self, factory: Factory) -> TLSMemoryBIOFactory:
         return TLSMemoryBIOFactory(self.identity.options, False, factory)
 
     def newTunnelId(self) -> str:

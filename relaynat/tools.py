@@ -88,6 +88,9 @@ class ToolOptions(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         argv = sys.argv[1:] if options is None else options
+        if len(argv) > 1 and argv[-2] == "--_shell-completion":
+            # The stock parser answers shell completion itself.
+            return super().parseOptions(argv)
         try:
             pairs, args = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
         except getopt.GetoptError as e:
@@ -95,7 +98,11 @@ class ToolOptions(usage.Options):
         # Put the options first, each value after its option and the
         # arguments after "--", for the stock parser to read as it always has.
         taking = {"--" + name[:-1] for name in self.longOpt if name.endswith("=")}
-        taking |= {"-" + letter for letter in self.shortOpt.replace(":", "") if f"{letter}:" in self.shortOpt}
+        taking |= {
+            "-" + letter
+            for letter in self.shortOpt.replace(":", "")
+            if f"{letter}:" in self.shortOpt
+        }
         ordered: list[str] = []
         for name, value in pairs:
             ordered += [name, value] if name in taking else [name]
@@ -159,7 +166,9 @@ class KeygenOptions(ToolOptions):
 
     def postOptions(self) -> None:
         if not self["names"]:
-            raise usage.UsageError("give at least one --name: a host name or IP address of the relay")
+            raise usage.UsageError(
+                "give at least one --name: a host name or IP address of the relay"
+            )
 
 
 def keygen(options: KeygenOptions, out: TextIO, err: TextIO) -> None:
@@ -222,6 +231,11 @@ class TrustOptions(ToolOptions):
     def parseArgs(self, *args: str) -> None:
         (url,) = _arguments(args, "URL")
         parts = urlsplit(url)
+        try:
+            # urlsplit checks the port only when asked for it.
+            _ = parts.port
+        except ValueError:
+            raise usage.UsageError(f"{url!r}: the port is not a number from 0 to 65535") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise usage.UsageError(
                 f"not an http:// URL: {url!r} (the relay's web endpoint,"
@@ -298,7 +312,9 @@ async def _fetch(reactor: Any, url: str, timeout: float) -> bytes:
 
     async def get() -> bytes:
         response = await agent.request(
-            b"GET", url.encode("ascii"), Headers({b"user-agent": [f"relaynat/{__version__}".encode()]})
+            b"GET",
+            url.encode("ascii"),
+            Headers({b"user-agent": [f"relaynat/{__version__}".encode()]}),
         )
         body = await readLimited(response, MAX_DOWNLOAD)
         if response.code != 200:
@@ -317,7 +333,9 @@ async def _fetch(reactor: Any, url: str, timeout: float) -> bytes:
         return await d
     except Exception:
         if expired:
-            raise ToolError(f"cannot download {url}: no answer within {timeout:g} seconds") from None
+            raise ToolError(
+                f"cannot download {url}: no answer within {timeout:g} seconds"
+            ) from None
         raise
     finally:
         if deadline.active():
@@ -459,12 +477,12 @@ def passwd(options: PasswdOptions, out: TextIO, err: TextIO) -> None:
         user = User.create(name, readPassword(options), rights)
     users[name] = user
     _save(path, users)
-    out.write(
-        f"{'changed user' if existing else 'added user'} {name} {'in' if existing else 'to'} {path}:"
-        f" {' '.join(formatRights(rights)) or 'no rights'}\n"
-    )
+    done = f"changed user {name} in" if existing else f"added user {name} to"
+    out.write(f"{done} {path}: {' '.join(formatRights(rights)) or 'no rights'}\n")
     if rights.register == frozenset() and rights.join == frozenset():
-        err.write(f"note: {name} may neither register nor join a server; give --register or --join\n")
+        err.write(
+            f"note: {name} may neither register nor join a server; give --register or --join\n"
+        )
 
 
 def readPassword(options: PasswdOptions) -> str:

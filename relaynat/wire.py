@@ -377,10 +377,10 @@ class Channel(amp.AMP):
         self._secure = outcome
         waiting, self._waiting = self._waiting, []
         for d in waiting:
-            if outcome is True:
-                d.callback(None)
-            else:
+            if isinstance(outcome, Failure):
                 d.errback(outcome)
+            else:
+                d.callback(None)
 
     def connectionMade(self) -> None:
         # AMP's own makeConnection does not set this, as Protocol's does.

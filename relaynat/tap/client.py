@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import strports
 from twisted.application.internet import ClientService, backoffPolicy
@@ -10,7 +10,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.python.usage import UsageError
 
-from relaynat.client import TunnelFactory, controlFactory
+from relaynat.client import ClientControl, TunnelFactory, controlFactory
 from relaynat.config import ClientConfig, ConfigError, clientConfig, splitAssignment, withFlags
 from relaynat.link import linkFromConfig
 from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, loadSecrets
@@ -60,7 +60,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         controlFactory(link),
         retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
         clock=reactor,
-        prepareConnection=lambda control: Deferred.fromCoroutine(control.start()),
+        prepareConnection=lambda control: Deferred.fromCoroutine(cast(ClientControl, control).start()),
     ).setServiceParent(service)
     for tunnel in config.tunnels:
         factory = TunnelFactory(link, tunnel.server, options.secrets[tunnel.server])

@@ -117,7 +117,9 @@ class OptionsTests(SynchronousTestCase):
     def test_noCommand(self) -> None:
         """Without a command, the usage error names the commands."""
         error = self.assertRaises(UsageError, Options().parseOptions, [])
-        self.assertEqual(str(error), "name a command: list")
+        self.assertEqual(
+            str(error), "name a command: list, keygen, fingerprint, trust, passwd, secret"
+        )
 
     def test_unknownCommand(self) -> None:
         """An unknown command is a usage error."""

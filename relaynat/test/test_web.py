@@ -86,8 +86,16 @@ class PublicationTests(Served):
         below or beside the two published ones.
         """
         identity, base = await self.servePublication()
-        for path in ["/", "/relay.key", "/relay.pem/", "/relay.pem/x", "/fingerprint/x",
-                     "/RELAY.PEM", "/../relay.key", "/index.html"]:
+        for path in [
+            "/",
+            "/relay.key",
+            "/relay.pem/",
+            "/relay.pem/x",
+            "/fingerprint/x",
+            "/RELAY.PEM",
+            "/../relay.key",
+            "/index.html",
+        ]:
             code, body, types = await self.get(base + path)
             self.assertEqual(code, 404, path)
             self.assertNotIn(b"PRIVATE", body)
@@ -123,8 +131,13 @@ class TrustOptionsTests(SynchronousTestCase):
         """
         fingerprint = "sha256:" + "AB" * 32
         options = self.parse(
-            "http://relay.example:7080/relay.pem", "--out", "relay.pem",
-            "--expect", fingerprint, "--timeout", "2.5",
+            "http://relay.example:7080/relay.pem",
+            "--out",
+            "relay.pem",
+            "--expect",
+            fingerprint,
+            "--timeout",
+            "2.5",
         )
         self.assertEqual(options["url"], "http://relay.example:7080/relay.pem")
         self.assertEqual(options["out"], "relay.pem")
@@ -151,7 +164,12 @@ class TrustOptionsTests(SynchronousTestCase):
             (["ftp://h/", "--out", "f"], "not an http:// URL: 'ftp://h/'"),
             (["http:///x", "--out", "f"], "not an http:// URL: 'http:///x'"),
             (["http://h/", "--out", "f", "--expect", "sha256:abc"], "--expect: not a fingerprint"),
-            (["http://h/", "--out", "f", "--expect", "md5:" + "0" * 64], "--expect: not a fingerprint"),
+            (
+                ["http://h/", "--out", "f", "--expect", "md5:" + "0" * 64],
+                "--expect: not a fingerprint",
+            ),
+            (["http://h:x/", "--out", "f"], "'http://h:x/': the port is not a number"),
+            (["http://h:70000/", "--out", "f"], "'http://h:70000/': the port is not a number"),
             (["http://h/", "--out", "f", "--timeout", "0"], "--timeout must be a positive"),
             (["http://h/", "--out", "f", "--timeout", "inf"], "--timeout must be a positive"),
             (["http://h/", "--out", "f", "--timeout", "soon"], "--timeout must be a number"),
@@ -187,7 +205,9 @@ class TrustTests(Served):
         lines = out.splitlines()
         self.assertEqual(lines[0], f"fingerprint: {identity.fingerprint}")
         self.assertEqual(lines[1], f"saved the certificate to {path}")
-        self.assertIn("compare the fingerprint with the one the relay's operator gave you", lines[2])
+        self.assertIn(
+            "compare the fingerprint with the one the relay's operator gave you", lines[2]
+        )
         with open(path, "rb") as f:
             self.assertEqual(f.read(), identity.certificatePem)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o644)
@@ -217,7 +237,11 @@ class TrustTests(Served):
         identity, base = await self.servePublication()
         path = self.mktemp()
         code, out, err = await self.trust(
-            base, "--out", path, "--expect", identity.fingerprint.upper().replace("SHA256", "sha256")
+            base,
+            "--out",
+            path,
+            "--expect",
+            identity.fingerprint.upper().replace("SHA256", "sha256"),
         )
         self.assertEqual((code, err), (0, ""))
         self.assertEqual(
@@ -235,7 +259,9 @@ class TrustTests(Served):
         other = "sha256:" + "0" * 64
         code, out, err = await self.trust(base, "--out", path, "--expect", other)
         self.assertEqual((code, out), (1, ""))
-        self.assertTrue(err.startswith(f"relaynat trust: {base}/relay.pem serves a certificate"), err)
+        self.assertTrue(
+            err.startswith(f"relaynat trust: {base}/relay.pem serves a certificate"), err
+        )
         self.assertIn(f"fingerprint {identity.fingerprint}, but --expect gave {other}", err)
         self.assertEqual(err.count("\n"), 1)
         self.assertFalse(os.path.exists(path))
@@ -326,7 +352,9 @@ class TrustTimeoutTests(SynchronousTestCase):
         """
         clock = MemoryReactorClock()
         options = TrustOptions()
-        options.parseOptions(["http://relay.example:7080", "--out", self.mktemp(), "--timeout", "5"])
+        options.parseOptions(
+            ["http://relay.example:7080", "--out", self.mktemp(), "--timeout", "5"]
+        )
         result = ensureDeferred(trust(clock, options, StringIO(), StringIO()))
         # The memory reactor resolves every name to 127.0.0.1.
         [(host, port, *_)] = clock.tcpClients
