@@ -201,18 +201,18 @@ def skeletonConfig(
     """Check and build a skeleton's configuration from a parsed document."""
     _onlyTables(document, source, {"skeleton"}, {"server"})
     table = _Table(document.get("skeleton", {}), source, "skeleton", base)
-    servers = []
-    for i, entry in enumerate(_arrayOfTables(document, source, "server")):
-        server = _Table(entry, source, f"server[{i}]", base)
-        servers.append(
-            ServerConfig(
-                id=server.serverId("id"),
-                target=server.endpoint("target", server=False),
-                secret_file=server.path("secret_file"),
-                description=server.string("description", ""),
-            )
-        )
-        server.done()
+    servers = _entries(
+        document,
+        source,
+        "server",
+        base,
+        lambda server: ServerConfig(
+            id=server.serverId("id"),
+            target=server.endpoint("target", server=False),
+            secret_file=server.path("secret_file"),
+            description=server.string("description", ""),
+        ),
+    )
     if not servers:
         raise ConfigError(source, "server", "a skeleton needs at least one [[server]]")
     _unique(source, "server", [s.id for s in servers], "server id")
@@ -232,17 +232,17 @@ def clientConfig(
     """Check and build a client's configuration from a parsed document."""
     _onlyTables(document, source, {"client"}, {"tunnel"})
     table = _Table(document.get("client", {}), source, "client", base)
-    tunnels = []
-    for i, entry in enumerate(_arrayOfTables(document, source, "tunnel")):
-        tunnel = _Table(entry, source, f"tunnel[{i}]", base)
-        tunnels.append(
-            TunnelConfig(
-                server=tunnel.serverId("server"),
-                listen=tunnel.endpoint("listen", server=True),
-                secret_file=tunnel.path("secret_file"),
-            )
-        )
-        tunnel.done()
+    tunnels = _entries(
+        document,
+        source,
+        "tunnel",
+        base,
+        lambda tunnel: TunnelConfig(
+            server=tunnel.serverId("server"),
+            listen=tunnel.endpoint("listen", server=True),
+            secret_file=tunnel.path("secret_file"),
+        ),
+    )
     if needTunnels and not tunnels:
         raise ConfigError(source, "tunnel", "a client needs at least one [[tunnel]]")
     _unique(source, "tunnel", [t.listen for t in tunnels], "listen address")
@@ -375,6 +375,22 @@ def _onlyTables(
         if key not in tables | arrays:
             known = ", ".join(sorted([f"[{t}]" for t in tables] + [f"[[{a}]]" for a in arrays]))
             raise ConfigError(source, key, f"unknown section; expected {known}")
+
+
+def _entries(
+    document: dict[str, Any],
+    source: str,
+    key: str,
+    base: str | None,
+    build: Callable[[_Table], T],
+) -> list[T]:
+    """Each C{[[key]]} table, built by C{build} and checked for unknown keys."""
+    built = []
+    for i, entry in enumerate(_arrayOfTables(document, source, key)):
+        table = _Table(entry, source, f"{key}[{i}]", base)
+        built.append(build(table))
+        table.done()
+    return built
 
 
 def _arrayOfTables(document: dict[str, Any], source: str, key: str) -> list[Any]:

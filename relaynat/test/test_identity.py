@@ -23,7 +23,8 @@ from OpenSSL import crypto
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaynat.cli import Options, main, runLocal
+from relaynat.cli import Options, main
+from relaynat.test.runcommand import command
 from relaynat.identity import (
     CERT_FILE,
     KEY_FILE,
@@ -39,16 +40,6 @@ from relaynat.identity import (
 #: Two key pairs for the whole module: a key pair is not free.
 KEYS = generate(["relay.example", "192.0.2.7", "2001:db8::7"])
 OTHER = generate(["other.example"])
-
-
-def command(*argv: str) -> tuple[int, str, str]:
-    """Parse and run a C{relaynat} command in process: status, stdout, stderr."""
-    options = Options()
-    options.parseOptions(list(argv))
-    assert options.subCommand is not None
-    out, err = StringIO(), StringIO()
-    code = runLocal(options.subCommand, options.subOptions, out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def write(path: str, data: bytes) -> str:

@@ -7,23 +7,13 @@ from __future__ import annotations
 
 import os
 import stat
-from io import StringIO
 
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaynat.cli import Options, runLocal
+from relaynat.cli import Options
+from relaynat.test.runcommand import command
 from relaynat.secret import SECRET_BYTES, SecretFileError, loadSecret
-
-
-def command(*argv: str) -> tuple[int, str, str]:
-    """Parse and run a C{relaynat} command in process: status, stdout, stderr."""
-    options = Options()
-    options.parseOptions(list(argv))
-    assert options.subCommand is not None
-    out, err = StringIO(), StringIO()
-    code = runLocal(options.subCommand, options.subOptions, out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 class SecretCommandTests(SynchronousTestCase):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import stat
-from io import StringIO
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +15,8 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaynat import tools
-from relaynat.cli import Options, runLocal
+from relaynat.cli import Options
+from relaynat.test.runcommand import command
 from relaynat.users import (
     ITERATIONS,
     Rights,
@@ -37,16 +37,6 @@ RIGHTS = st.builds(
     register=st.none() | st.frozensets(IDS, max_size=4),
     join=st.none() | st.frozensets(IDS, max_size=4),
 )
-
-
-def command(*argv: str) -> tuple[int, str, str]:
-    """Parse and run a C{relaynat} command in process: status, stdout, stderr."""
-    options = Options()
-    options.parseOptions(list(argv))
-    assert options.subCommand is not None
-    out, err = StringIO(), StringIO()
-    code = runLocal(options.subCommand, options.subOptions, out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def verifies(user: User, password: str) -> bool:
