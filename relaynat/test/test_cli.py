@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaynat import __version__
 from relaynat.cli import ListOptions, Options, formatJson, formatTable
-from relaynat.test.loopback import Stack, listen, runAsync
+from relaynat.test.loopback import PASSWORD, Stack, listen, runAsync
 from relaynat.test.streams import Echo
 
 #: The installed console script, next to the interpreter running the tests.
@@ -92,17 +92,28 @@ class FormatTests(SynchronousTestCase):
         )
 
 
+FINGERPRINT = "sha256:" + "ab" * 32
+ACCESS = [
+    "--relay", "tcp:relay.example:7000",
+    "--relay-key", FINGERPRINT,
+    "--user", "alice",
+    "--password-file", "pw",
+]
+
+
 class OptionsTests(SynchronousTestCase):
     """The C{relaynat} command line, parsed in process."""
 
     def test_list(self) -> None:
-        """C{relaynat list --relay ENDPOINT --json} parses into its parts."""
+        """C{relaynat list --relay ENDPOINT ... --json} parses into its parts."""
         options = Options()
-        options.parseOptions(["list", "--relay", "tcp:relay.example:7000", "--json"])
+        options.parseOptions(["list", *ACCESS, "--json"])
         self.assertEqual(options.subCommand, "list")
         sub = options.subOptions
         self.assertIsInstance(sub, ListOptions)
-        self.assertEqual(sub.client.relay, "tcp:relay.example:7000")
+        self.assertEqual(sub.client.access.relay, "tcp:relay.example:7000")
+        self.assertEqual(sub.client.access.user, "alice")
+        self.assertEqual(sub.client.access.relay_key, FINGERPRINT)
         self.assertEqual(sub.client.tunnels, ())
         self.assertTrue(sub["json"])
         self.assertEqual(sub["timeout"], 10.0)
@@ -110,7 +121,7 @@ class OptionsTests(SynchronousTestCase):
     def test_tableByDefault(self) -> None:
         """Without C{--json}, the output is a table; the timeout can be set."""
         options = ListOptions()
-        options.parseOptions(["--relay", "tcp:h:7000", "--timeout", "2.5"])
+        options.parseOptions([*ACCESS, "--timeout", "2.5"])
         self.assertFalse(options["json"])
         self.assertEqual(options["timeout"], 2.5)
 
@@ -127,13 +138,18 @@ class OptionsTests(SynchronousTestCase):
 
     def test_noRelay(self) -> None:
         """C{list} without a relay says what is missing."""
-        error = self.assertRaises(UsageError, ListOptions().parseOptions, [])
+        error = self.assertRaises(UsageError, ListOptions().parseOptions, ACCESS[2:])
         self.assertEqual(str(error), "command line: client.relay: missing")
+
+    def test_noUser(self) -> None:
+        """C{list} logs in, so it needs a user."""
+        error = self.assertRaises(UsageError, ListOptions().parseOptions, ACCESS[:4])
+        self.assertEqual(str(error), "command line: client.user: missing")
 
     def test_badRelay(self) -> None:
         """A relay that is not a connecting endpoint is refused."""
         error = self.assertRaises(
-            UsageError, ListOptions().parseOptions, ["--relay", "tcp:7000"]
+            UsageError, ListOptions().parseOptions, ["--relay", "tcp:7000", *ACCESS[2:]]
         )
         self.assertTrue(
             str(error).startswith(
@@ -151,14 +167,18 @@ class OptionsTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write(
                 '[client]\nrelay = "tcp:from-file:7000"\n'
-                '[[tunnel]]\nserver = "web"\nlisten = "tcp:8080"\n'
+                f'relay_key = "{FINGERPRINT}"\nuser = "alice"\npassword_file = "pw"\n'
+                '[[tunnel]]\nserver = "web"\nlisten = "tcp:8080"\nsecret_file = "web.secret"\n'
             )
         options = ListOptions()
         options.parseOptions(["--config", path])
-        self.assertEqual(options.client.relay, "tcp:from-file:7000")
+        self.assertEqual(options.client.access.relay, "tcp:from-file:7000")
+        self.assertEqual(
+            options.client.access.password_file, os.path.join(os.path.dirname(path), "pw")
+        )
         options = ListOptions()
         options.parseOptions(["--config", path, "--relay", "tcp:from-flag:7000"])
-        self.assertEqual(options.client.relay, "tcp:from-flag:7000")
+        self.assertEqual(options.client.access.relay, "tcp:from-flag:7000")
 
 
 class ListCommandTests(TestCase):
@@ -176,17 +196,28 @@ class ListCommandTests(TestCase):
         )
         return out.decode(), err.decode(), code
 
-    async def startStack(self) -> str:
-        """A relay with one skeleton fronting "echo"; the relay's client endpoint."""
+    async def startStack(self) -> list[str]:
+        """
+        A relay with one skeleton fronting "echo"; the flags that reach it
+        and log in as alice.
+        """
         stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
         self.addCleanup(stack.stop)
-        return f"tcp:127.0.0.1:{stack.clientPort.getHost().port}"  # type: ignore[attr-defined]
+        password = os.path.join(stack.directory, "password")
+        with open(password, "w") as f:
+            f.write(PASSWORD + "\n")
+        return [
+            "--relay", f"tcp:127.0.0.1:{stack.clientPort.getHost().port}",  # type: ignore[attr-defined]
+            "--relay-key", stack.identity.fingerprint,
+            "--user", "alice",
+            "--password-file", password,
+        ]
 
     @runAsync
     async def test_table(self) -> None:
         """The table lists the registered server with its description."""
-        relay = await self.startStack()
-        out, err, code = await self.runScript("list", "--relay", relay)
+        access = await self.startStack()
+        out, err, code = await self.runScript("list", *access)
         self.assertEqual((code, err), (0, ""))
         header, row = out.splitlines()
         self.assertEqual(header.split(), ["ID", "DESCRIPTION", "ONLINE", "SINCE", "(UTC)", "IDLE"])
@@ -196,8 +227,8 @@ class ListCommandTests(TestCase):
     @runAsync
     async def test_json(self) -> None:
         """C{--json} prints a JSON list with the registered server."""
-        relay = await self.startStack()
-        out, err, code = await self.runScript("list", "--relay", relay, "--json")
+        access = await self.startStack()
+        out, err, code = await self.runScript("list", *access, "--json")
         self.assertEqual((code, err), (0, ""))
         [server] = json.loads(out)
         self.assertEqual(
@@ -215,10 +246,15 @@ class ListCommandTests(TestCase):
         port = await listen(Factory.forProtocol(Echo))
         number = port.getHost().port  # type: ignore[attr-defined]
         await port.stopListening()  # type: ignore[misc]
-        out, err, code = await self.runScript("list", "--relay", f"tcp:127.0.0.1:{number}")
+        password = self.mktemp()
+        with open(password, "w") as f:
+            f.write("secret\n")
+        out, err, code = await self.runScript(
+            "list", "--relay", f"tcp:127.0.0.1:{number}", *ACCESS[2:6], "--password-file", password
+        )
         self.assertEqual((code, out), (1, ""))
         self.assertTrue(
-            err.startswith("relaynat list: cannot list servers: Connection was refused"), err
+            err.startswith("relaynat list: cannot list servers: cannot reach the relay: Connection was refused"), err
         )
         self.assertEqual(err.count("\n"), 1)
 
