@@ -128,14 +128,14 @@ def parseToml(text: str, source: str = "<string>") -> dict[str, Any]:
         raise ConfigError(source, "(syntax)", str(e)) from e
 
 
-def splitAssignment(flag: str, value: str) -> tuple[str, str]:
+def splitAssignment(flag: str, value: str, form: str = "ID=ENDPOINT") -> tuple[str, str]:
     """
     Split a flag's C{ID=ENDPOINT} value at the first C{=}: endpoint strings
     contain C{=} themselves (C{tcp:8080:interface=127.0.0.1}).
     """
     name, sep, rest = value.partition("=")
     if not sep or not name or not rest:
-        raise ConfigError(flag, value, "expected ID=ENDPOINT")
+        raise ConfigError(flag, value, f"expected {form}")
     return name, rest
 
 
@@ -187,12 +187,30 @@ def hostOf(endpoint: str) -> str | None:
     kind, _, rest = endpoint.partition(":")
     if kind not in ("tcp", "tcp6", "tls", "tor"):
         return None
-    for i, part in enumerate(rest.split(":")):
+    for i, part in enumerate(_unescapedParts(rest)):
         if part.startswith("host="):
             return part[len("host="):]
         if i == 0 and "=" not in part:
             return part
     return None
+
+
+def _unescapedParts(text: str) -> list[str]:
+    """C{text} split at the colons that endpoint strings do not escape."""
+    parts, current, escaped = [], [], False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
 
 
 def skeletonConfig(
@@ -297,7 +315,7 @@ class _Table:
         value = self._take(key, int if integer else (int, float), default)
         if not low <= value <= high:
             raise ConfigError(
-                self.source, self._key(key), f"must be between {low:g} and {high:g}"
+                self.source, self._key(key), f"must be between {_plain(low)} and {_plain(high)}"
             )
         return float(value) if not integer else int(value)
 
@@ -338,6 +356,10 @@ class _Table:
 
 
 _REQUIRED = object()
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if number == int(number) else str(number)
 _NOUNS = {str: "a string", int: "a whole number", float: "a number"}
 
 

@@ -199,9 +199,11 @@ class RelayChannel(Channel):
             return self._loginFailed(scram.user)
         assert scram.user is not None
         self.relay.throttle.succeeded(f"user:{scram.user}")
-        if self.login is not None:
-            self.relay.sessions.revoke(self.login)
+        previous = self.login
         self.login = self.relay.sessions.issue(scram.user)
+        if previous is not None:
+            self.relay.sessions.revoke(previous)
+            self.loginRenewed(previous, self.login)
         _log.info("{user} logged in from {source}", user=scram.user, source=self.source())
         return {
             "message": serverFinal,
@@ -218,6 +220,9 @@ class RelayChannel(Channel):
             raise LoginFailed(_LOGIN_FAILED)
 
         return deferLater(self.relay.reactor, delay, refuse)
+
+    def loginRenewed(self, previous: Session, current: Session) -> None:
+        """This connection logged in again: what was filed under the old session moves."""
 
     def loggedInUser(self) -> User:
         """The user logged in on this connection, as the users file says now."""
@@ -270,6 +275,12 @@ class SkeletonChannel(RelayChannel):
         self.nonce = b""
 
     # As the control connection: the registry's SkeletonLink.
+
+    def loginRenewed(self, previous: Session, current: Session) -> None:
+        # Its data connections prove the new session from now on.
+        if self.relay.skeletons.get(previous.id) is self:
+            del self.relay.skeletons[previous.id]
+            self.relay.skeletons[current.id] = self
 
     def describe(self) -> str:
         # Only the name the skeleton gave: its address is not for clients
@@ -443,11 +454,11 @@ class ClientChannel(RelayChannel):
 
     @Tunnel.responder
     def tunnel(self, join: str, proof: bytes) -> Deferred[SpliceHalf]:
+        if self._tunnelAsked:
+            raise BadRequest("one tunnel per connection: open another connection")
         prepared = self._prepared
         if prepared is None or not hmac.compare_digest(prepared.id, join):
             raise BadRequest("unknown join id: send Prepare on this connection first")
-        if self._tunnelAsked:
-            raise BadRequest("one tunnel per connection: open another connection")
         self._tunnelAsked = True
         self._prepared = None
         prepared.expiry.cancel()

@@ -189,7 +189,9 @@ class Register(amp.Command):
         (b"pool", amp.Integer()),
     ]
     response = _NOTHING
-    errors = _errors(DuplicateServer, BadRequest, PermissionDenied, LoginRequired)
+    errors = _errors(
+        DuplicateServer, BadRequest, PermissionDenied, LoginRequired, SessionRefused
+    )
 
 
 class Offer(amp.Command):
@@ -207,7 +209,7 @@ class Offer(amp.Command):
         (b"nonce", amp.String()),
     ]
     response = _NOTHING
-    errors = _errors(UnknownServer, BadRequest, SessionRefused)
+    errors = _errors(UnknownServer, BadRequest, SessionRefused, LoginRequired)
 
 
 class OpenConnection(amp.Command):
@@ -255,7 +257,7 @@ class ListServers(amp.Command):
             ),
         )
     ]
-    errors = _errors(LoginRequired)
+    errors = _errors(LoginRequired, SessionRefused)
 
 
 class Prepare(amp.Command):
@@ -276,7 +278,7 @@ class Prepare(amp.Command):
     response = [(b"join", amp.Unicode()), (b"nonce", amp.String())]
     errors = _errors(
         UnknownServer, ServerOffline, JoinTimeout, SkeletonGone, BadRequest,
-        SessionRefused,
+        SessionRefused, LoginRequired,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.python.usage import UsageError
@@ -28,21 +29,28 @@ class AccessOptions(ConfigOptions):
     def opt_secret(self, value: str) -> None:
         """A server's secret file, ID=FILE (e.g. web=web.secret); repeatable."""
         try:
-            serverId, path = splitAssignment("--secret", value)
+            serverId, path = splitAssignment("--secret", value, "ID=FILE")
         except ConfigError as e:
             raise UsageError(str(e)) from e
-        self.secretFiles[serverId] = path
+        self.secretFiles[serverId] = os.path.abspath(os.path.expanduser(path))
 
     def accessFlags(self) -> dict[str, Any]:
+        relayKey = self["relay-key"]
+        if relayKey is not None and not relayKey.lower().startswith("sha256:"):
+            relayKey = self.pathFlag("relay-key")
         return {
-            "relay_key": self["relay-key"],
+            "relay_key": relayKey,
             "relay_verify": self["relay-verify"],
             "user": self["user"],
-            "password_file": self["password-file"],
+            "password_file": self.pathFlag("password-file"),
         }
 
     def withSecrets(self, entries: list[dict[str, Any]], idKey: str) -> list[dict[str, Any]]:
         """Entries from flags and file, with C{--secret} files filled in by id."""
+        ids = {e.get(idKey) for e in entries if isinstance(e, dict)}
+        for serverId in self.secretFiles:
+            if serverId not in ids:
+                raise ConfigError("--secret", serverId, "no server of that id is configured")
         return [
             {**e, "secret_file": self.secretFiles[e[idKey]]}
             if isinstance(e, dict) and e.get(idKey) in self.secretFiles
@@ -58,5 +66,6 @@ def loadSecrets(paths: dict[str, str]) -> dict[str, bytes]:
         try:
             secrets[serverId] = loadSecret(path)
         except SecretFileError as e:
-            raise ConfigError(path, f"secret of {serverId}", str(e)) from None
+            problem = str(e).removeprefix(f"{path}: ")
+            raise ConfigError(path, f"secret of {serverId}", problem) from None
     return secrets

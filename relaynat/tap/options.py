@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,14 @@ class ConfigOptions(usage.Options):
 
         print(f"relaynat {__version__}")
         raise SystemExit(0)
+
+    def pathFlag(self, name: str) -> str | None:
+        """
+        A file name given as a flag, made absolute: a flag is relative to
+        where the command runs, not to the config file's folder.
+        """
+        value = self[name]
+        return None if value is None else os.path.abspath(os.path.expanduser(value))
 
     def document(self) -> tuple[dict[str, Any], str]:
         """The parsed file (empty without one), and what to call it in errors."""

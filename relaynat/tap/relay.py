@@ -40,9 +40,9 @@ class Options(ConfigOptions):
             "clients": self["clients"],
             "skeletons": self["skeletons"],
             "web": self["web"],
-            "key": self["key"],
-            "cert": self["cert"],
-            "users": self["users"],
+            "key": self.pathFlag("key"),
+            "cert": self.pathFlag("cert"),
+            "users": self.pathFlag("users"),
             "join_timeout": self["join-timeout"],
         }
         self.relay: RelayConfig = relayConfig(withFlags(document, "relay", flags), source)

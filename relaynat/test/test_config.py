@@ -1,14 +1,18 @@
 """
 Tests for L{relaynat.config} and the twistd options of the three roles:
 documents parsed from strings, every kind of mistake reported with its
-source, key and problem, flags laid over files, and property tests for the
-small parsers.
+source, key and problem, file names resolved where they were written, flags
+laid over files, the files the options read at once (the relay's identity
+and users, every per-server secret), and property tests for the small
+parsers.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given, settings
@@ -21,11 +25,13 @@ from relaynat.config import (
     DEFAULT_BACKLOG,
     ClientConfig,
     ConfigError,
+    RelayAccess,
     RelayConfig,
     ServerConfig,
     SkeletonConfig,
     TunnelConfig,
     clientConfig,
+    hostOf,
     parseToml,
     readToml,
     relayConfig,
@@ -34,35 +40,67 @@ from relaynat.config import (
     withDefaultBacklog,
     withFlags,
 )
+from relaynat.identity import fingerprintOfFile, generate, writePrivate
+from relaynat.secret import generateSecret, loadSecret
 from relaynat.tap import client as clientTap
 from relaynat.tap import relay as relayTap
 from relaynat.tap import skeleton as skeletonTap
+from relaynat.users import Rights, User, saveUsers
 from relaynat.wire import SERVER_ID, BadRequest, checkServerId
+
+#: A well-formed fingerprint of no key in particular.
+FINGERPRINT = "sha256:" + "ab" * 32
+
+#: The lines every [relay] needs besides its two endpoints.
+RELAY_FILES = 'key = "relay.key"\ncert = "relay.pem"\nusers = "users"\n'
 
 RELAY = """
 [relay]
 clients = "tcp:7000"
 skeletons = "tcp:7001"
-"""
+""" + RELAY_FILES
 
-SKELETON = """
+SKELETON = f"""
 [skeleton]
 relay = "tcp:relay.example:7001"
+relay_key = "{FINGERPRINT}"
+user = "edge"
+password_file = "edge.password"
 name = "edge"
 
 [[server]]
 id = "web"
 target = "tcp:127.0.0.1:8000"
+secret_file = "web.secret"
 """
 
-CLIENT = """
+CLIENT = f"""
 [client]
 relay = "tcp:relay.example:7000"
+relay_key = "{FINGERPRINT}"
+user = "laptop"
+password_file = "laptop.password"
 
 [[tunnel]]
 server = "web"
 listen = "tcp:8080:interface=127.0.0.1"
+secret_file = "web.secret"
 """
+
+
+def access(**changes: Any) -> RelayAccess:
+    """The L{RelayAccess} of L{SKELETON} read from a file in the current folder."""
+    values: dict[str, Any] = {
+        "relay": "tcp:relay.example:7001",
+        "user": "edge",
+        "password_file": "edge.password",
+        "relay_key": FINGERPRINT,
+        "relay_verify": "pin",
+        "relay_ca": None,
+        "relay_name": "relay.example",
+    }
+    values.update(changes)
+    return RelayAccess(**values)
 
 
 class ConfigErrorMixin:
@@ -93,7 +131,15 @@ class TomlTests(SynchronousTestCase):
         """A TOML string becomes its document."""
         self.assertEqual(
             parseToml(RELAY),
-            {"relay": {"clients": "tcp:7000", "skeletons": "tcp:7001"}},
+            {
+                "relay": {
+                    "clients": "tcp:7000",
+                    "skeletons": "tcp:7001",
+                    "key": "relay.key",
+                    "cert": "relay.pem",
+                    "users": "users",
+                }
+            },
         )
 
     def test_parseBadSyntax(self) -> None:
@@ -145,11 +191,12 @@ class TomlTests(SynchronousTestCase):
         conf = os.path.join(os.path.dirname(relaynat.__file__), os.pardir, "conf")
         if not os.path.isdir(conf):
             raise self.skipTest("no conf/ directory next to the package")
-        for name, build in [
+        builds: list[tuple[str, Callable[[dict[str, Any], str], object]]] = [
             ("relay.toml", relayConfig),
             ("skeleton.toml", skeletonConfig),
             ("client.toml", clientConfig),
-        ]:
+        ]
+        for name, build in builds:
             path = os.path.join(conf, name)
             build(readToml(path), path)
 
@@ -160,18 +207,104 @@ class RelayConfigTests(ConfigErrorMixin, SynchronousTestCase):
     def test_good(self) -> None:
         """
         A complete [relay] becomes a L{RelayConfig}, with the default backlog
-        added to the TCP listening endpoints.
+        added to the TCP listening endpoints (the web one too).
         """
-        text = RELAY + "join_timeout = 2.5\nmax_pool = 10\n"
+        text = RELAY + 'web = "tcp:7080"\njoin_timeout = 2.5\nmax_pool = 10\n'
+        text += "session_lifetime = 3600\n"
         self.assertEqual(
             relayConfig(parseToml(text), "relay.toml"),
-            RelayConfig("tcp:7000:backlog=1024", "tcp:7001:backlog=1024", 2.5, 10),
+            RelayConfig(
+                clients="tcp:7000:backlog=1024",
+                skeletons="tcp:7001:backlog=1024",
+                key="relay.key",
+                cert="relay.pem",
+                users="users",
+                web="tcp:7080:backlog=1024",
+                join_timeout=2.5,
+                max_pool=10,
+                session_lifetime=3600.0,
+            ),
         )
 
     def test_defaults(self) -> None:
-        """Without them, join_timeout is 10 s and max_pool 64."""
+        """
+        Without them, there is no web endpoint, join_timeout is 10 s,
+        max_pool 64 and a session lasts a day.
+        """
         config = relayConfig(parseToml(RELAY), "relay.toml")
-        self.assertEqual((config.join_timeout, config.max_pool), (10.0, 64))
+        self.assertEqual(
+            (config.web, config.join_timeout, config.max_pool, config.session_lifetime),
+            (None, 10.0, 64, 86400.0),
+        )
+
+    def test_filesRequired(self) -> None:
+        """The key, the certificate and the users file must each be given."""
+        for key in ("key", "cert", "users"):
+            text = "".join(
+                line + "\n" for line in RELAY.splitlines() if not line.startswith(key + " ")
+            )
+            self.assertConfigError(relayConfig, text, "relay.toml", f"relay.{key}", "missing")
+
+    def test_pathsRelativeToConfigFile(self) -> None:
+        """
+        File names are relative to the config file's folder; absolute names
+        stay as written and C{~} is the home folder.
+        """
+        config = relayConfig(parseToml(RELAY), "/etc/relaynat/relay.toml")
+        self.assertEqual(
+            (config.key, config.cert, config.users),
+            ("/etc/relaynat/relay.key", "/etc/relaynat/relay.pem", "/etc/relaynat/users"),
+        )
+        config = relayConfig(parseToml(RELAY), "conf/relay.toml")
+        self.assertEqual(config.key, os.path.join("conf", "relay.key"))
+        text = RELAY.replace('"relay.key"', '"../keys/relay.key"')
+        text = text.replace('"relay.pem"', '"/srv/relay.pem"').replace('"users"', '"~/users"')
+        config = relayConfig(parseToml(text), "/etc/relaynat/relay.toml")
+        self.assertEqual(
+            (config.key, config.cert, config.users),
+            ("/etc/keys/relay.key", "/srv/relay.pem", os.path.expanduser("~/users")),
+        )
+
+    def test_pathsOfStringsRelativeToCwd(self) -> None:
+        """
+        A document with no file of its own (a string, the command line)
+        names files relative to the current folder, unless given a base.
+        """
+        for source in ("<string>", "command line"):
+            config = relayConfig(parseToml(RELAY), source)
+            self.assertEqual((config.key, config.users), ("relay.key", "users"))
+        config = relayConfig(parseToml(RELAY), "/etc/relaynat/relay.toml", base="/srv")
+        self.assertEqual(config.key, "/srv/relay.key")
+
+    def test_sessionLifetimeRange(self) -> None:
+        """A session lasts from a minute to a year."""
+        for bad in ("59", "31536001"):
+            error = self.assertRaises(
+                ConfigError,
+                relayConfig,
+                parseToml(RELAY + f"session_lifetime = {bad}\n"),
+                "r",
+            )
+            self.assertEqual(error.key, "relay.session_lifetime")
+            self.assertTrue(error.problem.startswith("must be between 60 and "), error.problem)
+        for good in (60, 31536000):
+            config = relayConfig(parseToml(RELAY + f"session_lifetime = {good}\n"), "r")
+            self.assertEqual(config.session_lifetime, float(good))
+
+    def test_sessionLifetimeRangeReadable(self) -> None:
+        """The bounds of session_lifetime are written as plain numbers."""
+        self.assertConfigError(
+            relayConfig, RELAY + "session_lifetime = 31536001\n", "r",
+            "relay.session_lifetime", "must be between 60 and 31536000",
+        )
+
+
+    def test_badWebEndpoint(self) -> None:
+        """A web endpoint Twisted cannot parse is refused with its reason."""
+        self.assertConfigError(
+            relayConfig, RELAY + 'web = "htp:80"\n', "relay.toml", "relay.web",
+            "not a valid listening endpoint 'htp:80': Unknown endpoint type: 'htp'",
+        )
 
     def test_integerTimeout(self) -> None:
         """An integer join_timeout is accepted, and becomes a float."""
@@ -181,7 +314,7 @@ class RelayConfigTests(ConfigErrorMixin, SynchronousTestCase):
 
     def test_unixEndpointUntouched(self) -> None:
         """A UNIX socket endpoint gets no backlog added."""
-        text = '[relay]\nclients = "unix:/tmp/x.sock"\nskeletons = "tcp:7001"\n'
+        text = '[relay]\nclients = "unix:/tmp/x.sock"\nskeletons = "tcp:7001"\n' + RELAY_FILES
         self.assertEqual(relayConfig(parseToml(text), "r").clients, "unix:/tmp/x.sock")
 
     def test_unknownSection(self) -> None:
@@ -226,6 +359,10 @@ class RelayConfigTests(ConfigErrorMixin, SynchronousTestCase):
         self.assertConfigError(
             relayConfig, RELAY + "max_pool = 1.5\n", "r", "relay.max_pool",
             "must be a whole number, not 1.5",
+        )
+        self.assertConfigError(
+            relayConfig, RELAY.replace('"users"', "5"), "r", "relay.users",
+            "must be a string, not 5",
         )
 
     def test_booleanIsNotANumber(self) -> None:
@@ -280,7 +417,7 @@ class RelayConfigTests(ConfigErrorMixin, SynchronousTestCase):
         and comes back with the default backlog added.
         """
         description = f"tcp:{port}:interface={interface}"
-        text = f'[relay]\nclients = "{description}"\nskeletons = "tcp:{port}"\n'
+        text = f'[relay]\nclients = "{description}"\nskeletons = "tcp:{port}"\n' + RELAY_FILES
         config = relayConfig(parseToml(text), "r")
         self.assertEqual(config.clients, f"{description}:backlog={DEFAULT_BACKLOG}")
 
@@ -297,7 +434,7 @@ class RelayConfigTests(ConfigErrorMixin, SynchronousTestCase):
         escaped = interface.replace(":", "\\\\:")  # TOML, then endpoint, escaping
         text = (
             f'[relay]\nclients = "tcp6:{port}:interface={escaped}"\n'
-            f'skeletons = "tcp:7001"\n'
+            f'skeletons = "tcp:7001"\n' + RELAY_FILES
         )
         config = relayConfig(parseToml(text), "r")
         self.assertTrue(config.clients.startswith(f"tcp6:{port}:interface="))
@@ -310,16 +447,16 @@ class SkeletonConfigTests(ConfigErrorMixin, SynchronousTestCase):
     def test_good(self) -> None:
         """A complete skeleton file becomes a L{SkeletonConfig}."""
         text = SKELETON + 'description = "the web"\n[[server]]\nid = "db"\n'
-        text += 'target = "unix:/run/db.sock"\n'
+        text += 'target = "unix:/run/db.sock"\nsecret_file = "db.secret"\n'
         text = text.replace('name = "edge"', 'name = "edge"\npool = 3')
         self.assertEqual(
             skeletonConfig(parseToml(text), "s"),
             SkeletonConfig(
-                relay="tcp:relay.example:7001",
+                access=access(),
                 name="edge",
                 servers=(
-                    ServerConfig("web", "tcp:127.0.0.1:8000", "the web"),
-                    ServerConfig("db", "unix:/run/db.sock", ""),
+                    ServerConfig("web", "tcp:127.0.0.1:8000", "web.secret", "the web"),
+                    ServerConfig("db", "unix:/run/db.sock", "db.secret", ""),
                 ),
                 pool=3,
             ),
@@ -334,7 +471,7 @@ class SkeletonConfigTests(ConfigErrorMixin, SynchronousTestCase):
         """Connecting endpoints (relay, targets) are kept as written."""
         config = skeletonConfig(parseToml(SKELETON), "s")
         self.assertEqual(config.servers[0].target, "tcp:127.0.0.1:8000")
-        self.assertEqual(config.relay, "tcp:relay.example:7001")
+        self.assertEqual(config.access.relay, "tcp:relay.example:7001")
 
     def test_noServer(self) -> None:
         """A skeleton without a [[server]] is refused."""
@@ -372,6 +509,18 @@ class SkeletonConfigTests(ConfigErrorMixin, SynchronousTestCase):
             "server[1].target", "missing",
         )
 
+    def test_secretFileRequired(self) -> None:
+        """A [[server]] without a secret_file is refused: every server has a secret."""
+        self.assertConfigError(
+            skeletonConfig, SKELETON.replace('secret_file = "web.secret"\n', ""), "skel.toml",
+            "server[0].secret_file", "missing",
+        )
+
+    def test_secretFileRelativeToConfigFile(self) -> None:
+        """A server's secret_file is relative to the config file's folder."""
+        config = skeletonConfig(parseToml(SKELETON), "/srv/edge/skeleton.toml")
+        self.assertEqual(config.servers[0].secret_file, "/srv/edge/web.secret")
+
     def test_badServerId(self) -> None:
         """A malformed server id is refused with the rule for ids."""
         self.assertConfigError(
@@ -384,7 +533,8 @@ class SkeletonConfigTests(ConfigErrorMixin, SynchronousTestCase):
     def test_duplicateServerId(self) -> None:
         """Two [[server]]s with one id are refused."""
         self.assertConfigError(
-            skeletonConfig, SKELETON + '[[server]]\nid = "web"\ntarget = "tcp:h:1"\n',
+            skeletonConfig,
+            SKELETON + '[[server]]\nid = "web"\ntarget = "tcp:h:1"\nsecret_file = "x"\n',
             "skel.toml", "server", "server id 'web' appears twice",
         )
 
@@ -424,13 +574,20 @@ class ClientConfigTests(ConfigErrorMixin, SynchronousTestCase):
     def test_good(self) -> None:
         """A client file becomes a L{ClientConfig}; listeners get the backlog."""
         text = CLIENT + '[[tunnel]]\nserver = "web"\nlisten = "unix:/tmp/web.sock"\n'
+        text += 'secret_file = "/keys/web.secret"\n'
         self.assertEqual(
             clientConfig(parseToml(text), "c"),
             ClientConfig(
-                relay="tcp:relay.example:7000",
+                access=access(
+                    relay="tcp:relay.example:7000",
+                    user="laptop",
+                    password_file="laptop.password",
+                ),
                 tunnels=(
-                    TunnelConfig("web", "tcp:8080:interface=127.0.0.1:backlog=1024"),
-                    TunnelConfig("web", "unix:/tmp/web.sock"),
+                    TunnelConfig(
+                        "web", "tcp:8080:interface=127.0.0.1:backlog=1024", "web.secret"
+                    ),
+                    TunnelConfig("web", "unix:/tmp/web.sock", "/keys/web.secret"),
                 ),
             ),
         )
@@ -440,18 +597,25 @@ class ClientConfigTests(ConfigErrorMixin, SynchronousTestCase):
         A client with no [[tunnel]] is refused, unless it only lists servers
         (C{needTunnels=False}, for C{relaynat list}).
         """
-        text = '[client]\nrelay = "tcp:h:7000"\n'
+        text = CLIENT[: CLIENT.index("[[tunnel]]")]
         self.assertConfigError(
             clientConfig, text, "client.toml", "tunnel", "a client needs at least one [[tunnel]]"
         )
         self.assertEqual(
             clientConfig(parseToml(text), "c", needTunnels=False),
-            ClientConfig(relay="tcp:h:7000"),
+            ClientConfig(
+                access=access(
+                    relay="tcp:relay.example:7000",
+                    user="laptop",
+                    password_file="laptop.password",
+                )
+            ),
         )
 
     def test_duplicateListen(self) -> None:
         """Two tunnels on one listening address are refused."""
         text = CLIENT + '[[tunnel]]\nserver = "db"\nlisten = "tcp:8080:interface=127.0.0.1"\n'
+        text += 'secret_file = "db.secret"\n'
         self.assertConfigError(
             clientConfig, text, "client.toml", "tunnel",
             "listen address 'tcp:8080:interface=127.0.0.1:backlog=1024' appears twice",
@@ -478,6 +642,198 @@ class ClientConfigTests(ConfigErrorMixin, SynchronousTestCase):
         )
         self.assertEqual(error.key, "client.relay")
         self.assertTrue(error.problem.startswith("not a valid connecting endpoint"))
+
+    def test_secretFileRequired(self) -> None:
+        """A [[tunnel]] without a secret_file is refused."""
+        self.assertConfigError(
+            clientConfig, CLIENT.replace('secret_file = "web.secret"\n', ""), "client.toml",
+            "tunnel[0].secret_file", "missing",
+        )
+
+    def test_secretFileRelativeToConfigFile(self) -> None:
+        """A tunnel's secret_file is relative to the config file's folder."""
+        config = clientConfig(parseToml(CLIENT), "/home/u/.relaynat/client.toml")
+        self.assertEqual(config.tunnels[0].secret_file, "/home/u/.relaynat/web.secret")
+
+
+class AccessConfigTests(ConfigErrorMixin, SynchronousTestCase):
+    """
+    How a skeleton or a client reaches and trusts the relay, and who it
+    logs in as: the keys they share, checked alike under [skeleton] and
+    [client].
+    """
+
+    def withKeys(self, **keys: str | None) -> str:
+        """L{SKELETON} with [skeleton] keys replaced (None: removed) or added."""
+        head, servers = SKELETON.split("[[server]]")
+        lines = [line for line in head.splitlines() if line.split(" = ")[0] not in keys]
+        lines += [f'{key} = "{value}"' for key, value in keys.items() if value is not None]
+        return "\n".join(lines) + "\n[[server]]" + servers
+
+    def test_pinByFingerprint(self) -> None:
+        """
+        By default the relay's key is pinned; a fingerprint is kept as a
+        fingerprint, lower-cased.
+        """
+        text = self.withKeys(relay_key="SHA256:" + "AB" * 32)
+        config = skeletonConfig(parseToml(text), "/srv/edge/skeleton.toml")
+        self.assertEqual(
+            (config.access.relay_verify, config.access.relay_key), ("pin", FINGERPRINT)
+        )
+
+    def test_pinByCertificateFile(self) -> None:
+        """
+        A relay_key that is not a fingerprint is the relay's certificate
+        file, relative to the config file's folder (not read here).
+        """
+        for written, source, expected in [
+            ("relay.pem", "/srv/edge/skeleton.toml", "/srv/edge/relay.pem"),
+            ("certs/relay.pem", "/srv/edge/skeleton.toml", "/srv/edge/certs/relay.pem"),
+            ("/etc/relay.pem", "/srv/edge/skeleton.toml", "/etc/relay.pem"),
+            ("relay.pem", "<string>", "relay.pem"),
+        ]:
+            config = skeletonConfig(parseToml(self.withKeys(relay_key=written)), source)
+            self.assertEqual(config.access.relay_key, expected)
+
+    def test_otherFilesRelativeToConfigFile(self) -> None:
+        """The password file and a CA certificate are relative to the config file too."""
+        text = self.withKeys(relay_verify="hostname", relay_ca="ca.pem", relay_key=None)
+        config = skeletonConfig(parseToml(text), "/srv/edge/skeleton.toml")
+        self.assertEqual(
+            (config.access.password_file, config.access.relay_ca),
+            ("/srv/edge/edge.password", "/srv/edge/ca.pem"),
+        )
+
+    def test_badFingerprint(self) -> None:
+        """
+        A relay_key that starts like a fingerprint but is not one is
+        refused, saying what a fingerprint looks like.
+        """
+        for bad in ("sha256:abc", "sha256:" + "zz" * 32, "sha256:" + "ab" * 33):
+            self.assertConfigError(
+                skeletonConfig, self.withKeys(relay_key=bad), "skel.toml",
+                "skeleton.relay_key",
+                f"not a fingerprint: {bad!r} (expected sha256: and 64 hex digits)",
+            )
+
+    def test_pinNeedsKey(self) -> None:
+        """Pinning without a relay_key is refused."""
+        self.assertConfigError(
+            skeletonConfig, self.withKeys(relay_key=None), "skel.toml",
+            "skeleton.relay_key", "missing",
+        )
+
+    def test_verifyValues(self) -> None:
+        """relay_verify is "pin" or "hostname", nothing else."""
+        for good in ("pin", "hostname"):
+            config = skeletonConfig(parseToml(self.withKeys(relay_verify=good)), "s")
+            self.assertEqual(config.access.relay_verify, good)
+        for bad in ("ca", "", "PIN", "none"):
+            self.assertConfigError(
+                skeletonConfig, self.withKeys(relay_verify=bad), "skel.toml",
+                "skeleton.relay_verify", 'must be "pin" or "hostname"',
+            )
+        self.assertConfigError(
+            skeletonConfig, SKELETON.replace('name = "edge"', "relay_verify = true"),
+            "skel.toml", "skeleton.relay_verify", "must be a string, not True",
+        )
+
+    def test_hostnameNameFromRelay(self) -> None:
+        """
+        Checking the host name needs no relay_key; the name is the relay
+        endpoint's host, in either way of writing it, unless relay_name
+        says otherwise.
+        """
+        for relay in ("tcp:relay.example:7001", "tcp:host=relay.example:port=7001"):
+            text = self.withKeys(relay=relay, relay_verify="hostname", relay_key=None)
+            config = skeletonConfig(parseToml(text), "s")
+            self.assertEqual(
+                config.access,
+                access(relay=relay, relay_verify="hostname", relay_key=None),
+            )
+        text = self.withKeys(relay_verify="hostname", relay_name="relay.other")
+        config = skeletonConfig(parseToml(text), "s")
+        self.assertEqual(config.access.relay_name, "relay.other")
+
+    def test_hostnameNeedsName(self) -> None:
+        """
+        Checking the host name of a relay reached by an endpoint without a
+        host (a UNIX socket) needs relay_name.
+        """
+        text = self.withKeys(relay="unix:/run/relay.sock", relay_verify="hostname")
+        self.assertConfigError(
+            skeletonConfig, text, "skel.toml", "skeleton.relay_name",
+            'needed with relay_verify = "hostname"',
+        )
+        text = self.withKeys(
+            relay="unix:/run/relay.sock", relay_verify="hostname", relay_name="relay.example"
+        )
+        config = skeletonConfig(parseToml(text), "s")
+        self.assertEqual(config.access.relay_name, "relay.example")
+
+    def test_loginRequired(self) -> None:
+        """A user and a password file must be given."""
+        for key in ("user", "password_file"):
+            self.assertConfigError(
+                skeletonConfig, self.withKeys(**{key: None}), "skel.toml",
+                f"skeleton.{key}", "missing",
+            )
+
+    def test_clientAlike(self) -> None:
+        """A client's [client] is checked the same way, by its own key names."""
+        self.assertConfigError(
+            clientConfig, CLIENT.replace(FINGERPRINT, "sha256:1"), "client.toml",
+            "client.relay_key",
+            "not a fingerprint: 'sha256:1' (expected sha256: and 64 hex digits)",
+        )
+        text = CLIENT.replace(f'relay_key = "{FINGERPRINT}"', 'relay_verify = "hostname"')
+        config = clientConfig(parseToml(text), "/home/u/client.toml")
+        self.assertEqual(
+            config.access,
+            access(
+                relay="tcp:relay.example:7000",
+                user="laptop",
+                password_file="/home/u/laptop.password",
+                relay_key=None,
+                relay_verify="hostname",
+            ),
+        )
+
+
+class HostOfTests(SynchronousTestCase):
+    """L{hostOf}, the host name a relay endpoint's certificate is checked for."""
+
+    def test_examples(self) -> None:
+        """The host of the endpoint kinds that have one; None for the others."""
+        for endpoint, host in [
+            ("tcp:relay.example:7001", "relay.example"),
+            ("tcp:host=relay.example:port=7001", "relay.example"),
+            ("tcp:port=7001:host=relay.example", "relay.example"),
+            ("tcp:192.0.2.7:7001:timeout=5", "192.0.2.7"),
+            ("tcp6:relay.example:7001", "relay.example"),
+            ("tls:relay.example:7001", "relay.example"),
+            ("tor:host=relay.example:port=7001", "relay.example"),
+            ("unix:/run/relay.sock", None),
+            ("tcp:port=7001", None),
+        ]:
+            self.assertEqual(hostOf(endpoint), host, endpoint)
+
+    @settings(deadline=None)
+    @given(
+        host=st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z0-9]{1,10}){0,3}\Z"),
+        port=st.integers(min_value=1, max_value=65535),
+        named=st.booleans(),
+    )
+    def test_hostBack(self, host: str, port: int, named: bool) -> None:
+        """Any DNS name in a C{tcp:} endpoint, either way of writing it, comes back."""
+        endpoint = f"tcp:host={host}:port={port}" if named else f"tcp:{host}:{port}"
+        self.assertEqual(hostOf(endpoint), host)
+
+    def test_ipv6(self) -> None:
+        """An IPv6 address, escaped as endpoint strings need, comes back unescaped."""
+        self.assertEqual(hostOf("tcp6:\\:\\:1:7001"), "::1")
+        self.assertEqual(hostOf("tcp6:host=2001\\:db8\\:\\:7:port=7001"), "2001:db8::7")
+
 
 
 class BacklogTests(SynchronousTestCase):
@@ -639,8 +995,49 @@ class ServerIdTests(SynchronousTestCase):
         self.assertRaises(BadRequest, checkServerId, serverId)
 
 
-class RelayOptionsTests(SynchronousTestCase):
+@functools.cache
+def _relayKeyPair() -> tuple[bytes, bytes]:
+    """A relay key and certificate (PEM), made once per test run."""
+    return generate(["relay.example"])
+
+
+class FilesMixin:
+    """Real files for the options, which read them at once."""
+
+    def folder(self) -> str:
+        """A new empty folder, by its absolute name."""
+        path = os.path.abspath(self.mktemp())  # type: ignore[attr-defined]
+        os.makedirs(path)
+        return path
+
+    def relayFiles(self, folder: str) -> tuple[str, str, str]:
+        """relay.key, relay.pem and users (alice) in C{folder}."""
+        key, cert = _relayKeyPair()
+        paths = tuple(os.path.join(folder, name) for name in ("relay.key", "relay.pem", "users"))
+        writePrivate(paths[0], key)
+        writePrivate(paths[1], cert)
+        saveUsers(paths[2], {"alice": User.create("alice", "pw", Rights())})
+        return paths  # type: ignore[return-value]
+
+    def secret(self, folder: str, name: str = "web.secret") -> str:
+        """A new secret file in C{folder}, readable by its owner only."""
+        path = os.path.join(folder, name)
+        generateSecret(path)
+        return path
+
+    def password(self, folder: str, name: str = "password") -> str:
+        path = os.path.join(folder, name)
+        writePrivate(path, b"correct horse\n")
+        return path
+
+
+class RelayOptionsTests(FilesMixin, SynchronousTestCase):
     """C{twistd relay}'s options."""
+
+    def setUp(self) -> None:
+        self.dir = self.folder()
+        self.key, self.cert, self.users = self.relayFiles(self.dir)
+        self.files = ["--key", self.key, "--cert", self.cert, "--users", self.users]
 
     def parse(self, argv: list[str]) -> relayTap.Options:
         options = relayTap.Options()
@@ -648,26 +1045,89 @@ class RelayOptionsTests(SynchronousTestCase):
         return options
 
     def test_flagsOnly(self) -> None:
-        """Flags alone make a complete relay configuration."""
+        """
+        Flags alone make a complete relay configuration, and the identity
+        and the users file are loaded from the files they name.
+        """
         options = self.parse(
             ["--clients", "tcp:7000", "--skeletons", "tcp:7001", "--join-timeout", "2"]
+            + self.files
         )
         self.assertEqual(
             options.relay,
-            RelayConfig("tcp:7000:backlog=1024", "tcp:7001:backlog=1024", 2.0, 64),
+            RelayConfig(
+                clients="tcp:7000:backlog=1024",
+                skeletons="tcp:7001:backlog=1024",
+                key=self.key,
+                cert=self.cert,
+                users=self.users,
+                join_timeout=2.0,
+            ),
         )
+        self.assertEqual(options.identity.fingerprint, fingerprintOfFile(self.cert))
+        self.assertEqual(list(options.users.users), ["alice"])
+
+    def test_webFlag(self) -> None:
+        """C{--web} gives the endpoint that publishes the certificate."""
+        options = self.parse(
+            ["--clients", "tcp:7000", "--skeletons", "tcp:7001", "--web", "tcp:7080"] + self.files
+        )
+        self.assertEqual(options.relay.web, "tcp:7080:backlog=1024")
 
     def test_missing(self) -> None:
         """A missing address is a usage error naming the key."""
-        error = self.assertRaises(UsageError, self.parse, ["--clients", "tcp:7000"])
+        error = self.assertRaises(UsageError, self.parse, ["--clients", "tcp:7000"] + self.files)
         self.assertEqual(str(error), "command line: relay.skeletons: missing")
+
+    def test_missingFiles(self) -> None:
+        """Without the key, the certificate or the users file, the relay does not start."""
+        for flag, key in (("--key", "key"), ("--cert", "cert"), ("--users", "users")):
+            argv = ["--clients", "tcp:7000", "--skeletons", "tcp:7001"]
+            at = self.files.index(flag)
+            argv += self.files[:at] + self.files[at + 2 :]
+            error = self.assertRaises(UsageError, self.parse, argv)
+            self.assertEqual(str(error), f"command line: relay.{key}: missing")
+
+    def test_keyFileMissing(self) -> None:
+        """A key file that does not exist is a usage error naming it."""
+        missing = os.path.join(self.dir, "nope.key")
+        argv = ["--clients", "tcp:7000", "--skeletons", "tcp:7001"] + self.files
+        argv[argv.index(self.key)] = missing
+        error = self.assertRaises(UsageError, self.parse, argv)
+        self.assertEqual(str(error), f"command line: relay: {missing}: No such file or directory")
+
+    def test_keyAndCertificateDisagree(self) -> None:
+        """A certificate of another key is a usage error naming both files."""
+        other = os.path.join(self.dir, "other.pem")
+        writePrivate(other, generate(["relay.example"])[1])
+        argv = ["--clients", "tcp:7000", "--skeletons", "tcp:7001"] + self.files
+        argv[argv.index(self.cert)] = other
+        error = self.assertRaises(UsageError, self.parse, argv)
+        self.assertEqual(
+            str(error), f"command line: relay: {self.key} and {other} do not belong together"
+        )
+
+    def test_badUsersFile(self) -> None:
+        """A users file that does not parse is a usage error naming it and the line."""
+        with open(self.users, "w") as f:
+            f.write("alice\n")
+        error = self.assertRaises(
+            UsageError,
+            self.parse,
+            ["--clients", "tcp:7000", "--skeletons", "tcp:7001"] + self.files,
+        )
+        self.assertEqual(
+            str(error),
+            f"command line: relay: {self.users}, line 1: expected NAME VERIFIER [RIGHTS]",
+        )
 
     def test_outOfRange(self) -> None:
         """A join timeout out of range is a usage error."""
         error = self.assertRaises(
             UsageError,
             self.parse,
-            ["--clients", "tcp:7000", "--skeletons", "tcp:7001", "--join-timeout", "0"],
+            ["--clients", "tcp:7000", "--skeletons", "tcp:7001", "--join-timeout", "0"]
+            + self.files,
         )
         self.assertEqual(
             str(error), "command line: relay.join_timeout: must be between 0.1 and 3600"
@@ -691,11 +1151,12 @@ class RelayOptionsTests(SynchronousTestCase):
         )
         self.assertIn("--join-timeout", str(error))
 
-
     def test_badEndpoint(self) -> None:
         """An endpoint that does not parse is a usage error with the reason."""
         error = self.assertRaises(
-            UsageError, self.parse, ["--clients", "tpc:7000", "--skeletons", "tcp:7001"]
+            UsageError,
+            self.parse,
+            ["--clients", "tpc:7000", "--skeletons", "tcp:7001"] + self.files,
         )
         self.assertEqual(
             str(error),
@@ -706,20 +1167,45 @@ class RelayOptionsTests(SynchronousTestCase):
     def test_fileAndFlags(self) -> None:
         """
         With a file and flags, the flags win and the file fills in the
-        rest; errors in the file name the file.
+        rest, its file names taken from the file's folder; errors in the
+        file name the file.
         """
-        path = self.mktemp()
+        path = os.path.join(self.dir, "relay.toml")
         with open(path, "w") as f:
             f.write(RELAY + "max_pool = 5\n")
         options = self.parse(["--config", path, "--clients", "tcp:9000"])
         self.assertEqual(
             options.relay,
-            RelayConfig("tcp:9000:backlog=1024", "tcp:7001:backlog=1024", 10.0, 5),
+            RelayConfig(
+                clients="tcp:9000:backlog=1024",
+                skeletons="tcp:7001:backlog=1024",
+                key=self.key,
+                cert=self.cert,
+                users=self.users,
+                max_pool=5,
+            ),
         )
         with open(path, "w") as f:
             f.write(RELAY + "colour = 'blue'\n")
         error = self.assertRaises(UsageError, self.parse, ["--config", path])
         self.assertEqual(str(error), f"{path}: relay.colour: unknown key")
+
+    def test_flagFilesRelativeToCwd(self) -> None:
+        """
+        A file named by a flag is relative to the current folder, as on any
+        command line, even when a config file elsewhere gives the rest.
+        """
+        elsewhere = self.folder()
+        path = os.path.join(elsewhere, "relay.toml")
+        with open(path, "w") as f:
+            f.write(
+                RELAY.replace('"relay.key"', f'"{self.key}"')
+                .replace('"relay.pem"', f'"{self.cert}"')
+                .replace('"users"', '"no-such-users"')
+            )
+        options = self.parse(["--config", path, "--users", os.path.relpath(self.users)])
+        self.assertEqual(os.path.abspath(options.relay.users), self.users)
+
 
     def test_missingFile(self) -> None:
         """A config file that does not exist is a usage error with its path."""
@@ -728,8 +1214,15 @@ class RelayOptionsTests(SynchronousTestCase):
         self.assertEqual(str(error), f"{path}: (file): No such file or directory")
 
 
-class SkeletonOptionsTests(SynchronousTestCase):
+class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
     """C{twistd skeleton}'s options."""
+
+    def setUp(self) -> None:
+        self.dir = self.folder()
+        self.web = self.secret(self.dir, "web.secret")
+        self.db = self.secret(self.dir, "db.secret")
+        self.pw = self.password(self.dir)
+        self.access = ["--relay-key", FINGERPRINT, "--user", "edge", "--password-file", self.pw]
 
     def parse(self, argv: list[str]) -> skeletonTap.Options:
         options = skeletonTap.Options()
@@ -739,27 +1232,189 @@ class SkeletonOptionsTests(SynchronousTestCase):
     def test_flagsOnly(self) -> None:
         """
         Flags alone make a complete skeleton configuration; a server from
-        the command line is described by its id.
+        the command line is described by its id, and its secret is read
+        from the file C{--secret} gives for its id.
         """
         options = self.parse(
             [
                 "--relay", "tcp:relay.example:7001",
+                *self.access,
                 "--server", "web=tcp:127.0.0.1:8000",
                 "--server", "db=unix:/run/db.sock",
+                "--secret", f"web={self.web}",
+                "--secret", f"db={self.db}",
                 "--name", "edge", "--pool", "0",
             ]
         )
         self.assertEqual(
             options.skeleton,
             SkeletonConfig(
-                relay="tcp:relay.example:7001",
+                access=access(password_file=self.pw),
                 name="edge",
                 servers=(
-                    ServerConfig("web", "tcp:127.0.0.1:8000", "web"),
-                    ServerConfig("db", "unix:/run/db.sock", "db"),
+                    ServerConfig("web", "tcp:127.0.0.1:8000", self.web, "web"),
+                    ServerConfig("db", "unix:/run/db.sock", self.db, "db"),
                 ),
                 pool=0,
             ),
+        )
+        self.assertEqual(options.secrets, {"web": loadSecret(self.web), "db": loadSecret(self.db)})
+        self.assertNotEqual(options.secrets["web"], options.secrets["db"])
+
+    def test_secretFilledById(self) -> None:
+        """
+        C{--secret} flags find their server by id, whatever their order
+        and wherever they stand among the C{--server} flags.
+        """
+        options = self.parse(
+            [
+                "--relay", "tcp:h:7001", *self.access,
+                "--secret", f"db={self.db}",
+                "--server", "web=tcp:h:1",
+                "--secret", f"web={self.web}",
+                "--server", "db=tcp:h:2",
+            ]
+        )
+        self.assertEqual(
+            [(s.id, s.secret_file) for s in options.skeleton.servers],
+            [("web", self.web), ("db", self.db)],
+        )
+
+    def test_secretMissing(self) -> None:
+        """A server without a secret is a usage error naming the key."""
+        error = self.assertRaises(
+            UsageError,
+            self.parse,
+            ["--relay", "tcp:h:7001", *self.access, "--server", "web=tcp:h:1"],
+        )
+        self.assertEqual(str(error), "command line: server[0].secret_file: missing")
+
+    def test_secretWithoutEquals(self) -> None:
+        """C{--secret} without C{=} is a usage error naming the flag."""
+        error = self.assertRaises(UsageError, self.parse, ["--secret", self.web])
+        self.assertTrue(str(error).startswith(f"--secret: {self.web}: expected ID="), str(error))
+
+    def test_secretWithoutEqualsShowsForm(self) -> None:
+        """The usage error for C{--secret} without C{=} shows the flag's own form."""
+        error = self.assertRaises(UsageError, self.parse, ["--secret", "web.secret"])
+        self.assertEqual(str(error), "--secret: web.secret: expected ID=FILE")
+
+
+    def test_secretForNoServer(self) -> None:
+        """A C{--secret} for an id no server has is a usage error, not ignored."""
+        error = self.assertRaises(
+            UsageError,
+            self.parse,
+            [
+                "--relay", "tcp:h:7001", *self.access,
+                "--server", "web=tcp:h:1",
+                "--secret", f"web={self.web}",
+                "--secret", f"wbe={self.db}",
+            ],
+        )
+        self.assertIn("wbe", str(error))
+
+
+    def test_groupReadableSecret(self) -> None:
+        """
+        A secret file others can read stops the skeleton with a usage
+        error that names the file and says how to fix it.
+        """
+        for mode in (0o640, 0o604):
+            os.chmod(self.web, mode)
+            error = self.assertRaises(
+                UsageError,
+                self.parse,
+                [
+                    "--relay", "tcp:h:7001", *self.access,
+                    "--server", "web=tcp:h:1", "--secret", f"web={self.web}",
+                ],
+            )
+            self.assertTrue(str(error).startswith(f"{self.web}: secret of web: "), str(error))
+            self.assertIn(f"others can read it; run chmod 600 {self.web}", str(error))
+
+    def test_unreadableSecret(self) -> None:
+        """
+        A secret file that cannot be read (missing, a folder) stops the
+        skeleton with a usage error that names the file and the reason.
+        """
+        missing = os.path.join(self.dir, "nope.secret")
+        for path, reason in ((missing, "No such file or directory"), (self.dir, "Is a directory")):
+            error = self.assertRaises(
+                UsageError,
+                self.parse,
+                [
+                    "--relay", "tcp:h:7001", *self.access,
+                    "--server", "web=tcp:h:1", "--secret", f"web={path}",
+                ],
+            )
+            self.assertEqual(str(error), f"{path}: secret of web: {reason}")
+
+    def test_secretWithoutReadPermission(self) -> None:
+        """A secret file its reader may not open is a usage error naming it."""
+        if os.getuid() == 0:
+            raise self.skipTest("root reads files whatever their mode")
+        os.chmod(self.web, 0o000)
+        error = self.assertRaises(
+            UsageError,
+            self.parse,
+            ["--relay", "tcp:h:7001", *self.access, "--server", "web=tcp:h:1",
+             "--secret", f"web={self.web}"],
+        )
+        self.assertEqual(str(error), f"{self.web}: secret of web: Permission denied")
+
+    def test_notASecret(self) -> None:
+        """A file that holds no secret is a usage error naming it."""
+        with open(self.web, "w") as f:
+            f.write("not base64 at all!\n")
+        error = self.assertRaises(
+            UsageError,
+            self.parse,
+            ["--relay", "tcp:h:7001", *self.access, "--server", "web=tcp:h:1",
+             "--secret", f"web={self.web}"],
+        )
+        self.assertIn(f"{self.web}: secret of web: not a secret file", str(error))
+
+    def test_relayVerifyFlags(self) -> None:
+        """
+        C{--relay-verify hostname} needs no C{--relay-key} and checks the
+        relay endpoint's host; another value is a usage error.
+        """
+        login = ["--user", "edge", "--password-file", self.pw]
+        server = ["--server", "web=tcp:h:1", "--secret", f"web={self.web}"]
+        options = self.parse(
+            ["--relay", "tcp:relay.example:7001", "--relay-verify", "hostname", *login, *server]
+        )
+        self.assertEqual(
+            options.skeleton.access,
+            access(password_file=self.pw, relay_key=None, relay_verify="hostname"),
+        )
+        error = self.assertRaises(
+            UsageError,
+            self.parse,
+            ["--relay", "tcp:relay.example:7001", "--relay-verify", "ca", *login, *server],
+        )
+        self.assertEqual(
+            str(error), 'command line: skeleton.relay_verify: must be "pin" or "hostname"'
+        )
+
+    def test_relayKeyFlag(self) -> None:
+        """
+        C{--relay-key} takes a fingerprint, or a certificate file relative
+        to the current folder; a malformed fingerprint is a usage error.
+        """
+        rest = ["--relay", "tcp:h:7001", "--user", "edge", "--password-file", self.pw,
+                "--server", "web=tcp:h:1", "--secret", f"web={self.web}"]
+        options = self.parse(["--relay-key", "certs/relay.pem", *rest])
+        # A flag's file name is relative to where the command runs.
+        self.assertEqual(options.skeleton.access.relay_key, os.path.abspath(os.path.join("certs", "relay.pem")))
+        options = self.parse(["--relay-key", FINGERPRINT.upper().replace("SHA", "sha"), *rest])
+        self.assertEqual(options.skeleton.access.relay_key, FINGERPRINT)
+        error = self.assertRaises(UsageError, self.parse, ["--relay-key", "sha256:12", *rest])
+        self.assertEqual(
+            str(error),
+            "command line: skeleton.relay_key: not a fingerprint: 'sha256:12'"
+            " (expected sha256: and 64 hex digits)",
         )
 
     def test_serverWithoutEquals(self) -> None:
@@ -802,7 +1457,8 @@ class SkeletonOptionsTests(SynchronousTestCase):
         error = self.assertRaises(
             UsageError,
             self.parse,
-            ["--relay", "tcp:h:7001", "--server", "web=tcp:h:1", "--server", "web=tcp:h:2"],
+            ["--relay", "tcp:h:7001", "--server", "web=tcp:h:1", "--server", "web=tcp:h:2",
+             "--secret", f"web={self.web}"],
         )
         self.assertEqual(str(error), "command line: server: server id 'web' appears twice")
 
@@ -811,39 +1467,80 @@ class SkeletonOptionsTests(SynchronousTestCase):
         error = self.assertRaises(
             UsageError,
             self.parse,
-            ["--relay", "tcp:h:7001", "--server", "web=tcp:h:1", "--pool", "1001"],
+            ["--relay", "tcp:h:7001", *self.access, "--server", "web=tcp:h:1",
+             "--secret", f"web={self.web}", "--pool", "1001"],
         )
         self.assertEqual(str(error), "command line: skeleton.pool: must be between 0 and 1000")
 
     def test_fileAndFlags(self) -> None:
         """
         Flags override the file's keys and add servers after the file's;
-        what the flags do not give comes from the file.
+        what the flags do not give comes from the file, its file names taken
+        from the file's folder.
         """
-        path = self.mktemp()
+        path = os.path.join(self.dir, "skeleton.toml")
         with open(path, "w") as f:
             f.write(SKELETON.replace('name = "edge"', 'name = "edge"\npool = 3'))
         options = self.parse(
-            ["--config", path, "--pool", "5", "--server", "db=tcp:127.0.0.1:5432"]
+            ["--config", path, "--pool", "5", "--server", "db=tcp:127.0.0.1:5432",
+             "--secret", f"db={self.db}"]
         )
         self.assertEqual(options.skeleton.pool, 5)
         self.assertEqual(options.skeleton.name, "edge")
-        self.assertEqual(options.skeleton.relay, "tcp:relay.example:7001")
-        self.assertEqual([s.id for s in options.skeleton.servers], ["web", "db"])
+        self.assertEqual(
+            options.skeleton.access,
+            access(password_file=os.path.join(self.dir, "edge.password")),
+        )
+        self.assertEqual(
+            [(s.id, s.secret_file) for s in options.skeleton.servers],
+            [("web", self.web), ("db", self.db)],
+        )
+        self.assertEqual(options.secrets["web"], loadSecret(self.web))
+
+    def test_secretFlagOverridesFile(self) -> None:
+        """A C{--secret} for a server of the file replaces the file's secret_file."""
+        path = os.path.join(self.dir, "skeleton.toml")
+        with open(path, "w") as f:
+            f.write(SKELETON)
+        options = self.parse(["--config", path, "--secret", f"web={self.db}"])
+        self.assertEqual(options.skeleton.servers[0].secret_file, self.db)
+        self.assertEqual(options.secrets, {"web": loadSecret(self.db)})
+
+    def test_secretFlagRelativeToCwd(self) -> None:
+        """
+        A relative C{--secret} file is found from the current folder, even
+        with a config file in another folder.
+        """
+        elsewhere = self.folder()
+        path = os.path.join(elsewhere, "skeleton.toml")
+        with open(path, "w") as f:
+            f.write(SKELETON)
+        options = self.parse(["--config", path, "--secret", f"web={os.path.relpath(self.web)}"])
+        self.assertEqual(os.path.abspath(options.skeleton.servers[0].secret_file), self.web)
+
 
     def test_flagDuplicatesFileServer(self) -> None:
         """A C{--server} reusing an id of the file is refused, naming the file."""
-        path = self.mktemp()
+        path = os.path.join(self.dir, "skeleton.toml")
         with open(path, "w") as f:
             f.write(SKELETON)
         error = self.assertRaises(
-            UsageError, self.parse, ["--config", path, "--server", "web=tcp:h:1"]
+            UsageError,
+            self.parse,
+            ["--config", path, "--server", "web=tcp:h:1", "--secret", f"web={self.web}"],
         )
         self.assertEqual(str(error), f"{path}: server: server id 'web' appears twice")
 
 
-class ClientOptionsTests(SynchronousTestCase):
+class ClientOptionsTests(FilesMixin, SynchronousTestCase):
     """C{twistd client}'s options."""
+
+    def setUp(self) -> None:
+        self.dir = self.folder()
+        self.web = self.secret(self.dir, "web.secret")
+        self.db = self.secret(self.dir, "db.secret")
+        self.pw = self.password(self.dir)
+        self.access = ["--relay-key", FINGERPRINT, "--user", "laptop", "--password-file", self.pw]
 
     def parse(self, argv: list[str]) -> clientTap.Options:
         options = clientTap.Options()
@@ -851,20 +1548,65 @@ class ClientOptionsTests(SynchronousTestCase):
         return options
 
     def test_flagsOnly(self) -> None:
-        """Flags alone make a complete client configuration."""
+        """Flags alone make a complete client configuration, secrets read."""
         options = self.parse(
             [
                 "--relay", "tcp:relay.example:7000",
+                *self.access,
                 "--tunnel", "web=tcp:8080:interface=127.0.0.1",
+                "--secret", f"web={self.web}",
             ]
         )
         self.assertEqual(
             options.client,
             ClientConfig(
-                relay="tcp:relay.example:7000",
-                tunnels=(TunnelConfig("web", "tcp:8080:interface=127.0.0.1:backlog=1024"),),
+                access=access(
+                    relay="tcp:relay.example:7000", user="laptop", password_file=self.pw
+                ),
+                tunnels=(
+                    TunnelConfig("web", "tcp:8080:interface=127.0.0.1:backlog=1024", self.web),
+                ),
             ),
         )
+        self.assertEqual(options.secrets, {"web": loadSecret(self.web)})
+
+    def test_secretByServer(self) -> None:
+        """
+        C{--secret} is given by server id: two tunnels to one server share
+        it, a tunnel to another server has its own.
+        """
+        options = self.parse(
+            [
+                "--relay", "tcp:h:7000", *self.access,
+                "--tunnel", "web=tcp:8080", "--tunnel", "web=tcp:8081",
+                "--tunnel", "db=tcp:5432",
+                "--secret", f"db={self.db}", "--secret", f"web={self.web}",
+            ]
+        )
+        self.assertEqual(
+            [(t.server, t.secret_file) for t in options.client.tunnels],
+            [("web", self.web), ("web", self.web), ("db", self.db)],
+        )
+        self.assertEqual(options.secrets, {"web": loadSecret(self.web), "db": loadSecret(self.db)})
+
+    def test_secretMissing(self) -> None:
+        """A tunnel without a secret is a usage error naming the key."""
+        error = self.assertRaises(
+            UsageError, self.parse, ["--relay", "tcp:h:7000", *self.access, "--tunnel", "web=tcp:1"]
+        )
+        self.assertEqual(str(error), "command line: tunnel[0].secret_file: missing")
+
+    def test_groupReadableSecret(self) -> None:
+        """A secret file others can read is a usage error naming the file."""
+        os.chmod(self.web, 0o644)
+        error = self.assertRaises(
+            UsageError,
+            self.parse,
+            ["--relay", "tcp:h:7000", *self.access, "--tunnel", "web=tcp:1",
+             "--secret", f"web={self.web}"],
+        )
+        self.assertTrue(str(error).startswith(f"{self.web}: secret of web: "), str(error))
+        self.assertIn(f"run chmod 600 {self.web}", str(error))
 
     def test_tunnelWithoutEquals(self) -> None:
         """C{--tunnel} without C{=} is a usage error that shows the form."""
@@ -875,29 +1617,38 @@ class ClientOptionsTests(SynchronousTestCase):
 
     def test_noTunnel(self) -> None:
         """A client with no tunnel is a usage error."""
-        error = self.assertRaises(UsageError, self.parse, ["--relay", "tcp:h:7000"])
+        error = self.assertRaises(UsageError, self.parse, ["--relay", "tcp:h:7000", *self.access])
         self.assertEqual(
             str(error), "command line: tunnel: a client needs at least one [[tunnel]]"
         )
 
     def test_noRelay(self) -> None:
         """A client with no relay is a usage error."""
-        error = self.assertRaises(UsageError, self.parse, ["--tunnel", "web=tcp:8080"])
+        error = self.assertRaises(
+            UsageError, self.parse, ["--tunnel", "web=tcp:8080", "--secret", f"web={self.web}"]
+        )
         self.assertEqual(str(error), "command line: client.relay: missing")
 
     def test_fileAndFlags(self) -> None:
-        """C{--relay} overrides the file's relay; tunnels add to the file's."""
-        path = self.mktemp()
+        """
+        C{--relay} overrides the file's relay; tunnels add to the file's;
+        the file's file names are taken from its folder.
+        """
+        path = os.path.join(self.dir, "client.toml")
         with open(path, "w") as f:
             f.write(CLIENT)
         options = self.parse(
-            ["--config", path, "--relay", "tcp:other.example:7000", "--tunnel", "db=tcp:5432"]
+            ["--config", path, "--relay", "tcp:other.example:7000", "--tunnel", "db=tcp:5432",
+             "--secret", f"db={self.db}"]
         )
-        self.assertEqual(options.client.relay, "tcp:other.example:7000")
+        self.assertEqual(options.client.access.relay, "tcp:other.example:7000")
         self.assertEqual(
-            [(t.server, t.listen) for t in options.client.tunnels],
+            options.client.access.password_file, os.path.join(self.dir, "laptop.password")
+        )
+        self.assertEqual(
+            [(t.server, t.listen, t.secret_file) for t in options.client.tunnels],
             [
-                ("web", "tcp:8080:interface=127.0.0.1:backlog=1024"),
-                ("db", "tcp:5432:backlog=1024"),
+                ("web", "tcp:8080:interface=127.0.0.1:backlog=1024", self.web),
+                ("db", "tcp:5432:backlog=1024", self.db),
             ],
         )

@@ -1,27 +1,44 @@
 """
 Fuzzing the relay's control channels: random bytes and random AMP boxes
 fed to the relay's skeleton and client channels, in memory and over real
-sockets.  Whatever arrives, the relay's books must not change and the next
-honest skeleton or client must be served.
+sockets (outside TLS, where the handshake meets them, and inside it, where
+AMP does).  Whatever arrives, the relay's books must not change, nobody is
+logged in by it, and the next honest skeleton or client must be served.
 """
 
 from __future__ import annotations
 
+import base64
+import os
 import random
+import string
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import connectProtocol
+from twisted.internet.endpoints import connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
+from relaynat.auth import Users
 from relaynat.client import listServers
+from relaynat.identity import PinnedRelay, RelayIdentity
 from relaynat.relay import ClientChannel, Relay, SkeletonChannel
-from relaynat.test.loopback import Stack, endpointOf, pollUntil, runAsync
+from relaynat.test.loopback import (
+    ANYTHING,
+    Stack,
+    endpointOf,
+    pollUntil,
+    relayIdentity,
+    runAsync,
+    writeUsers,
+)
 from relaynat.test.streams import Collect, Echo
 
 #: What stock AMP lets escape from dataReceived on malformed input: an empty
@@ -43,7 +60,8 @@ _keys = st.one_of(
         [
             b"_command", b"_ask", b"_answer", b"_error", b"_error_code",
             b"_error_description", b"name", b"servers", b"pool", b"session",
-            b"server", b"tunnel", b"id", b"description",
+            b"server", b"tunnel", b"id", b"description", b"message", b"proof",
+            b"nonce", b"join", b"challenge", b"key", b"expires",
         ]
     ),
     st.binary(min_size=1, max_size=12),
@@ -51,9 +69,11 @@ _keys = st.one_of(
 _values = st.one_of(
     st.sampled_from(
         [
-            b"Register", b"Offer", b"OpenConnection", b"Join", b"ListServers",
-            b"Tunnel", b"Ping", b"StartTLS", b"1", b"0", b"-1", b"", b"\xff",
-            TARGET.encode(),
+            b"Login", b"LoginFinish", b"Hello", b"Register", b"Offer",
+            b"OpenConnection", b"Join", b"ListServers", b"Prepare", b"Tunnel",
+            b"Ping", b"StartTLS", b"1", b"0", b"-1", b"", b"\xff",
+            b"n,,n=alice,r=abc", b"p=tls-server-end-point,,n=alice,r=abc",
+            TARGET.encode(), b"n" * 16,
         ]
     ),
     st.binary(max_size=24),
@@ -68,6 +88,32 @@ def _serialize(box: dict[bytes, bytes]) -> bytes:
         out += len(key).to_bytes(2, "big") + key + len(value).to_bytes(2, "big") + value
     return out + b"\x00\x00"
 
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+_gs2 = st.sampled_from(
+    [
+        "p=tls-server-end-point,,", "n,,", "y,,", "p=tls-unique,,",
+        "p=tls-server-end-point,a=alice,", "",
+    ]
+)
+
+_scramNonce = st.text(string.ascii_letters + string.digits + "+/", min_size=1, max_size=30)
+
+#: SCRAM client-first messages: right ones (so that the final message is
+#: checked in earnest), nearly-right ones, and random text.
+_clientFirst = st.one_of(
+    _scramNonce.map(lambda nonce: f"p=tls-server-end-point,,n=alice,r={nonce}"),
+    st.builds(
+        lambda gs2, user, nonce: f"{gs2}n={user},r={nonce}",
+        _gs2,
+        st.one_of(st.sampled_from(["alice", "mallory", "", "a=b", "=2C"]), st.text(max_size=10)),
+        st.one_of(_scramNonce, st.text(max_size=30)),
+    ),
+    st.text(max_size=80),
+)
 
 #: Random bytes, and runs of well-framed boxes with random keys and values.
 garbage = st.one_of(
@@ -91,26 +137,49 @@ class FakeSkeleton:
 
 
 class ChannelFuzzTests(SynchronousTestCase):
-    """Random input to one relay channel on a L{StringTransport}."""
+    """
+    Random input to one relay channel on a L{StringTransport}: the bytes a
+    peer sends inside TLS, fed to the channel TLS would hand them to.
+    """
+
+    def setUp(self) -> None:
+        # Made once per test method, not per example: only the relay is new
+        # for each example.
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.identity: RelayIdentity = relayIdentity(directory)
+        self.users: Users = writeUsers(os.path.join(directory, "users"), {"alice": ANYTHING})
+
+    def start(self, channelClass: type) -> tuple[Relay, Any, StringTransport]:
+        """A fresh relay with one server registered, and a channel of C{channelClass}."""
+        relay = Relay(MemoryReactorClock(), self.identity, self.users, joinTimeout=5)
+        relay.registry.register(FakeSkeleton(), [(TARGET, "")], pool=1)  # type: ignore[arg-type]
+        channel = channelClass(relay)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        return relay, channel, transport
+
+    def send(self, relay: Relay, channel: Any, data: bytes) -> object:
+        """
+        Feed C{data} to C{channel}; returns what escaped dataReceived.
+        Delayed answers (a failed login's) are given their time.
+        """
+        escaped: object = None
+        try:
+            channel.dataReceived(data)
+        except Exception as e:
+            escaped = e
+        relay.reactor.advance(0)  # type: ignore[attr-defined]
+        relay.reactor.advance(relay.throttle.maxDelay)  # type: ignore[attr-defined]
+        return escaped
 
     def feed(self, channelClass: type, data: bytes) -> tuple[Relay, StringTransport, object]:
         """
         A fresh relay with one server registered, and a channel of
         C{channelClass} fed C{data}; returns what escaped dataReceived.
         """
-        reactor = MemoryReactorClock()
-        relay = Relay(reactor, joinTimeout=5)
-        relay.registry.register(FakeSkeleton(), [(TARGET, "")], pool=1)  # type: ignore[arg-type]
-        channel = channelClass(relay)
-        transport = StringTransport()
-        channel.makeConnection(transport)
-        escaped: object = None
-        try:
-            channel.dataReceived(data)
-        except Exception as e:
-            escaped = e
-        reactor.advance(0)
-        return relay, transport, escaped
+        relay, channel, transport = self.start(channelClass)
+        return relay, transport, self.send(relay, channel, data)
 
     def assertUntouched(self, relay: Relay) -> None:
         """The relay's books are as they were before the garbage."""
@@ -118,7 +187,8 @@ class ChannelFuzzTests(SynchronousTestCase):
             relay.registry.counts(),
             {"servers": 1, "idle": 0, "waiting": 0, "requested": 1},
         )
-        self.assertEqual(relay.sessions, {})
+        self.assertEqual(len(relay.sessions), 0)
+        self.assertEqual(relay.skeletons, {})
         self.assertEqual(relay.tunnels, set())
 
     def assertAmpOnly(self, transport: StringTransport) -> None:
@@ -214,13 +284,83 @@ class ChannelFuzzTests(SynchronousTestCase):
         error, the connection is dropped, and AMP logs the parse error (the
         only logged errors these tests flush).
         """
-        box = _serialize({b"_command": b"Tunnel", b"_ask": b"1", b"server": b"\xff"})
+        box = _serialize({b"_command": b"Prepare", b"_ask": b"1", b"session": b"\xff"})
         relay, transport, escaped = self.feed(ClientChannel, box)
         self.assertIsNone(escaped)
         [answer] = amp.parseString(transport.value())
         self.assertEqual(answer[b"_error_code"], b"UNKNOWN")
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(self.flushLoggedErrors(UnicodeDecodeError)), 1)
+        self.assertUntouched(relay)
+
+    def test_commandsNeedLogin(self) -> None:
+        """
+        Well-formed L{Register} and L{ListServers} without a login get
+        C{LOGIN_REQUIRED}; the connection stays up and nothing changes.
+        """
+        register = amp.AmpBox(
+            _command=b"Register",
+            _ask=b"1",
+            name=b"evil",
+            servers=amp.AmpList([(b"id", amp.Unicode()), (b"description", amp.Unicode())])
+            .toStringProto([{"id": "evil", "description": ""}], None),
+            pool=b"1",
+        ).serialize()
+        listing = _serialize({b"_command": b"ListServers", b"_ask": b"1"})
+        for channelClass, box in ((SkeletonChannel, register), (ClientChannel, listing)):
+            relay, transport, escaped = self.feed(channelClass, box)
+            self.assertIsNone(escaped)
+            [answer] = amp.parseString(transport.value())
+            self.assertEqual(answer[b"_error_code"], b"LOGIN_REQUIRED")
+            self.assertFalse(transport.disconnecting)
+            self.assertUntouched(relay)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        first=_clientFirst,
+        binding=st.one_of(st.just(None), st.text(max_size=40)),
+        serverNonce=st.booleans(),
+        nonce=st.text(max_size=40),
+        proof=st.one_of(st.binary(max_size=40).map(_b64), st.text(max_size=60)),
+        skeletonSide=st.booleans(),
+    )
+    def test_loginMessagesFuzzed(
+        self,
+        first: str,
+        binding: str | None,
+        serverNonce: bool,
+        nonce: str,
+        proof: str,
+        skeletonSide: bool,
+    ) -> None:
+        """
+        Random and nearly-right SCRAM messages in L{Login} and then
+        L{LoginFinish} (with the right channel binding and the relay's own
+        nonce, or not) are answered (a server-first message at most) or
+        refused with C{LOGIN_FAILED} or C{BAD_REQUEST}; none logs in, none
+        escapes or is logged as an unhandled error.
+        """
+        relay, channel, transport = self.start(SkeletonChannel if skeletonSide else ClientChannel)
+        login = amp.AmpBox(_command=b"Login", _ask=b"1", message=first.encode())
+        self.assertIsNone(self.send(relay, channel, login.serialize()))
+        [answer] = amp.parseString(transport.value())
+        transport.clear()
+        if b"_error" in answer:
+            self.assertEqual(answer[b"_error_code"], b"LOGIN_FAILED", answer)
+        else:
+            self.assertEqual(answer[b"_answer"], b"1", answer)
+            if serverNonce:
+                fields = dict(f.split("=", 1) for f in answer[b"message"].decode().split(","))
+                nonce = fields["r"]
+        if binding is None:
+            # What a real client of this relay sends: the GS2 header and the
+            # tls-server-end-point binding of the relay's certificate.
+            binding = _b64(first.split("n=", 1)[0].encode() + self.identity.channelBinding)
+        final = f"c={binding},r={nonce},p={proof}"
+        finish = amp.AmpBox(_command=b"LoginFinish", _ask=b"2", message=final.encode())
+        self.assertIsNone(self.send(relay, channel, finish.serialize()))
+        [answer] = amp.parseString(transport.value())
+        self.assertIn(answer[b"_error_code"], (b"LOGIN_FAILED", b"BAD_REQUEST"), answer)
         self.assertUntouched(relay)
 
 
@@ -239,6 +379,21 @@ class Blurt(Protocol):
         self.closed = True
 
 
+@implementer(IHandshakeListener)
+class SecureBlurt(Blurt):
+    """
+    Writes its bytes inside TLS once the handshake is done, then closes
+    (TLS cannot shut one direction only): the bytes reach the relay's AMP.
+    """
+
+    def connectionMade(self) -> None:
+        pass
+
+    def handshakeCompleted(self) -> None:
+        self.transport.write(self.data)  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
 def _samples() -> list[bytes]:
     """Garbage for the socket test: the known troublemakers and random bytes."""
     rng = random.Random(20240607)
@@ -251,7 +406,11 @@ def _samples() -> list[bytes]:
         _serialize({b"_command": b"Nope"}),
         _serialize({b"_command": b"Register", b"_ask": b"1", b"pool": b"x"}),
         _serialize({b"_command": b"Offer", b"_ask": b"1", b"session": b"s", b"server": b"w"}),
-        _serialize({b"_command": b"Tunnel", b"_ask": b"1", b"server": b"\xff"}),
+        _serialize({b"_command": b"Prepare", b"_ask": b"1", b"session": b"\xff"}),
+        _serialize({b"_command": b"Login", b"_ask": b"1", b"message": b"n,,n=alice,r=x"}),
+        _serialize({b"_command": b"LoginFinish", b"_ask": b"1", b"message": b"c=biws"}),
+        _serialize({b"_command": b"Tunnel", b"_ask": b"1", b"join": b"t1", b"proof": b""}),
+        _serialize({b"_command": b"Hello", b"_ask": b"1"}) * 3,
         b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32),  # a TLS hello
     ] + [rng.randbytes(rng.randrange(1, 2000)) for _ in range(20)]
@@ -263,25 +422,28 @@ class SocketFuzzTests(TestCase):
     @runAsync
     async def test_relayServesAfterGarbage(self) -> None:
         """
-        After garbage on both ports, the skeleton is still registered, the
-        relay lists its server and a tunnel carries bytes as before.
+        After garbage on both ports, outside TLS (where the handshake
+        refuses it) and inside (where AMP reads it), the skeleton is still
+        registered, only the two honest logins hold sessions, the relay
+        lists its server and a tunnel carries bytes as before.
         """
         stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
         self.addCleanup(stack.stop)
         blurts = []
         for port in (stack.clientPort, stack.skeletonPort):
+            secure = wrapClientTLS(PinnedRelay(stack.identity.fingerprint), endpointOf(port))
             for data in _samples():
-                blurt = Blurt(data)
-                await connectProtocol(endpointOf(port), blurt)
-                blurts.append(blurt)
+                plain = (Blurt(data), endpointOf(port))
+                for blurt, endpoint in (plain, (SecureBlurt(data), secure)):
+                    await connectProtocol(endpoint, blurt)
+                    blurts.append(blurt)
         await pollUntil(lambda: all(b.closed for b in blurts))
 
         counts = stack.relay.registry.counts()
         self.assertEqual((counts["servers"], counts["waiting"]), (1, 0))
-        self.assertEqual(len(stack.relay.sessions), 1)
-        self.assertEqual(
-            [s["id"] for s in await listServers(endpointOf(stack.clientPort))], ["echo"]
-        )
+        self.assertEqual(len(stack.relay.sessions), 2)
+        self.assertEqual(len(stack.relay.skeletons), 1)
+        self.assertEqual([s["id"] for s in await listServers(stack.clientLink)], ["echo"])
         collector = Collect(b"still here", halfClose=True)
         await stack.connect("echo", collector)
         self.assertEqual(await collector.finished, b"still here")
