@@ -378,9 +378,10 @@ def checkEndpoint(description: str, server: bool, source: str, key: str) -> None
         parse(MemoryReactor(), description)
     except Exception as e:
         role = "listening" if server else "connecting"
-        raise ConfigError(
-            source, key, f"not a valid {role} endpoint {description!r}: {e}"
-        ) from e
+        why = str(e) or repr(e)
+        if kind == "systemd":
+            why = "systemd: endpoints work only under systemd socket activation (LISTEN_FDS)"
+        raise ConfigError(source, key, f"not a valid {role} endpoint {description!r}: {why}") from e
 
 
 def _checked(source: str, key: str, check: Callable[[str], str], value: str) -> str:

@@ -1,21 +1,26 @@
 """
 The demonstration: a small web page reached through the three real roles,
 each a C{twistd} process started from the example configurations in
-C{conf/} with every port moved to a free one on 127.0.0.1.
+C{conf/} with every port moved to a free one on 127.0.0.1, and the relay's
+key, the users and the server's secret made afresh with the C{relaynat}
+tools.
 
     python -m relaynat.demo [--once] [--keep-logs]
 
 The tests in L{relaynat.test.test_twistd} run the same processes the same
 way, so what starts them lives here: moving the endpoints of a
-configuration, spawning and stopping C{twistd}, and waiting, with a bound,
-until a tunnel works.
+configuration, making its keys, users and secrets, spawning and stopping
+C{twistd}, and waiting, with a bound, until a tunnel works.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import random
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -37,8 +42,12 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 import relaynat
+from relaynat.cli import Options as CommandOptions
+from relaynat.cli import runLocal
 from relaynat.client import listServers
-from relaynat.config import clientConfig, parseToml, relayConfig, skeletonConfig
+from relaynat.config import clientConfig, parseToml, readToml, relayConfig, skeletonConfig
+from relaynat.identity import CERT_FILE, KEY_FILE
+from relaynat.link import linkFromConfig
 
 #: The checkout this module runs from: C{conf/} lives here, and the children
 #: find this source first on their C{PYTHONPATH}.
@@ -63,6 +72,7 @@ T = TypeVar("T")
 ENDPOINT_KEYS: dict[tuple[str, str], bool] = {
     ("relay", "clients"): True,
     ("relay", "skeletons"): True,
+    ("relay", "web"): True,
     ("skeleton", "relay"): False,
     ("server", "target"): False,
     ("client", "relay"): False,
@@ -80,11 +90,28 @@ class DemoError(Exception):
 
 
 def pickFreePort(interface: str = "127.0.0.1") -> int:
-    """A TCP port on C{interface} that nobody listened on a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((interface, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """
+    A TCP port on C{interface} that nobody used a moment ago, for a child
+    process to listen on.  It is taken below the kernel's range of ephemeral
+    ports where there is room, so that no outgoing connection (of the tests
+    running beside, say) takes it as its source port before the child binds.
+    """
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    candidates = [random.randrange(10000, low) for _ in range(50)] if low > 11000 else []
+    for port in [*candidates, 0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((interface, port))
+            except OSError:
+                continue
+            chosen: int = s.getsockname()[1]
+            return chosen
+    raise DemoError(f"no free TCP port on {interface}")
 
 
 def _fields(description: str) -> list[str]:
@@ -184,6 +211,7 @@ class DemoConfigs:
     client: str
     clientsPort: int
     skeletonsPort: int
+    webPort: int | None
     targetPort: int
     tunnelPorts: tuple[int, ...]
     servers: tuple[tuple[str, str], ...]  # (id, description)
@@ -219,6 +247,7 @@ def writeConfigs(outDir: str, targetPort: int, confDir: str = CONF) -> DemoConfi
 
     clientsPort = move(endpointPort(relay["clients"], True), pickFreePort())
     skeletonsPort = move(endpointPort(relay["skeletons"], True), pickFreePort())
+    webPort = move(endpointPort(relay["web"], True), pickFreePort()) if "web" in relay else None
     for server in skeleton["server"]:
         move(endpointPort(server["target"], False), targetPort)
     tunnelPorts = tuple(
@@ -240,10 +269,95 @@ def writeConfigs(outDir: str, targetPort: int, confDir: str = CONF) -> DemoConfi
         client=paths["client"],
         clientsPort=clientsPort,
         skeletonsPort=skeletonsPort,
+        webPort=webPort,
         targetPort=targetPort,
         tunnelPorts=tunnelPorts,
         servers=tuple((s.id, s.description) for s in servers.servers),
     )
+
+
+# The relay's key, the users and the servers' secrets.
+
+
+def relaynatTool(*argv: str) -> str:
+    """
+    Run one of the C{relaynat} tools that need no network (C{keygen},
+    C{passwd}, C{secret}) in this process, as the command would; its output.
+    """
+    options = CommandOptions()
+    options.parseOptions(list(argv))
+    assert options.subCommand is not None
+    out, err = io.StringIO(), io.StringIO()
+    if runLocal(options.subCommand, options.subOptions, out, err) != 0:
+        raise DemoError(f"relaynat {' '.join(argv)}: {err.getvalue().strip()}")
+    return out.getvalue()
+
+
+def _writePassword(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(secrets.token_urlsafe(24) + "\n")
+
+
+def _copy(source: str, destination: str) -> None:
+    if os.path.abspath(source) != os.path.abspath(destination):
+        shutil.copyfile(source, destination)
+        os.chmod(destination, 0o600)
+
+
+def writeKeysAndUsers(configs: DemoConfigs) -> list[str]:
+    """
+    Make every file the moved configurations name, as an operator would
+    with the C{relaynat} tools: the relay's key and certificate (the
+    certificate is also what the skeleton and the client pin), a password
+    for the skeleton's and the client's users and the users file giving them
+    their rights, and each server's secret, shared by its skeleton and the
+    client.  Returns the commands, as a user would type them.
+    """
+    relay = relayConfig(readToml(configs.relay), configs.relay)
+    skeleton = skeletonConfig(readToml(configs.skeleton), configs.skeleton)
+    client = clientConfig(readToml(configs.client), configs.client)
+    typed: list[str] = []
+
+    def run(*argv: str) -> None:
+        relaynatTool(*argv)
+        typed.append(" ".join(["relaynat", *argv]))
+
+    keyDir = os.path.dirname(relay.key)
+    run("keygen", keyDir, "--name", "127.0.0.1", "--name", "localhost")
+    _copy(os.path.join(keyDir, KEY_FILE), relay.key)
+    _copy(os.path.join(keyDir, CERT_FILE), relay.cert)
+    for access in (skeleton.access, client.access):
+        if access.relay_key is None or access.relay_key.startswith("sha256:"):
+            raise DemoError(
+                f"the demo pins the relay by a certificate file; {configs.skeleton}"
+                f" and {configs.client} must name one in relay_key"
+            )
+        _copy(relay.cert, access.relay_key)
+
+    rights: dict[str, dict[str, set[str]]] = {}
+    passwords: dict[str, str] = {}
+    for access, right, ids in (
+        (skeleton.access, "register", [s.id for s in skeleton.servers]),
+        (client.access, "join", [t.server for t in client.tunnels]),
+    ):
+        rights.setdefault(access.user, {}).setdefault(right, set()).update(ids)
+        if access.user not in passwords:
+            _writePassword(access.password_file)
+            passwords[access.user] = access.password_file
+        _copy(passwords[access.user], access.password_file)
+    for user, given in rights.items():
+        flags = [f"--{right}={','.join(sorted(ids))}" for right, ids in sorted(given.items())]
+        run("passwd", relay.users, user, *flags, f"--password-file={passwords[user]}")
+
+    secretFiles: dict[str, str] = {}
+    for server in skeleton.servers:
+        run("secret", server.secret_file)
+        secretFiles[server.id] = server.secret_file
+    for tunnel in client.tunnels:
+        if tunnel.server in secretFiles:
+            _copy(secretFiles[tunnel.server], tunnel.secret_file)
+    return typed
 
 
 # Child processes.
@@ -411,6 +525,12 @@ class ChildProcess(ProcessProtocol):
                 return
 
 
+#: Runs its arguments as a command in a process group of its own (the same
+#: process, by exec): a terminal's Ctrl-C then reaches only the demo, which
+#: stops its children in order, each with one SIGTERM.
+_OWN_GROUP = "import os, sys; os.setpgid(0, 0); os.execv(sys.argv[1], sys.argv[1:])"
+
+
 def spawn(
     reactor: Any,
     name: str,
@@ -418,9 +538,12 @@ def spawn(
     env: dict[str, str] | None = None,
     cwd: str | None = None,
     logPath: str | None = None,
+    ownGroup: bool = False,
 ) -> ChildProcess:
-    """Start C{argv} as a L{ChildProcess}."""
+    """Start C{argv} as a L{ChildProcess}, in a process group of its own if asked."""
     child = ChildProcess(name, logPath)
+    if ownGroup:
+        argv = [sys.executable, "-c", _OWN_GROUP, *argv]
     reactor.spawnProcess(
         child, argv[0], argv, env=childEnvironment() if env is None else env, path=cwd
     )
@@ -534,6 +657,8 @@ class LocalStack:
         self.reactor = reactor
         self.workDir = os.path.abspath(workDir)
         self.configs = writeConfigs(self.workDir, targetPort, confDir)
+        #: The tool commands that made the keys, users and secrets.
+        self.setup = writeKeysAndUsers(self.configs)
         self.children: dict[str, ChildProcess] = {}
         self.stopping = False
 
@@ -549,6 +674,7 @@ class LocalStack:
                 argv,
                 cwd=self.workDir,
                 logPath=os.path.join(self.workDir, f"{role}.log"),
+                ownGroup=True,
             )
 
     def checkAlive(self) -> None:
@@ -560,11 +686,9 @@ class LocalStack:
                 )
 
     async def listing(self, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """What the relay lists now, asked in this process."""
-        relay = TCP4ClientEndpoint(
-            self.reactor, "127.0.0.1", self.configs.clientsPort, timeout=timeout
-        )
-        d = ensureDeferred(listServers(relay))
+        """What the relay lists now for the client's user, asked in this process."""
+        access = clientConfig(readToml(self.configs.client), self.configs.client).access
+        d = ensureDeferred(listServers(linkFromConfig(access, self.reactor)))
         d.addTimeout(timeout, self.reactor)
         return await d
 
@@ -668,7 +792,7 @@ async def demo(reactor: Any, once: bool, keepLogs: bool) -> None:
 
     def died(child: ChildProcess) -> None:
         # A role that ends on its own while the demo is up: say so and stop.
-        # Ctrl-C in a terminal reaches the children too, maybe first.
+        # A SIGINT sent to a role itself is taken as a wish to stop them all.
         if child.exitSignal == signal.SIGINT:
             ensureDeferred(shutdown())
         elif not stopping[0]:
@@ -678,10 +802,13 @@ async def demo(reactor: Any, once: bool, keepLogs: bool) -> None:
 
     reactor.addSystemEventTrigger("before", "shutdown", lambda: ensureDeferred(shutdown()))
     say(f"Web server on http://127.0.0.1:{web.getHost().port}/ (the server behind the NAT)")
+    say(f"The relay's key, the users and the secret, made in {workDir}:")
+    for command in stack.setup:
+        say("  $ " + command.replace(workDir + os.sep, "").replace(workDir, "."))
     say(
         f"Starting relay (clients {stack.configs.clientsPort},"
         f" skeletons {stack.configs.skeletonsPort}), skeleton and client"
-        f" (tunnel {stack.configs.tunnelPorts[0]}); logs in {workDir}"
+        f" (tunnel {stack.configs.tunnelPorts[0]}); their logs go to {workDir}"
     )
     stack.start()
     try:

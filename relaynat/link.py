@@ -8,6 +8,7 @@ later connections.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import attrs
@@ -28,6 +29,7 @@ from relaynat.wire import Channel, Hello, Login, LoginFailed, LoginFinish
 _log = Logger()
 
 C = TypeVar("C", bound=Channel)
+T = TypeVar("T")
 
 
 class RelayUnreachable(Exception):
@@ -162,6 +164,29 @@ class RelayLink:
         """Ask for a challenge on C{channel} and answer it with C{session}'s key."""
         answer = await channel.callRemote(Hello)
         return session.proof(answer["challenge"])
+
+
+def preparing(channel: Channel, work: Coroutine[Any, Any, T]) -> Deferred[T]:
+    """
+    Run C{work} (a login, a registration) on C{channel} as a
+    L{ClientService}'s C{prepareConnection}.  The service cancels it when it
+    stops; an AMP call cannot be cancelled (its answer would come to a
+    finished Deferred), so cancelling drops the connection instead, which
+    fails the calls and ends C{work}.
+    """
+    inner = Deferred.fromCoroutine(work)
+
+    def cancel(outer: Deferred[T]) -> None:
+        channel.transport.abortConnection()
+
+    outer: Deferred[T] = Deferred(cancel)
+
+    def settle(result: Any) -> None:
+        if not outer.called:
+            outer.callback(result)
+
+    inner.addBoth(settle)
+    return outer
 
 
 class ControlChannel(Channel):

@@ -17,7 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relaynat.link import ControlChannel, RelayLink
+from relaynat.link import ControlChannel, RelayLink, preparing
 from relaynat.secret import checkJoinProof, newNonce
 from relaynat.splice import FramedHalf, OneProtocolFactory, SpliceHalf, splicePair
 from relaynat.wire import (
@@ -82,7 +82,8 @@ class Skeleton:
         C{prepareConnection} of the skeleton's L{ClientService}).
         """
         # ClientService hands over a proxy of the SkeletonControl it built.
-        return Deferred.fromCoroutine(self._register(cast(SkeletonControl, control)))
+        channel = cast(SkeletonControl, control)
+        return preparing(channel, self._register(channel))
 
     async def _register(self, control: SkeletonControl) -> None:
         servers = [

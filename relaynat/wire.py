@@ -436,6 +436,13 @@ class Channel(amp.AMP):
     def _ping(self) -> dict[str, object]:
         return {}
 
+    def locateResponder(self, name: bytes) -> Any:
+        # Stock AMP answers StartTLS; TLS here is set up by the endpoints,
+        # and a peer must not be able to start it again mid-connection.
+        if name == amp.StartTLS.commandName:
+            return None
+        return super().locateResponder(name)
+
 
 # Twisted's client endpoints wrap the protocol and copy its interfaces one
 # at a time with directlyProvides, which replaces rather than adds: AMP's

@@ -7,12 +7,11 @@ from typing import Any, cast
 from twisted.application import strports
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
 from twisted.python.usage import UsageError
 
 from relaynat.client import ClientControl, TunnelFactory, controlFactory
 from relaynat.config import ClientConfig, ConfigError, clientConfig, splitAssignment, withFlags
-from relaynat.link import linkFromConfig
+from relaynat.link import linkFromConfig, preparing
 from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, loadSecrets
 from relaynat.tap.options import ConfigOptions
 
@@ -60,7 +59,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         controlFactory(link),
         retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
         clock=reactor,
-        prepareConnection=lambda control: Deferred.fromCoroutine(cast(ClientControl, control).start()),
+        prepareConnection=lambda p: preparing(cast(ClientControl, p), cast(ClientControl, p).start()),
     ).setServiceParent(service)
     for tunnel in config.tunnels:
         factory = TunnelFactory(link, tunnel.server, options.secrets[tunnel.server])

@@ -28,7 +28,7 @@ from twisted.internet.task import deferLater
 from relaynat.auth import Users
 from relaynat.client import TunnelFactory, controlFactory
 from relaynat.identity import CERT_FILE, KEY_FILE, PinnedRelay, RelayIdentity, generate, writePrivate
-from relaynat.link import Credentials, RelayLink
+from relaynat.link import Credentials, RelayLink, preparing
 from relaynat.relay import Relay
 from relaynat.skeleton import FrontedServer, Skeleton
 from relaynat.users import Rights, User, saveUsers
@@ -169,7 +169,7 @@ class Stack:
         service = ClientService(
             self.clientLink.endpoint,
             controlFactory(self.clientLink),
-            prepareConnection=lambda p: Deferred.fromCoroutine(p.start()),
+            prepareConnection=lambda p: preparing(p, p.start()),
         )
         service.startService()
         self.services.insert(0, service)

@@ -40,6 +40,7 @@ from relaynat.test.loopback import (
     writeUsers,
 )
 from relaynat.test.streams import Collect, Echo
+from relaynat.wire import Channel
 
 #: What stock AMP lets escape from dataReceived on malformed input: an empty
 #: box, an answer or error for a question never asked, a command name that is
@@ -448,3 +449,19 @@ class SocketFuzzTests(TestCase):
         await stack.connect("echo", collector)
         self.assertEqual(await collector.finished, b"still here")
         self.flushLoggedErrors(*ESCAPING, *LOGGED)
+
+
+class StartTLSTests(SynchronousTestCase):
+    """AMP's own StartTLS is not answered on relaynat's channels."""
+
+    def test_startTLSRefused(self) -> None:
+        """
+        A StartTLS box gets AMP's unhandled-command error, and the
+        connection is not switched to a second TLS layer.
+        """
+        channel = Channel()
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(amp.AmpBox(_command=b"StartTLS", _ask=b"1").serialize())
+        [answer] = amp.parseString(transport.value())
+        self.assertEqual(answer[b"_error_code"], amp.UNHANDLED_ERROR_CODE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -135,12 +136,15 @@ class MoveEndpointTests(TestCase):
             client = clientConfig(parseToml(f.read()), configs.client)
         self.assertEqual(endpointPort(relay.clients, True), configs.clientsPort)
         self.assertEqual(endpointPort(relay.skeletons, True), configs.skeletonsPort)
-        self.assertIn("interface=127.0.0.1", relay.clients)
-        self.assertEqual(endpointPort(skeleton.relay, False), configs.skeletonsPort)
+        assert relay.web is not None
+        self.assertEqual(endpointPort(relay.web, True), configs.webPort)
+        for listening in (relay.clients, relay.skeletons, relay.web):
+            self.assertIn("interface=127.0.0.1", listening)
+        self.assertEqual(endpointPort(skeleton.access.relay, False), configs.skeletonsPort)
         self.assertEqual(
             [endpointPort(s.target, False) for s in skeleton.servers], [18000]
         )
-        self.assertEqual(endpointPort(client.relay, False), configs.clientsPort)
+        self.assertEqual(endpointPort(client.access.relay, False), configs.clientsPort)
         self.assertEqual(
             tuple(endpointPort(t.listen, True) for t in client.tunnels), configs.tunnelPorts
         )
@@ -242,7 +246,7 @@ class TwistdTests(TestCase):
         relay = stack.children["relay"]
         await pollUntil(
             reactor,
-            lambda: _contains(relay, "tunnel t1 to web ended"),
+            lambda: _logged(relay, r"tunnel t1\S* .*to web ended, closed by client"),
             timeout=10,
             what="the relay logging the tunnel's end",
         )
@@ -312,8 +316,13 @@ class TwistdTests(TestCase):
             with open(paths[name], "w", encoding="utf-8") as f:
                 f.write(text)
         paths["missing.toml"] = os.path.join(work, "missing.toml")
+        # The example itself, without the key it names beside it.
+        paths["nokey.toml"] = os.path.join(work, "nokey.toml")
+        with open(paths["nokey.toml"], "w", encoding="utf-8") as f:
+            f.write(good)
         expected = {name: words for name, (_, words) in cases.items()}
         expected["missing.toml"] = ["(file)", "No such file"]
+        expected["nokey.toml"] = [os.path.join(work, "relay.key"), "No such file"]
 
         runs = await gatherResults(
             [
@@ -360,10 +369,13 @@ class TwistdTests(TestCase):
             guard=stack.checkAlive,
         )
 
-        # Stalled: paused by flow control, and no progress between polls.
+        # Stalled: joined to the target (before that, the client holds the
+        # sender back too), paused by flow control, no progress between polls.
         last = [-1]
 
         async def stalledSender() -> None:
+            if not stalled.made:
+                raise ValueError("the target has no connection yet")
             stuck = sender.paused and sender.sentBytes == last[0]
             last[0] = sender.sentBytes
             if not stuck:
@@ -417,9 +429,9 @@ class TwistdTests(TestCase):
         self.assertNotIn("Traceback", output)
 
 
-async def _contains(child: ChildProcess, text: str) -> None:
-    if text not in child.text():
-        raise ValueError(f"{text!r} not in the {child.name} log yet")
+async def _logged(child: ChildProcess, pattern: str) -> None:
+    if not re.search(pattern, child.text()):
+        raise ValueError(f"{pattern!r} not in the {child.name} log yet")
 
 
 async def _fired(d: Any) -> None:

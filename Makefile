@@ -1,0 +1,42 @@
+# relaynat's two everyday commands, and the setup they share.
+#
+#   make demo    the relay, a skeleton and a client on 127.0.0.1, in front of a small web page
+#   make check   the tests (trial, in two workers) and the linter
+#   make venv    only the setup: .venv with relaynat and its test tools installed
+#
+# The install is editable in setuptools' "compat" mode on purpose: the default
+# (PEP 660) editable install hides twisted/plugins/ from twistd, which then
+# knows no relay, skeleton or client.
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.relaynat-installed
+
+.PHONY: venv demo check
+
+venv: $(STAMP)
+
+# Redone when the package's metadata changes; otherwise a repeat is instant.
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "make: '$(PYTHON) -m venv' failed (no ensurepip?); using virtualenv from PyPI"; \
+	  rm -rf $(VENV); tools=$$(mktemp -d) && \
+	  $(PYTHON) -m pip install --quiet --target "$$tools" virtualenv && \
+	  PYTHONPATH="$$tools" $(PYTHON) -m virtualenv --quiet $(VENV); status=$$?; \
+	  rm -rf "$$tools"; exit $$status; }
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  -e '.[test]' --config-settings editable_mode=compat
+	@touch $(STAMP)
+
+demo: venv
+	$(VENV)/bin/python -m relaynat.demo
+
+check: venv
+	$(VENV)/bin/trial -j2 relaynat
+	$(VENV)/bin/ruff check .
+
+# The benchmark (bench/README.md): five paths, 3 repetitions, about 15 minutes;
+# `make bench BENCH_ARGS=--quick` for a one-minute check.
+.PHONY: bench
+bench: venv
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
