@@ -1,7 +1,7 @@
 # relaynat's two everyday commands, and the setup they share.
 #
 #   make demo    the relay, a skeleton and a client on 127.0.0.1, in front of a small web page
-#   make check   the tests (trial, in two workers) and the linter
+#   make check   the tests (trial, in two workers), the linter and the type checker
 #   make venv    only the setup: .venv with relaynat and its test tools installed
 #
 # The install is editable in setuptools' "compat" mode on purpose: the default
@@ -34,6 +34,7 @@ demo: venv
 check: venv
 	$(VENV)/bin/trial -j2 relaynat
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --exclude 'relaynat/test/' relaynat twisted
 
 # The benchmark (bench/README.md): five paths, 3 repetitions, about 15 minutes;
 # `make bench BENCH_ARGS=--quick` for a one-minute check.
