@@ -14,6 +14,8 @@ from relaynat.tap.options import ConfigOptions
 ACCESS_PARAMETERS: list[list[Any]] = [
     ["relay-key", None, None, "the relay's key: sha256:FINGERPRINT, or its certificate file"],
     ["relay-verify", None, None, 'how to check the relay: "pin" (default) or "hostname"'],
+    ["relay-ca", None, None, 'with "hostname": the CA certificate file to trust'],
+    ["relay-name", None, None, 'with "hostname": the name the certificate must carry'],
     ["user", None, None, "the user to log in as"],
     ["password-file", None, None, "a file whose first line is the password"],
 ]
@@ -41,6 +43,8 @@ class AccessOptions(ConfigOptions):
         return {
             "relay_key": relayKey,
             "relay_verify": self["relay-verify"],
+            "relay_ca": self.pathFlag("relay-ca"),
+            "relay_name": self["relay-name"],
             "user": self["user"],
             "password_file": self.pathFlag("password-file"),
         }

@@ -32,6 +32,9 @@ class Options(ConfigOptions):
         ["users", None, None, "the users file (from relaynat passwd)"],
         ["join-timeout", None, None, "seconds to wait for a skeleton's connection",
          number("join-timeout", float)],
+        ["max-pool", None, None, "cap on the idle connections per server", number("max-pool", int)],
+        ["session-lifetime", None, None, "seconds a login's session stays valid",
+         number("session-lifetime", float)],
     ]
 
     def build(self) -> None:
@@ -44,6 +47,8 @@ class Options(ConfigOptions):
             "cert": self.pathFlag("cert"),
             "users": self.pathFlag("users"),
             "join_timeout": self["join-timeout"],
+            "max_pool": self["max-pool"],
+            "session_lifetime": self["session-lifetime"],
         }
         self.relay: RelayConfig = relayConfig(withFlags(document, "relay", flags), source)
         try:
