@@ -392,10 +392,16 @@ class Channel(amp.AMP):
             self.handshakeCompleted()
         super().connectionMade()
 
+    def makeConnection(self, transport: Any) -> None:
+        # AMP's own makeConnection logs two lines per connection (made and
+        # lost); a relay makes several connections per tunnel and logs each
+        # tunnel itself, so those lines cost time and bury the useful ones.
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
     def connectionLost(self, reason: Failure = _CLEAN_CLOSE) -> None:
         self.connected = False
         self._settle(reason)
-        super().connectionLost(reason)
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
 
     def dataReceived(self, data: bytes) -> None:
         if self.innerProtocol is not None:

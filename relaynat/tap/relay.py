@@ -14,6 +14,7 @@ from relaynat.auth import Users
 from relaynat.config import ConfigError, RelayConfig, relayConfig, withFlags
 from relaynat.identity import IdentityError, RelayIdentity
 from relaynat.relay import Relay
+from relaynat.tap.limits import raiseOpenFileLimit
 from relaynat.tap.options import ConfigOptions, number
 from relaynat.users import UsersFileError
 from relaynat.web import publicationResource
@@ -81,6 +82,7 @@ class ReloadOnHangup(Service):
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
+    raiseOpenFileLimit()
     config = options.relay
     relay = Relay(
         reactor,

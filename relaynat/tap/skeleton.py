@@ -13,6 +13,7 @@ from relaynat.config import ConfigError, SkeletonConfig, skeletonConfig, splitAs
 from relaynat.link import linkFromConfig
 from relaynat.skeleton import FrontedServer, Skeleton
 from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, loadSecrets
+from relaynat.tap.limits import raiseOpenFileLimit
 from relaynat.tap.options import ConfigOptions, number
 
 
@@ -54,6 +55,7 @@ class Options(AccessOptions):
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
+    raiseOpenFileLimit()
     config = options.skeleton
     link = linkFromConfig(config.access, reactor)
     servers = {
