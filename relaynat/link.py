@@ -163,6 +163,8 @@ class RelayLink:
     async def prove(self, channel: Channel, session: LoginSession) -> bytes:
         """Ask for a challenge on C{channel} and answer it with C{session}'s key."""
         answer = await channel.callRemote(Hello)
+        if isinstance(self._verifier, PinnedRelay):
+            self._verifier.remember(channel.transport.getHandle())
         return session.proof(answer["challenge"])
 
 

@@ -48,6 +48,7 @@ from relaynat.test.loopback import (
     openConnections,
     pollUntil,
     reactor,
+    relayIdentity,
     runAsync,
     writeUsers,
 )
@@ -494,3 +495,48 @@ def _caAndCertificate(names: list[str]) -> tuple[bytes, bytes, bytes]:
     pem = serialization.Encoding.PEM
     keyPem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     return ca.public_bytes(pem), keyPem, cert.public_bytes(pem)
+
+
+class ResumptionTests(SecurityTestCase):
+    """TLS session tickets: resumed only with the relay that issued them."""
+
+    @runAsync
+    async def test_laterConnectionsResume(self) -> None:
+        """
+        Once a connection has carried an answer, the next one resumes its
+        TLS session: the relay does not show its certificate again, so the
+        pin's check is not even asked.
+        """
+        stack = await self.startStack()
+        link = stack.clientLink
+        verifier = link._verifier  # noqa: SLF001 - the test's own link
+        session = await link.loggedIn()
+        first = await self.channel(link)
+        await link.prove(first, session)
+        verifier.seen = None
+        second = await self.channel(link)
+        await link.prove(second, session)
+        self.assertIsNone(verifier.seen)
+
+    @runAsync
+    async def test_ticketUselessAtAnotherRelay(self) -> None:
+        """
+        A ticket from one relay does not let a relay with another key skip
+        the pin: the handshake is a full one, and the pin refuses it.
+        """
+        stack = await self.startStack()
+        link = stack.clientLink
+        session = await link.loggedIn()
+        await link.prove(await self.channel(link), session)
+        directory = self.mktemp()
+        os.makedirs(directory)
+        other = Relay(reactor, relayIdentity(directory, ("localhost",)), _users(directory))
+        port = await listen(other.clientFactory())
+        self.addCleanup(port.stopListening)
+        elsewhere = RelayLink(
+            endpointOf(port), link._verifier, Credentials("alice", PASSWORD), reactor  # noqa: SLF001
+        )
+        await self.assertFailure(
+            Deferred.fromCoroutine(elsewhere.connect(Channel())), RelayKeyMismatch
+        )
+        self.flushLoggedErrors()
