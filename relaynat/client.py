@@ -6,12 +6,17 @@ relay to the named server, proving that server's secret on each join.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import attrs
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relaynat.link import ControlChannel, RelayLink
 from relaynat.secret import joinProof, newNonce
@@ -34,13 +39,81 @@ class LocalHalf(SpliceHalf):
         self.factory.open(self)
 
 
-class TunnelFactory(Factory):
-    """Accepts local connections for one tunnel: C{serverId} via C{link}."""
+@attrs.define
+class ReadyChannel:
+    """A connection to the relay, TLS up and a challenge in hand."""
 
-    def __init__(self, link: RelayLink, serverId: str, secret: bytes) -> None:
+    channel: Channel
+    challenge: bytes
+
+
+class TunnelFactory(Factory):
+    """
+    Accepts local connections for one tunnel: C{serverId} via C{link}.
+
+    It keeps C{ready} connections to the relay open in advance, with TLS
+    done and a challenge in hand, so that a new local connection waits only
+    for its join, not for a connection, a handshake and a challenge too.
+    """
+
+    def __init__(self, link: RelayLink, serverId: str, secret: bytes, ready: int = 2) -> None:
         self.link = link
         self.serverId = serverId
         self.secret = secret
+        self.readyCount = ready
+        self._ready: deque[ReadyChannel] = deque()
+        self._opening = 0
+        self._running = False
+
+    def startFactory(self) -> None:
+        self._running = True
+        self._refill()
+
+    def stopFactory(self) -> None:
+        self._running = False
+        while self._ready:
+            self._ready.popleft().channel.transport.loseConnection()
+
+    def _refill(self) -> None:
+        while self._running and len(self._ready) + self._opening < self.readyCount:
+            self._opening += 1
+            d = Deferred.fromCoroutine(self._openReady())
+            d.addErrback(self._readyFailed)
+
+    async def _openReady(self) -> None:
+        try:
+            ready = await readyChannel(self.link)
+        finally:
+            self._opening -= 1
+        if self._running:
+            self._ready.append(ready)
+        else:
+            ready.channel.transport.loseConnection()
+
+    def _readyFailed(self, failure: Failure) -> None:
+        # Not retried here: the next local connection asks again.
+        _log.warn(
+            "could not open a connection to the relay in advance: {why}",
+            why=failure.getErrorMessage(),
+        )
+
+    def readyNow(self) -> int:
+        """How many connections are ready now."""
+        return len(self._ready)
+
+    def readyChannels(self) -> tuple[Channel, ...]:
+        """The connections ready now, oldest first."""
+        return tuple(r.channel for r in self._ready)
+
+    async def take(self) -> ReadyChannel:
+        """A ready connection, or a new one if none is left."""
+        while self._ready:
+            ready = self._ready.popleft()
+            if ready.channel.connected:
+                self._refill()
+                return ready
+        self._refill()
+        return await readyChannel(self.link)
 
     def buildProtocol(self, addr: IAddress | None) -> LocalHalf:  # type: ignore[override]
         local, _ = splicePair("local", "relay", LocalHalf, FramedHalf)
@@ -53,7 +126,7 @@ class TunnelFactory(Factory):
 
     async def _open(self, local: LocalHalf) -> None:
         try:
-            await openTunnel(self.link, self.serverId, self.secret, local.peer)
+            await openTunnel(self.link, self.serverId, self.secret, local.peer, self.take)
         except RelaynatError as e:
             _log.error("tunnel to {server} failed: {why}", server=self.serverId, why=str(e))
             local.abandon()
@@ -64,23 +137,40 @@ class TunnelFactory(Factory):
             local.abandon()
 
 
-async def openTunnel(link: RelayLink, serverId: str, secret: bytes, half: SpliceHalf) -> None:
+async def readyChannel(link: RelayLink) -> ReadyChannel:
+    """A new connection to the relay with a challenge in hand."""
+    channel = await link.connect(Channel())
+    try:
+        return ReadyChannel(channel, await link.challenge(channel))
+    except Exception:
+        channel.transport.loseConnection()
+        raise
+
+
+async def openTunnel(
+    link: RelayLink,
+    serverId: str,
+    secret: bytes,
+    half: SpliceHalf,
+    take: Callable[[], Awaitable[ReadyChannel]] | None = None,
+) -> None:
     """
-    Open a data connection to the relay, prove the session, set a join aside
-    and prove the server's secret for it; on success the connection carries
-    raw bytes to and from C{half}.  A join whose skeleton connection died
-    unnoticed is tried once more on a fresh one.
+    On a connection to the relay (from C{take}, or a new one), prove the
+    session, set a join aside and prove the server's secret for it; on
+    success the connection carries raw bytes to and from C{half}.  A join
+    whose skeleton connection died unnoticed is tried once more.
     """
     waiting = link.loggedIn()
     waiting.addTimeout(LOGIN_WAIT, link.clock)
     session = await waiting
     for attempt in (1, 2):
-        channel = await link.connect(Channel())
+        ready = await (take() if take is not None else readyChannel(link))
+        channel = ready.channel
         if half.peer.lost is not None:
             channel.transport.loseConnection()
             return
         try:
-            proof = await link.prove(channel, session)
+            proof = session.proof(ready.challenge)
             nonce = newNonce()
             prepared = await channel.callRemote(
                 Prepare, session=session.id, proof=proof, server=serverId, nonce=nonce

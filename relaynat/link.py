@@ -162,10 +162,14 @@ class RelayLink:
 
     async def prove(self, channel: Channel, session: LoginSession) -> bytes:
         """Ask for a challenge on C{channel} and answer it with C{session}'s key."""
+        return session.proof(await self.challenge(channel))
+
+    async def challenge(self, channel: Channel) -> bytes:
+        """A fresh challenge from the relay on C{channel}."""
         answer = await channel.callRemote(Hello)
         if isinstance(self._verifier, PinnedRelay):
             self._verifier.remember(channel.transport.getHandle())
-        return session.proof(answer["challenge"])
+        return bytes(answer["challenge"])
 
 
 def preparing(channel: Channel, work: Coroutine[Any, Any, T]) -> Deferred[T]:

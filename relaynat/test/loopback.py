@@ -98,6 +98,7 @@ class Stack:
         self.services: list[ClientService] = []
         self.locals: dict[str, IListeningPort] = {}
         self.targetPorts: dict[str, IListeningPort] = {}
+        self.tunnelFactories: dict[str, TunnelFactory] = {}
         self.directory = tempfile.mkdtemp(prefix="relaynat-test-")
 
     async def start(
@@ -140,10 +141,14 @@ class Stack:
         await self.startClient()
         for serverId in targets:
             factory = TunnelFactory(self.clientLink, serverId, self.secrets[serverId])
+            self.tunnelFactories[serverId] = factory
             port = await listen(factory)
             self.ports.append(port)
             self.locals[serverId] = port
         await pollUntil(lambda: self.relay.registry.counts()["idle"] >= pool * len(targets))
+        await pollUntil(
+            lambda: all(f.readyNow() == f.readyCount for f in self.tunnelFactories.values())
+        )
         return self
 
     def link(self, port: IListeningPort, user: str, password: str = PASSWORD) -> RelayLink:

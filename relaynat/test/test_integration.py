@@ -46,13 +46,16 @@ class IntegrationTests(TestCase):
     async def assertNoLeaks(self, stack: Stack) -> None:
         """
         Tunnels close on every hop, and what is left is the skeleton's and
-        the client's control connections and the skeleton's refilled pool
-        (two sockets each, in this process).
+        the client's control connections, the skeleton's refilled pool and
+        the client's connections opened in advance (two sockets each, in
+        this process).
         """
         await pollUntil(lambda: not stack.relay.tunnels)
         counts = stack.relay.registry.counts
         await pollUntil(lambda: (counts()["waiting"], counts()["requested"]) == (0, 0))
-        await pollUntil(lambda: len(openConnections()) == 2 * (2 + counts()["idle"]))
+        ready = sum(f.readyCount for f in stack.tunnelFactories.values())
+        expected = lambda: 2 * (2 + counts()["idle"] + ready)  # noqa: E731
+        await pollUntil(lambda: len(openConnections()) == expected())
 
     @runAsync
     async def test_bulkBothWays(self) -> None:
@@ -247,3 +250,38 @@ class RelayBooksTests(TestCase):
         self.assertNotIn("127.0.0.1", str(error))
         [entry] = stack.relay.registry.listing()
         self.assertEqual(entry["description"], "test echo")
+
+
+class ReadyConnectionTests(TestCase):
+    """The client opens connections to the relay before they are needed."""
+
+    @runAsync
+    async def test_tunnelUsesReadyConnection(self) -> None:
+        """
+        A local connection is carried on a connection opened in advance,
+        and another is opened to take its place.
+        """
+        stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
+        self.addCleanup(stack.stop)
+        factory = stack.tunnelFactories["echo"]
+        oldest = factory.readyChannels()[0]
+        collector = Collect(b"ready", halfClose=True)
+        await stack.connect("echo", collector)
+        self.assertEqual(await collector.finished, b"ready")
+        self.assertIsNotNone(oldest.innerProtocol)
+        await pollUntil(lambda: factory.readyNow() == factory.readyCount)
+        self.assertNotIn(oldest, factory.readyChannels())
+
+    @runAsync
+    async def test_readyConnectionsClosedWithListener(self) -> None:
+        """Stopping the local listener closes the connections kept ready."""
+        stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
+        self.addCleanup(stack.stop)
+        factory = stack.tunnelFactories["echo"]
+        channels = factory.readyChannels()
+        self.assertEqual(len(channels), 2)
+        port = stack.locals["echo"]
+        stack.ports.remove(port)
+        await port.stopListening()
+        await pollUntil(lambda: not any(c.connected for c in channels))
+        self.assertEqual(factory.readyNow(), 0)
