@@ -194,6 +194,7 @@ class RelayIdentity:
             # resumed handshake skips the certificate and its signature.
             enableSessionTickets=True,
         )
+        options.getContext().set_mode(SSL.MODE_RELEASE_BUFFERS)
         return cls(cert, certPem, options)
 
 
@@ -212,6 +213,7 @@ class PinnedRelay:
         self._session: SSL.Session | None = None
         context = SSL.Context(SSL.TLS_CLIENT_METHOD)
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.set_mode(SSL.MODE_RELEASE_BUFFERS)
         context.set_verify(SSL.VERIFY_PEER, self._verify)
         self._context = context
 
