@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.interfaces import IProtocol, IProtocolFactory
 
 from twisted.python.usage import UsageError
 
 from relaynat.config import ConfigError, splitAssignment
+from relaynat.link import RelayLink
 from relaynat.secret import SecretFileError, loadSecret
 from relaynat.tap.options import ConfigOptions
 
@@ -61,6 +66,26 @@ class AccessOptions(ConfigOptions):
             else e
             for e in entries
         ]
+
+
+def controlService(
+    link: RelayLink,
+    factory: IProtocolFactory,
+    prepare: Callable[[IProtocol], object],
+    reactor: Any,
+) -> ClientService:
+    """
+    The control connection to the relay, kept up: C{prepare} (log in,
+    register) runs on each new connection; a lost one is made again after
+    0.5 s, doubling up to 30 s.
+    """
+    return ClientService(
+        link.endpoint,
+        factory,
+        retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
+        clock=reactor,
+        prepareConnection=prepare,
+    )
 
 
 def loadSecrets(paths: dict[str, str]) -> dict[str, bytes]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, cast
 
 from twisted.application import strports
-from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.python.usage import UsageError
 
@@ -13,7 +12,7 @@ from relaynat.client import ClientControl, TunnelFactory, controlFactory
 from relaynat.config import ClientConfig, ConfigError, clientConfig, splitAssignment, withFlags
 from relaynat.link import linkFromConfig, preparing
 from relaynat.tap.limits import raiseOpenFileLimit
-from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, loadSecrets
+from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, controlService, loadSecrets
 from relaynat.tap.options import ConfigOptions
 
 
@@ -56,12 +55,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     config = options.client
     link = linkFromConfig(config.access, reactor)
     service = MultiService()
-    ClientService(
-        link.endpoint,
+    controlService(
+        link,
         controlFactory(link),
-        retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
-        clock=reactor,
-        prepareConnection=lambda p: preparing(cast(ClientControl, p), cast(ClientControl, p).start()),
+        lambda p: preparing(cast(ClientControl, p), cast(ClientControl, p).start()),
+        reactor,
     ).setServiceParent(service)
     for tunnel in config.tunnels:
         factory = TunnelFactory(link, tunnel.server, options.secrets[tunnel.server])

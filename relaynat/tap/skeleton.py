@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString
 from twisted.python.usage import UsageError
@@ -12,7 +11,7 @@ from twisted.python.usage import UsageError
 from relaynat.config import ConfigError, SkeletonConfig, skeletonConfig, splitAssignment, withFlags
 from relaynat.link import linkFromConfig
 from relaynat.skeleton import FrontedServer, Skeleton
-from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, loadSecrets
+from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, controlService, loadSecrets
 from relaynat.tap.limits import raiseOpenFileLimit
 from relaynat.tap.options import ConfigOptions, number
 
@@ -66,11 +65,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     }
     skeleton = Skeleton(link, config.name, servers, config.pool)
     service = MultiService()
-    ClientService(
-        link.endpoint,
-        skeleton.controlFactory(),
-        retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
-        clock=reactor,
-        prepareConnection=skeleton.register,
-    ).setServiceParent(service)
+    controlService(link, skeleton.controlFactory(), skeleton.register, reactor).setServiceParent(
+        service
+    )
     return service
