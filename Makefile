@@ -34,7 +34,7 @@ demo: venv
 check: venv
 	$(VENV)/bin/trial -j2 relaynat
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy --exclude 'relaynat/test/' relaynat twisted
+	$(VENV)/bin/mypy relaynat twisted
 
 # The benchmark (bench/README.md): five paths, 3 repetitions, about 15 minutes;
 # `make bench BENCH_ARGS=--quick` for a one-minute check.

@@ -11,10 +11,12 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
+from typing import Any, cast
 
 from twisted.application.internet import ClientService
 from twisted.internet import reactor as _reactor
 from twisted.internet import tcp
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
@@ -26,7 +28,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 from relaynat.auth import Users
-from relaynat.client import TunnelFactory, controlFactory
+from relaynat.client import ClientControl, TunnelFactory, controlFactory
 from relaynat.identity import CERT_FILE, KEY_FILE, PinnedRelay, RelayIdentity, generate, writePrivate
 from relaynat.link import Credentials, RelayLink, preparing
 from relaynat.relay import Relay
@@ -36,16 +38,16 @@ from relaynat.users import Rights, User, saveUsers
 reactor = _reactor
 
 
-async def listen(factory: Factory) -> IListeningPort:
+async def listen(factory: Factory[Any]) -> IListeningPort:
     return await TCP4ServerEndpoint(reactor, 0, backlog=1024, interface="127.0.0.1").listen(factory)
 
 
 def endpointOf(port: IListeningPort) -> TCP4ClientEndpoint:
-    return TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+    return TCP4ClientEndpoint(reactor, "127.0.0.1", cast(IPv4Address, port.getHost()).port)
 
 
 async def pollUntil(
-    condition: Callable[[], bool], timeout: float = 10.0, step: float = 0.01
+    condition: Callable[[], object], timeout: float = 10.0, step: float = 0.01
 ) -> None:
     """Wait for C{condition} to hold, at most C{timeout} seconds."""
     deadline = reactor.seconds() + timeout
@@ -174,7 +176,9 @@ class Stack:
         service = ClientService(
             self.clientLink.endpoint,
             controlFactory(self.clientLink),
-            prepareConnection=lambda p: preparing(p, p.start()),
+            prepareConnection=lambda p: preparing(
+                cast(ClientControl, p), cast(ClientControl, p).start()
+            ),
         )
         service.startService()
         self.services.insert(0, service)
@@ -196,7 +200,7 @@ class Stack:
         its control connection goes, and each side closes at the other's end.
         """
         await DeferredList([s.stopService() for s in self.services])
-        await DeferredList([p.stopListening() for p in self.ports])
+        await DeferredList([cast(Deferred[None], p.stopListening()) for p in self.ports])
         await pollUntil(lambda: not openConnections())
         shutil.rmtree(self.directory, ignore_errors=True)
 

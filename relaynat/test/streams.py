@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import random
+from typing import cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -38,10 +44,11 @@ class Bulk(Protocol):
         self.finished: Deferred[Bulk] = Deferred()
 
     def connectionMade(self) -> None:
-        self.transport.registerProducer(self, True)
+        cast(IConsumer, self.transport).registerProducer(self, True)
         self.resumeProducing()
 
     def resumeProducing(self) -> None:
+        assert self.transport is not None
         self.paused = False
         while not self.paused and self.toSend > 0:
             n = min(self.chunk, self.toSend)
@@ -52,8 +59,8 @@ class Bulk(Protocol):
             self.transport.write(data)
         if self.toSend == 0 and not self.writeClosed:
             self.writeClosed = True
-            self.transport.unregisterProducer()
-            self.transport.loseWriteConnection()
+            cast(IConsumer, self.transport).unregisterProducer()
+            cast(ITCPTransport, self.transport).loseWriteConnection()
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -75,6 +82,7 @@ class Bulk(Protocol):
 
     def _closeIfDone(self) -> None:
         if self.eof and self.writeClosed and self.toSend == 0:
+            assert self.transport is not None
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -110,9 +118,11 @@ class Echo(Protocol):
     """Echoes everything; passes the peer's end-of-stream back."""
 
     def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
         self.transport.write(data)
 
     def readConnectionLost(self) -> None:
+        assert self.transport is not None
         self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
@@ -134,9 +144,9 @@ class Collect(Protocol):
 
     def connectionMade(self) -> None:
         if self.message:
-            self.transport.write(self.message)
+            cast(ITCPTransport, self.transport).write(self.message)
         if self.halfClose:
-            self.transport.loseWriteConnection()
+            cast(ITCPTransport, self.transport).loseWriteConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.received.append(data)
@@ -162,6 +172,7 @@ class ReplyAtEnd(Protocol):
         self.got += len(data)
 
     def readConnectionLost(self) -> None:
+        assert self.transport is not None
         self.transport.write(b"%d\n" % self.got)
         self.transport.write(b"r" * self.replySize)
         self.transport.loseConnection()
@@ -183,17 +194,18 @@ class Stalled(Protocol):
         self.got = 0
         self.gotHash = hashlib.sha256()
         self.finished: Deferred[None] = Deferred()
-        self.transport.pauseProducing()
+        cast(IPushProducer, self.transport).pauseProducing()
         self.factory.made.append(self)
 
     def resume(self) -> None:
-        self.transport.resumeProducing()
+        cast(IPushProducer, self.transport).resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
         self.got += len(data)
         self.gotHash.update(data)
 
     def readConnectionLost(self) -> None:
+        assert self.transport is not None
         self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
@@ -203,7 +215,7 @@ class Stalled(Protocol):
         self.finished.callback(None)
 
 
-class StalledFactory(Factory):
+class StalledFactory(Factory[Stalled]):
     protocol = Stalled
 
     def __init__(self) -> None:

@@ -6,6 +6,8 @@ connection that never answers a join does not hang the client.
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 
@@ -67,7 +69,7 @@ class HeartbeatTests(TestCase):
         await pollUntil(
             lambda: relay.registry.idleConnections() not in ([], [idle])
         )
-        self.assertFalse(idle.connected)
+        self.assertFalse(cast(SkeletonChannel, idle).connected)
         self.assertIsInstance(relay.registry.idleConnections()[0], SkeletonChannel)
 
     @runAsync

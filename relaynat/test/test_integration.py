@@ -5,13 +5,16 @@ bytes, concurrency, half-close, backpressure, failures and clean-up.
 
 from __future__ import annotations
 
-from twisted.internet.defer import DeferredList, ensureDeferred, gatherResults
+from typing import cast
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults
 from twisted.internet.protocol import Factory
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from relaynat.client import listServers, openTunnel
-from relaynat.skeleton import FrontedServer, Skeleton
+from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
 from relaynat.splice import splicePair
 from relaynat.test.loopback import (
     Stack,
@@ -142,13 +145,16 @@ class IntegrationTests(TestCase):
         error, and the client closes its local connection.
         """
         unused = await listen(Factory.forProtocol(Echo))
-        deadPort = unused.getHost().port
-        await unused.stopListening()
+        deadPort = cast(IPv4Address, unused.getHost()).port
+        await cast(Deferred[None], unused.stopListening())
         stack = await self.startStack({"web": deadPort})
         half, _ = splicePair()
-        error = await self.assertFailure(
-            ensureDeferred(openTunnel(stack.clientLink, "web", stack.secrets["web"], half)),
+        error = cast(
             TargetRefused,
+            await self.assertFailure(
+                ensureDeferred(openTunnel(stack.clientLink, "web", stack.secrets["web"], half)),
+                TargetRefused,
+            ),
         )
         self.assertEqual(
             str(error),
@@ -169,16 +175,22 @@ class IntegrationTests(TestCase):
         stack = await self.startStack({"echo": Factory.forProtocol(Echo)})
         link = stack.clientLink
         self.assertEqual([s["id"] for s in await listServers(link)], ["echo"])
-        error = await self.assertFailure(
-            ensureDeferred(openTunnel(link, "nope", b"s" * 32, splicePair()[0])), UnknownServer
+        error: Exception = cast(
+            UnknownServer,
+            await self.assertFailure(
+                ensureDeferred(openTunnel(link, "nope", b"s" * 32, splicePair()[0])), UnknownServer
+            ),
         )
         self.assertIn("no server nope", str(error))
         await stack.stopSkeleton()
         await pollUntil(lambda: not stack.relay.registry.counts()["servers"])
         self.assertEqual(await listServers(link), [])
-        error = await self.assertFailure(
-            ensureDeferred(openTunnel(link, "echo", stack.secrets["echo"], splicePair()[0])),
+        error = cast(
             ServerOffline,
+            await self.assertFailure(
+                ensureDeferred(openTunnel(link, "echo", stack.secrets["echo"], splicePair()[0])),
+                ServerOffline,
+            ),
         )
         self.assertIn("server echo is offline", str(error))
 
@@ -208,8 +220,8 @@ class RelayBooksTests(TestCase):
         way, the duration and which side closed it.
         """
         events: list[dict] = []  # type: ignore[type-arg]
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(cast(ILogObserver, events.append))
+        self.addCleanup(globalLogPublisher.removeObserver, cast(ILogObserver, events.append))
         stack = await Stack().start({"rae": Factory.forProtocol(lambda: ReplyAtEnd(1000))})
         self.addCleanup(stack.stop)
         collector = Collect(b"q" * 123, halfClose=True)
@@ -239,9 +251,13 @@ class RelayBooksTests(TestCase):
         link = stack.link(stack.skeletonPort, "alice")
         target = endpointOf(stack.targetPorts["echo"])
         second = Skeleton(link, "intruder", {"echo": FrontedServer("echo", "", target, b"s" * 32)})
-        control = await link.connect(second.controlFactory().buildProtocol(None))
+        control = await link.connect(
+            cast(SkeletonControl, second.controlFactory().buildProtocol(None))
+        )
         self.addCleanup(control.transport.loseConnection)
-        error = await self.assertFailure(second.register(control), DuplicateServer)
+        error = cast(
+            DuplicateServer, await self.assertFailure(second.register(control), DuplicateServer)
+        )
         self.assertEqual(
             str(error),
             "server echo is already registered by skeleton 'test'; give this one"
@@ -282,6 +298,6 @@ class ReadyConnectionTests(TestCase):
         self.assertEqual(len(channels), 2)
         port = stack.locals["echo"]
         stack.ports.remove(port)
-        await port.stopListening()
+        await cast(Deferred[None], port.stopListening())
         await pollUntil(lambda: not any(c.connected for c in channels))
         self.assertEqual(factory.readyNow(), 0)

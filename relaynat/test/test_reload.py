@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import cast
 
 from twisted.internet.protocol import Factory
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from relaynat.tap.relay import ReloadOnHangup
@@ -41,6 +42,7 @@ class ReloadOnHangupTests(TestCase):
         os.kill(os.getpid(), signal.SIGHUP)
         await pollUntil(lambda: stack.users.get("dave") is not None)
 
+        assert collector.transport is not None
         collector.transport.write(b" and after")
         await pollUntil(lambda: b"".join(collector.received) == b"before and after")
         collector.transport.loseConnection()
@@ -50,8 +52,8 @@ class ReloadOnHangupTests(TestCase):
     async def test_badFileKeepsOldUsers(self) -> None:
         """A users file that does not parse is not taken; the reason is logged."""
         events: list[dict] = []  # type: ignore[type-arg]
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(cast(ILogObserver, events.append))
+        self.addCleanup(globalLogPublisher.removeObserver, cast(ILogObserver, events.append))
         stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
         self.addCleanup(stack.stop)
         service = ReloadOnHangup(reactor, stack.users)

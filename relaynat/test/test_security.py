@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime
 import os
+from typing import cast
 
 import attrs
 from cryptography import x509
@@ -19,7 +20,7 @@ from scramp import ScramClient
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from relaynat.auth import Throttle, Users
@@ -37,7 +38,7 @@ from relaynat.identity import (
 )
 from relaynat.link import Credentials, LoginSession, RelayLink, RelayUnreachable, hostnameVerifier
 from relaynat.relay import Relay
-from relaynat.skeleton import FrontedServer, Skeleton
+from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
 from relaynat.splice import OneProtocolFactory, splicePair
 from relaynat.test.loopback import (
     ANYTHING,
@@ -108,8 +109,8 @@ class LoginTests(SecurityTestCase):
         """
         stack = await self.startStack()
         events: list[dict] = []  # type: ignore[type-arg]
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(cast(ILogObserver, events.append))
+        self.addCleanup(globalLogPublisher.removeObserver, cast(ILogObserver, events.append))
         messages = []
         for user, password in (("alice", "wrong"), ("mallory", PASSWORD)):
             link = stack.link(stack.clientPort, user, password)
@@ -365,9 +366,13 @@ class RightsTests(SecurityTestCase):
         link = stack.link(stack.skeletonPort, "bob")
         target = endpointOf(stack.targetPorts["web"])
         skeleton = Skeleton(link, "bobs", {"mail": FrontedServer("mail", "", target, b"s" * 32)})
-        control = await link.connect(skeleton.controlFactory().buildProtocol(None))
+        control = await link.connect(
+            cast(SkeletonControl, skeleton.controlFactory().buildProtocol(None))
+        )
         self.addCleanup(control.transport.loseConnection)
-        error = await self.assertFailure(skeleton.register(control), PermissionDenied)
+        error = cast(
+            PermissionDenied, await self.assertFailure(skeleton.register(control), PermissionDenied)
+        )
         self.assertEqual(str(error), "user bob may not register server mail")
 
     @runAsync
@@ -383,9 +388,14 @@ class RightsTests(SecurityTestCase):
         carol = stack.link(stack.clientPort, "carol")
         self.assertEqual([s["id"] for s in await listServers(carol)], ["web"])
         carol.adopt(await carol.login(await self.channel(carol)))
-        error = await self.assertFailure(
-            Deferred.fromCoroutine(openTunnel(carol, "db", stack.secrets["db"], splicePair()[0])),
+        error = cast(
             UnknownServer,
+            await self.assertFailure(
+                Deferred.fromCoroutine(
+                    openTunnel(carol, "db", stack.secrets["db"], splicePair()[0])
+                ),
+                UnknownServer,
+            ),
         )
         self.assertIn("no server db", str(error))
 
@@ -412,11 +422,14 @@ class ServerSecretTests(SecurityTestCase):
         """
         target = CountingEcho()
         stack = await self.startStack({"web": target})
-        error = await self.assertFailure(
-            Deferred.fromCoroutine(
-                openTunnel(stack.clientLink, "web", b"w" * 32, splicePair()[0])
-            ),
+        error = cast(
             SecretMismatch,
+            await self.assertFailure(
+                Deferred.fromCoroutine(
+                    openTunnel(stack.clientLink, "web", b"w" * 32, splicePair()[0])
+                ),
+                SecretMismatch,
+            ),
         )
         self.assertIn("wrong secret for server web", str(error))
         self.assertEqual(target.count, 0)
@@ -436,8 +449,8 @@ class LogHygieneTests(SecurityTestCase):
         no password, session key or per-server secret, in any encoding.
         """
         events: list[dict] = []  # type: ignore[type-arg]
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(cast(ILogObserver, events.append))
+        self.addCleanup(globalLogPublisher.removeObserver, cast(ILogObserver, events.append))
         stack = await self.startStack()
         bad = stack.link(stack.clientPort, "alice", "not the password")
         await self.assertFailure(
