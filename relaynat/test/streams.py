@@ -184,7 +184,7 @@ class ReplyAtEnd(Protocol):
 @implementer(IHalfCloseableProtocol)
 class Stalled(Protocol):
     """
-    A server that stops reading as soon as it is connected, until the test
+    A peer that stops reading as soon as it is connected, until the test
     calls L{resume}; it hashes what it reads and closes at end-of-stream.
     """
 

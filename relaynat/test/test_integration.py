@@ -30,6 +30,7 @@ from relaynat.test.streams import (
     Collect,
     Echo,
     ReplyAtEnd,
+    Stalled,
     StalledFactory,
     expectedDigest,
 )
@@ -136,6 +137,35 @@ class IntegrationTests(TestCase):
         self.assertEqual(server.got, size)
         self.assertEqual(server.gotHash.hexdigest(), expectedDigest(size, 3))
         await sender.finished
+        await self.assertNoLeaks(stack)
+
+    @runAsync
+    async def test_backpressureTowardsClient(self) -> None:
+        """
+        The same the other way: a client that stops reading stalls the
+        server's sender, and every byte arrives once it reads again.
+        """
+        size = 400 * MB
+        server = BulkFactory(size, seed=4)
+        stack = await self.startStack({"fast": server})
+        reader = Stalled()
+        reader.factory = StalledFactory()
+        await stack.connect("fast", reader)
+        await pollUntil(lambda: bool(server.made))
+        sender = server.made[0]
+        last = [-1]
+
+        def settled() -> bool:
+            stuck = sender.paused and sender.sentBytes == last[0]
+            last[0] = sender.sentBytes
+            return stuck
+
+        await pollUntil(settled, timeout=30, step=0.25)
+        self.assertLess(sender.sentBytes, 64 * MB)
+        reader.resume()
+        await reader.finished
+        self.assertEqual(reader.got, size)
+        self.assertEqual(reader.gotHash.hexdigest(), expectedDigest(size, 4))
         await self.assertNoLeaks(stack)
 
     @runAsync
