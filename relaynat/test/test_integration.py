@@ -39,6 +39,18 @@ from relaynat.wire import DuplicateServer, ServerOffline, TargetRefused, Unknown
 MB = 1024 * 1024
 
 
+async def waitStalled(sender: Bulk) -> None:
+    """Wait until C{sender} is paused by flow control and makes no progress."""
+    last = [-1]
+
+    def settled() -> bool:
+        stuck = sender.paused and sender.sentBytes == last[0]
+        last[0] = sender.sentBytes
+        return stuck
+
+    await pollUntil(settled, timeout=30, step=0.25)
+
+
 class IntegrationTests(TestCase):
     """Real sockets, the real roles, one reactor."""
 
@@ -119,15 +131,7 @@ class IntegrationTests(TestCase):
         sender = Bulk(size, seed=3)
         await stack.connect("slow", sender)
 
-        # Settled: paused by flow control and no progress for a while.
-        last = [-1]
-
-        def settled() -> bool:
-            stuck = sender.paused and sender.sentBytes == last[0]
-            last[0] = sender.sentBytes
-            return stuck
-
-        await pollUntil(settled, timeout=30, step=0.25)
+        await waitStalled(sender)
         self.assertLess(sender.sentBytes, 64 * MB)
         self.assertGreater(sender.toSend, 300 * MB)
 
@@ -153,14 +157,7 @@ class IntegrationTests(TestCase):
         await stack.connect("fast", reader)
         await pollUntil(lambda: bool(server.made))
         sender = server.made[0]
-        last = [-1]
-
-        def settled() -> bool:
-            stuck = sender.paused and sender.sentBytes == last[0]
-            last[0] = sender.sentBytes
-            return stuck
-
-        await pollUntil(settled, timeout=30, step=0.25)
+        await waitStalled(sender)
         self.assertLess(sender.sentBytes, 64 * MB)
         reader.resume()
         await reader.finished
