@@ -146,7 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except (usage.UsageError, ConfigError) as e:
-        sys.stderr.write(f"{options}\nrelaynat: {e}\n")
+        # A configuration problem is said alone; the usage text only helps
+        # when the command line itself is wrong.
+        configProblem = isinstance(e, ConfigError) or isinstance(e.__cause__, ConfigError)
+        sys.stderr.write(("" if configProblem else f"{options}\n") + f"relaynat: {e}\n")
         sys.exit(2)
 
     command = options.subCommand

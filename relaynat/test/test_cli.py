@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from io import StringIO
 
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory
@@ -17,7 +18,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaynat import __version__
-from relaynat.cli import ListOptions, Options, formatJson, formatTable
+from relaynat.cli import ListOptions, Options, formatJson, formatTable, main
 from relaynat.test.loopback import PASSWORD, Stack, listen, runAsync
 from relaynat.test.streams import Echo
 
@@ -277,3 +278,26 @@ class ListCommandTests(TestCase):
         out, err, code = await self.runScript("list", "--version")
         self.assertEqual((code, out), (0, f"relaynat {__version__}\n"))
 
+
+
+class ConfigProblemTests(SynchronousTestCase):
+    """A configuration problem is reported without the usage text."""
+
+    def test_configProblemAlone(self) -> None:
+        """
+        C{relaynat list} with a relay flag that does not parse says only
+        that, on one line, and exits with status 2.
+        """
+        err = StringIO()
+        self.patch(sys, "stderr", err)
+        error = self.assertRaises(SystemExit, main, ["list", "--relay", "tcp:7000", *ACCESS[2:]])
+        self.assertEqual(error.code, 2)
+        self.assertEqual(err.getvalue().count("\n"), 1, err.getvalue())
+        self.assertTrue(err.getvalue().startswith("relaynat: command line: client.relay:"))
+
+    def test_usageProblemShowsUsage(self) -> None:
+        """An unknown option still prints the usage text before the error."""
+        err = StringIO()
+        self.patch(sys, "stderr", err)
+        self.assertRaises(SystemExit, main, ["list", "--no-such-option"])
+        self.assertIn("Options:", err.getvalue())
