@@ -83,19 +83,24 @@ class Connection:
 
     # Reading
 
-    def readable(self) -> None:
+    def _recv(self, size: int) -> int:
+        """Bytes read into _buffer; 0 when there are none now or the connection ended."""
         try:
-            if self.mode == stream.UPLOAD:
-                self._sink()
-                return
-            n = self.sock.recv_into(_buffer, 65536 if self.mode in (b"", stream.ECHO) else len(_buffer))
+            n = self.sock.recv_into(_buffer, size)
         except BlockingIOError:
-            return
+            return 0
         except OSError:
-            self.close()
-            return
+            n = 0
         if n == 0:
             self.close()
+        return n
+
+    def readable(self) -> None:
+        if self.mode == stream.UPLOAD:
+            self._sink()
+            return
+        n = self._recv(65536 if self.mode in (b"", stream.ECHO) else len(_buffer))
+        if n == 0:
             return
         data = bytes(_view[:n])
         if not self.mode:
@@ -161,15 +166,8 @@ class Connection:
 
     def _sink(self) -> None:
         while True:
-            try:
-                n = self.sock.recv_into(_buffer)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.close()
-                return
+            n = self._recv(len(_buffer))
             if n == 0:
-                self.close()
                 return
             if self.remaining:
                 self._consume(_view[:n])

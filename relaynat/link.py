@@ -15,7 +15,7 @@ import attrs
 from cryptography import x509
 from scramp import ScramClient, ScramException
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import clientFromString, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
@@ -148,10 +148,8 @@ class RelayLink:
     def loggedIn(self) -> Deferred[LoginSession]:
         """The current session, or the next one if there is none yet."""
         if self.session is not None and self.session.expires > self.clock.seconds():
-            d: Deferred[LoginSession] = Deferred()
-            d.callback(self.session)
-            return d
-        d = Deferred()
+            return succeed(self.session)
+        d: Deferred[LoginSession] = Deferred()
         self._waiting.append(d)
         return d
 

@@ -58,6 +58,12 @@ _log = Logger()
 #: Bounds on the nonces a skeleton and a client contribute to a join.
 _NONCE_SIZES = range(16, 65)
 
+
+def _checkNonce(nonce: bytes) -> bytes:
+    if len(nonce) not in _NONCE_SIZES:
+        raise BadRequest("the nonce must be 16 to 64 bytes")
+    return nonce
+
 _LOGIN_FAILED = "login failed: unknown user or wrong password"
 
 
@@ -344,11 +350,9 @@ class SkeletonChannel(RelayChannel):
         owner = self.relay.skeletons.get(login.id)
         if owner is None or not self.relay.registry.owns(owner, server):
             raise UnknownServer(f"server {server} is not registered by this skeleton")
-        if len(nonce) not in _NONCE_SIZES:
-            raise BadRequest("the nonce must be 16 to 64 bytes")
+        self.nonce = _checkNonce(nonce)
         self.role = "data"
         self.server = server
-        self.nonce = nonce
         # The answer must leave before a waiting client's Join locks this
         # connection for the switch.
         self.relay.reactor.callLater(0, self._pool)
@@ -416,8 +420,7 @@ class ClientChannel(RelayChannel):
             raise BadRequest("one tunnel per connection: open another connection")
         _, user = self.proven(session, proof)
         checkServerId(server)
-        if len(nonce) not in _NONCE_SIZES:
-            raise BadRequest("the nonce must be 16 to 64 bytes")
+        _checkNonce(nonce)
         if not user.rights.mayJoin(server):
             # Said as for an unknown id: what a user may not join, it does
             # not get to know about either.

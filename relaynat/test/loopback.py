@@ -5,7 +5,6 @@ process, with real sockets, for the integration tests.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import shutil
@@ -209,10 +208,6 @@ def openConnections() -> set[tcp.Connection]:
     """Every TCP connection the reactor still has, whatever its role."""
     selectables = reactor.getReaders() + reactor.getWriters()
     return {s for s in selectables if isinstance(s, tcp.Connection)}
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def runAsync(f):  # type: ignore[no-untyped-def]

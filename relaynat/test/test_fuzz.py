@@ -125,6 +125,18 @@ garbage = st.one_of(
 )
 
 
+
+def _registerBox() -> bytes:
+    """A well-formed L{Register} box for a server "evil"."""
+    return amp.AmpBox(
+        _command=b"Register",
+        _ask=b"1",
+        name=b"evil",
+        servers=amp.AmpList([(b"id", amp.Unicode()), (b"description", amp.Unicode())])
+        .toStringProto([{"id": "evil", "description": ""}], None),
+        pool=b"1",
+    ).serialize()
+
 class FakeSkeleton:
     """A registry's skeleton whose connection requests are never answered."""
 
@@ -265,14 +277,7 @@ class ChannelFuzzTests(SynchronousTestCase):
         A client cannot register servers: the client port does not know
         L{Register}, even when it is well-formed.
         """
-        register = amp.AmpBox(
-            _command=b"Register",
-            _ask=b"1",
-            name=b"evil",
-            servers=amp.AmpList([(b"id", amp.Unicode()), (b"description", amp.Unicode())])
-            .toStringProto([{"id": "evil", "description": ""}], None),
-            pool=b"1",
-        ).serialize()
+        register = _registerBox()
         relay, transport, escaped = self.feed(ClientChannel, register)
         self.assertIsNone(escaped)
         [answer] = amp.parseString(transport.value())
@@ -299,14 +304,7 @@ class ChannelFuzzTests(SynchronousTestCase):
         Well-formed L{Register} and L{ListServers} without a login get
         C{LOGIN_REQUIRED}; the connection stays up and nothing changes.
         """
-        register = amp.AmpBox(
-            _command=b"Register",
-            _ask=b"1",
-            name=b"evil",
-            servers=amp.AmpList([(b"id", amp.Unicode()), (b"description", amp.Unicode())])
-            .toStringProto([{"id": "evil", "description": ""}], None),
-            pool=b"1",
-        ).serialize()
+        register = _registerBox()
         listing = _serialize({b"_command": b"ListServers", b"_ask": b"1"})
         for channelClass, box in ((SkeletonChannel, register), (ClientChannel, listing)):
             relay, transport, escaped = self.feed(channelClass, box)

@@ -258,18 +258,22 @@ class PinningTests(SecurityTestCase):
 class SessionTests(SecurityTestCase):
     """Session keys: proven per connection, expiring, not transferable."""
 
+    async def assertSessionRefused(self, link: RelayLink, session: LoginSession) -> None:
+        """A new connection proving C{session} is refused at L{Prepare}."""
+        channel = await self.channel(link)
+        proof = await link.prove(channel, session)
+        await self.assertFailure(
+            channel.callRemote(Prepare, session=session.id, proof=proof, server="web", nonce=b"n" * 16),
+            SessionRefused,
+        )
+
     @runAsync
     async def test_foreignSessionRefused(self) -> None:
         """A session id and key the relay never issued are refused."""
         stack = await self.startStack()
         link = stack.link(stack.clientPort, "alice")
         forged = LoginSession("made-up", b"k" * 32, reactor.seconds() + 100)
-        channel = await self.channel(link)
-        proof = await link.prove(channel, forged)
-        await self.assertFailure(
-            channel.callRemote(Prepare, session=forged.id, proof=proof, server="web", nonce=b"n" * 16),
-            SessionRefused,
-        )
+        await self.assertSessionRefused(link, forged)
 
     @runAsync
     async def test_expiredSessionRefused(self) -> None:
@@ -280,12 +284,7 @@ class SessionTests(SecurityTestCase):
         control = await self.channel(link)
         session = await link.login(control)
         await pollUntil(lambda: reactor.seconds() > session.expires)
-        channel = await self.channel(link)
-        proof = await link.prove(channel, session)
-        await self.assertFailure(
-            channel.callRemote(Prepare, session=session.id, proof=proof, server="web", nonce=b"n" * 16),
-            SessionRefused,
-        )
+        await self.assertSessionRefused(link, session)
 
     @runAsync
     async def test_sessionEndsWithItsLogin(self) -> None:
