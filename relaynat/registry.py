@@ -5,6 +5,10 @@ idle data connections, and the clients waiting to be joined.
 This is plain logic with an injected clock; the relay's protocols call it.
 The pool rule is one invariant per server: idle connections plus those
 requested from the skeleton cover the pool size plus the clients waiting.
+A request counts as outstanding until its connection is offered (or is
+lost on the way, or the request fails): the skeleton's answer to the request
+and the offer travel on different connections, and under load the answer
+often arrives first.
 """
 
 from __future__ import annotations
@@ -146,6 +150,7 @@ class Registry:
         if entry is None:
             connection.close()
             return False
+        entry.requested = max(0, entry.requested - 1)
         if entry.waiting:
             waiter = entry.waiting.popleft()
             self._cancelTimeout(waiter)
@@ -157,6 +162,17 @@ class Registry:
             return False
         entry.idle.append(connection)
         return True
+
+    def lost(self, serverId: str) -> None:
+        """
+        A requested connection was lost before it could be offered: it no
+        longer counts as on its way, and another is asked for if needed.
+        """
+        entry = self._servers.get(serverId)
+        if entry is None:
+            return
+        entry.requested = max(0, entry.requested - 1)
+        self._refill(entry)
 
     def discard(self, serverId: str, connection: PooledConnection) -> None:
         """An idle connection was lost: forget it and replace it."""
@@ -235,9 +251,10 @@ class Registry:
             d.addBoth(self._answered, entry)
 
     def _answered(self, result: object, entry: ServerEntry) -> None:
-        entry.requested -= 1
         if not isinstance(result, Failure):
+            # Counted off when its connection is offered, which may be later.
             return
+        entry.requested = max(0, entry.requested - 1)
         if self._servers.get(entry.id) is not entry:
             return
         _log.warn(

@@ -359,8 +359,12 @@ class SkeletonChannel(RelayChannel):
         return {}
 
     def _pool(self) -> None:
-        if self.connected and self.server is not None:
+        if self.server is None:
+            return
+        if self.connected:
             self.relay.registry.offer(self.server, self)
+        else:
+            self.relay.registry.lost(self.server)
 
     def close(self) -> None:
         self.transport.loseConnection()

@@ -509,6 +509,79 @@ class RefillTests(RegistryTestCase):
                 self.clock.advance(self.registry.joinTimeout)
             self.assertPoolInvariant()
 
+    @settings(max_examples=100, deadline=None)
+    @given(
+        pool=st.integers(min_value=0, max_value=4),
+        steps=st.lists(
+            st.sampled_from(["claim", "offer", "answer", "lose", "timeout"]),
+            max_size=40,
+        ),
+    )
+    def test_invariantHoldsInAnyOrder(self, pool: int, steps: list[str]) -> None:
+        """
+        The skeleton's answer to a request and the offer of its connection
+        come on different connections, in either order, and an offered
+        connection may be lost before it is pooled: after every step, idle +
+        requested >= pool + waiting, and no request is counted twice.
+        """
+        self.setUp()
+        self.pool = pool
+        skeleton = FakeSkeleton()
+        self.registry.register(skeleton, [("web", "")], pool=pool)
+        offered: set[int] = set()
+        for step in steps:
+            unoffered = [i for i in range(len(skeleton.requests)) if i not in offered]
+            if step == "claim":
+                self.registry.claim("web").addErrback(lambda f: f.trap(JoinTimeout))
+            elif step == "offer" and unoffered:
+                offered.add(unoffered[0])
+                self.registry.offer("web", FakeConnection())
+            elif step == "lose" and unoffered:
+                offered.add(unoffered[0])
+                self.registry.lost("web")
+            elif step == "answer" and skeleton.pending():
+                skeleton.answerOne()
+            elif step == "timeout":
+                self.clock.advance(self.registry.joinTimeout)
+            self.assertPoolInvariant()
+            unoffered = [i for i in range(len(skeleton.requests)) if i not in offered]
+            self.assertEqual(self.registry.counts()["requested"], len(unoffered))
+
+    def test_claimBetweenOfferAndAnswer(self) -> None:
+        """
+        A claim that arrives after a connection was offered but before the
+        skeleton's answer to that request still gets a request of its own
+        (it used to wait for its join timeout: the answered request was
+        still counted as on its way).
+        """
+        skeleton = FakeSkeleton()
+        self.registry.register(skeleton, [("web", "")], pool=0)
+        first = self.registry.claim("web")
+        self.registry.offer("web", FakeConnection("first"))
+        self.successResultOf(first)
+        second = self.registry.claim("web")
+        skeleton.answerOne()
+        self.assertEqual(len(skeleton.pending()), 1)
+        connection = FakeConnection("second")
+        self.registry.offer("web", connection)
+        self.assertIs(self.successResultOf(second), connection)
+
+    def test_lostOfferIsAskedAgain(self) -> None:
+        """
+        A requested connection lost before it was pooled is asked for again
+        while a client still waits.
+        """
+        skeleton = FakeSkeleton()
+        self.registry.register(skeleton, [("web", "")], pool=0)
+        waiting = self.registry.claim("web")
+        skeleton.answerOne()
+        self.registry.lost("web")
+        self.assertEqual(len(skeleton.pending()), 1)
+        connection = FakeConnection("again")
+        self.registry.offer("web", connection)
+        self.assertIs(self.successResultOf(waiting), connection)
+        self.registry.lost("nope")
+
     def test_refillAfterClaimsAndDeliveries(self) -> None:
         """
         A concrete run of the invariant: pool two, three claims, deliveries

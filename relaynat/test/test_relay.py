@@ -577,6 +577,33 @@ class OfferTests(RelayTestCase):
         self.assertEqual(failure.getErrorMessage(), "this connection is already in use")
         self.assertEqual(self.relay.registry.counts()["idle"], 1)
 
+    def test_offerLostBeforePooled(self) -> None:
+        """
+        A data connection that goes away right after its offer, before the
+        relay pools it, is asked for again while a client still waits; the
+        skeleton's answer to the first request changes nothing.
+        """
+        control, session = self.stalledSkeleton(["web"], pool=0)
+        _, prepared = self.prepare("web")
+        self.assertEqual(len(control.asked), 1)
+        # Hold the pooling back until the connection is gone, as a busy
+        # relay's next turn may.
+        pool = SkeletonChannel._pool
+        held: list[SkeletonChannel] = []
+        self.patch(SkeletonChannel, "_pool", lambda channel: held.append(channel))
+        data = self.connect(SKELETONS, Channel())
+        self.successResultOf(self.offer(data, session, "web"))
+        data.transport.loseConnection()
+        self.net.settle()
+        [channel] = held
+        pool(channel)
+        self.net.settle()
+        self.assertNoResult(prepared)
+        control.asked[0].callback({})
+        self.net.settle()
+        self.assertEqual(len(control.asked), 2)
+        self.assertEqual(self.relay.registry.counts()["requested"], 1)
+
     def test_offerOnControlConnection(self) -> None:
         """A control connection cannot offer itself as a data connection."""
         control, session = self.stalledSkeleton(["web"], pool=0)
