@@ -16,7 +16,7 @@ from cryptography import x509
 from scramp import ScramClient, ScramException
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import clientFromString, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import clientFromString, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from relaynat.auth import sessionProof
 from relaynat.config import ConfigError, RelayAccess
 from relaynat.identity import IdentityError, PinnedRelay, fingerprintOfFile, serverEndPoint
+from relaynat.splice import OneProtocolFactory
 from relaynat.wire import Channel, Hello, Login, LoginFailed, LoginFinish
 
 _log = Logger()
@@ -92,7 +93,8 @@ class RelayLink:
     async def connect(self, channel: C) -> C:
         """Connect C{channel} to the relay and wait for verified TLS."""
         try:
-            await connectProtocol(self.endpoint, channel)
+            # Not connectProtocol: its factory logs two lines per connection.
+            await self.endpoint.connect(OneProtocolFactory(channel))
         except Exception as e:
             raise RelayUnreachable(f"cannot reach the relay: {e}") from e
         await self.secured(channel)

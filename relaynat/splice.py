@@ -240,6 +240,10 @@ class OneProtocolFactory(Factory):
     is given to a connection attempt or to a L{ProtocolSwitchCommand}.
     """
 
+    # Made once per connection: Factory's start/stop lines would be two log
+    # lines per tunnel.
+    noisy = False
+
     def __init__(self, protocol: Protocol) -> None:
         self._protocol = protocol
 

@@ -20,7 +20,6 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
-    connectProtocol,
 )
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
@@ -32,6 +31,7 @@ from relaynat.identity import CERT_FILE, KEY_FILE, PinnedRelay, RelayIdentity, g
 from relaynat.link import Credentials, RelayLink, preparing
 from relaynat.relay import Relay
 from relaynat.skeleton import FrontedServer, Skeleton
+from relaynat.splice import OneProtocolFactory
 from relaynat.users import Rights, User, saveUsers
 
 reactor = _reactor
@@ -190,7 +190,8 @@ class Stack:
 
     def connect(self, serverId: str, protocol: Protocol) -> Deferred[Protocol]:
         """Connect C{protocol} to the client's local listener for C{serverId}."""
-        return connectProtocol(endpointOf(self.locals[serverId]), protocol)
+        d = endpointOf(self.locals[serverId]).connect(OneProtocolFactory(protocol))
+        return d.addCallback(lambda _: protocol)
 
     async def stop(self) -> None:
         """

@@ -267,6 +267,28 @@ class RelayBooksTests(TestCase):
         self.assertIn("rae", formatEvent(end))
 
     @runAsync
+    async def test_quietPerTunnel(self) -> None:
+        """
+        A tunnel costs the three roles' logs three lines in all: joined and
+        ended at the relay, opened at the skeleton; no factory's start and
+        stop lines for the connections it takes.
+        """
+        stack = await Stack().start({"rae": Factory.forProtocol(lambda: ReplyAtEnd(10))})
+        self.addCleanup(stack.stop)
+        await pollUntil(lambda: stack.relay.registry.counts()["idle"] == 1)
+        events: list[dict] = []  # type: ignore[type-arg]
+        globalLogPublisher.addObserver(cast(ILogObserver, events.append))
+        self.addCleanup(globalLogPublisher.removeObserver, cast(ILogObserver, events.append))
+        collector = Collect(b"q", halfClose=True)
+        await stack.connect("rae", collector)
+        await collector.finished
+        await pollUntil(lambda: not stack.relay.tunnels)
+        await pollUntil(lambda: stack.relay.registry.counts()["idle"] == 1)
+        lines = sorted(formatEvent(e) for e in events)
+        self.assertEqual(len(lines), 3, lines)
+        self.assertFalse([line for line in lines if "factory" in line.lower()])
+
+    @runAsync
     async def test_duplicateServerRefused(self) -> None:
         """
         A second skeleton claiming a registered id is refused with an error
