@@ -501,6 +501,35 @@ def tomlText(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The open-file limit relaynat is started with, as systemd starts a service:
+#: a low soft limit under a high hard one.  Each role holds two sockets per
+#: tunnel, so 10,000 tunnels need more than 20,000 and the role must raise
+#: its own soft limit at start-up.
+SERVICE_NOFILE = (1024, 65536)
+
+
+def serviceFileLimit() -> None:
+    """
+    In the child, before exec: L{SERVICE_NOFILE}, or the soft part of it
+    under the hard limit there is where that cannot be raised (no
+    CAP_SYS_RESOURCE, as in some containers).
+    """
+    soft, hard = SERVICE_NOFILE
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    except (ValueError, OSError):
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, hard), hard))
+
+
+def startingFileLimit() -> str:
+    """The soft/hard open-file limit L{serviceFileLimit} gives, as text."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import resource; print(*resource.getrlimit(resource.RLIMIT_NOFILE),"
+         " sep='/')"], preexec_fn=serviceFileLimit, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
 class Relaynat(Path):
     """The three roles as twistd processes, configured from conf/ with ports moved."""
 
@@ -561,7 +590,7 @@ class Relaynat(Path):
         for role in self.ROLES:
             proc = self.spawn([TWISTD, "-n", "--pidfile=", role, "--config",
                                os.path.join(self.dir, f"{role}.toml")], f"relaynat-{role}",
-                              cwd=self.dir)
+                              cwd=self.dir, preexec_fn=serviceFileLimit)
             self.pids[role] = proc.pid
             if role == "relay":
                 waitFor("relaynat relay", lambda: listening(self.clientsPort), 30, self.procs)
@@ -810,6 +839,7 @@ class Bench:
             self.steady[name] = path.relaySide()
         meta["versions"] = versions(self.paths)
         meta["nofile_of_relay_side"] = list(resource.getrlimit(resource.RLIMIT_NOFILE))
+        meta["nofile_of_relaynat"] = startingFileLimit()
         if "relaynat" in self.paths:
             meta["relaynat_settings"] = self.paths["relaynat"].settings  # type: ignore[attr-defined]
         tests: list[tuple[str, Callable[[Path], Any]]] = [
@@ -1040,8 +1070,10 @@ def report(bench: Bench, meta: dict) -> str:
         + (f", {v['socat']}" if "socat" in v else "")
         + (f", {v['openssh']}" if "openssh" in v else "") + ".",
         f"Load average before/after: {meta['load_before'][0]:.2f} / "
-        f"{meta['load_after'][0]:.2f}. Open-file limit of the relay-side processes: "
-        f"{meta['nofile_of_relay_side'][0]}/{meta['nofile_of_relay_side'][1]}.",
+        f"{meta['load_after'][0]:.2f}. Open-file limit (soft/hard) of the other paths' "
+        f"processes: {meta['nofile_of_relay_side'][0]}/{meta['nofile_of_relay_side'][1]}; "
+        f"relaynat's roles are started with {meta.get('nofile_of_relaynat', '?')} and raise their own "
+        "soft limit.",
         "",
         f"Medians of {reps} repetition{'s' if reps > 1 else ''}, {scale}: bulk "
         f"{sizes['bulk'] / 2**20:.0f} MiB each way (sha256 checked on "

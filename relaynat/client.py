@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -27,6 +27,12 @@ _log = Logger()
 
 #: Seconds a local connection waits for the client to be logged in.
 LOGIN_WAIT = 10.0
+
+#: Tunnels of one listener being set up at once.  A burst of local
+#: connections beyond this waits here, oldest first, instead of starting
+#: thousands of joins that share the CPU until all are late: each join then
+#: completes well within the relay's join timeout.
+SETUP_LIMIT = 64
 
 
 class LocalHalf(SpliceHalf):
@@ -64,6 +70,7 @@ class TunnelFactory(Factory):
         self._ready: deque[ReadyChannel] = deque()
         self._opening = 0
         self._running = False
+        self._setups = DeferredSemaphore(SETUP_LIMIT)
 
     def startFactory(self) -> None:
         self._running = True
@@ -124,8 +131,15 @@ class TunnelFactory(Factory):
     def open(self, local: LocalHalf) -> Deferred[None]:
         return Deferred.fromCoroutine(self._open(local))
 
+    def settingUp(self) -> int:
+        """How many tunnels are being set up now (not those queued)."""
+        return self._setups.limit - self._setups.tokens
+
     async def _open(self, local: LocalHalf) -> None:
+        await self._setups.acquire()
         try:
+            if local.lost is not None:
+                return
             await openTunnel(self.link, self.serverId, self.secret, local.peer, self.take)
         except RelaynatError as e:
             _log.error("tunnel to {server} failed: {why}", server=self.serverId, why=str(e))
@@ -135,6 +149,8 @@ class TunnelFactory(Factory):
                 "tunnel to {server} failed: {why}", server=self.serverId, why=str(e) or repr(e)
             )
             local.abandon()
+        finally:
+            self._setups.release()
 
 
 async def readyChannel(link: RelayLink) -> ReadyChannel:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import cast
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -36,6 +36,9 @@ from relaynat.wire import (
 )
 
 _log = Logger()
+
+#: Data connections opened at once (see L{Skeleton.opening}).
+OPEN_LIMIT = 64
 
 
 @attrs.frozen
@@ -72,6 +75,10 @@ class Skeleton:
         self.pool = pool
         #: Open data connections, pooled or joined.
         self.dataChannels: set[DataChannel] = set()
+        #: The relay's requests for connections being worked on; the rest
+        #: wait, oldest first, so that under a burst each is done quickly
+        #: rather than all of them late.
+        self.opening = DeferredSemaphore(OPEN_LIMIT)
 
     def controlFactory(self) -> Factory:
         return Factory.forProtocol(lambda: SkeletonControl(self))
@@ -157,7 +164,7 @@ class SkeletonControl(ControlChannel):
 
     async def _open(self, server: str) -> dict[str, object]:
         try:
-            await self.skeleton.offerConnection(server)
+            await self.skeleton.opening.run(self.skeleton.offerConnection, server)
         except Exception as e:
             _log.warn(
                 "could not open a connection to the relay for {server}: {why}",

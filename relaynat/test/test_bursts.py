@@ -1,0 +1,105 @@
+"""
+Bursts: a client sets up at most L{client.SETUP_LIMIT} tunnels of one
+listener at once, and a skeleton opens at most L{skeleton.OPEN_LIMIT} data
+connections at once; the rest wait their turn, oldest first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaynat import client
+from relaynat.client import LocalHalf, TunnelFactory
+from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
+from relaynat.splice import SpliceHalf
+
+
+class FakeLink:
+    """What the client's factory and the skeleton need of a link here."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.session = None
+
+
+class ClientSetupTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.started: list[tuple[SpliceHalf, Deferred[None]]] = []
+
+        async def openTunnel(
+            link: object, serverId: str, secret: bytes, half: SpliceHalf, take: object
+        ) -> None:
+            d: Deferred[None] = Deferred()
+            self.started.append((half, d))
+            await d
+
+        self.patch(client, "openTunnel", openTunnel)
+        self.patch(client, "SETUP_LIMIT", 2)
+        self.factory = TunnelFactory(FakeLink(), "web", b"s")  # type: ignore[arg-type]
+
+    def connect(self) -> LocalHalf:
+        local = self.factory.buildProtocol(None)
+        local.makeConnection(StringTransport())
+        return local
+
+    def test_burstWaitsItsTurn(self) -> None:
+        """
+        Four local connections at once: two are set up, two wait; each
+        finished setup lets the oldest waiting one start.
+        """
+        locals = [self.connect() for _ in range(4)]
+        self.assertEqual([h for h, _ in self.started], [locals[0].peer, locals[1].peer])
+        self.assertEqual(self.factory.settingUp(), 2)
+        self.started[0][1].callback(None)
+        self.assertEqual(len(self.started), 3)
+        self.assertIs(self.started[2][0], locals[2].peer)
+        self.started[1][1].errback(RuntimeError("no"))
+        self.assertTrue(locals[1].transport.disconnecting)  # type: ignore[attr-defined]
+        self.assertIs(self.started[3][0], locals[3].peer)
+        for _, d in self.started[2:]:
+            d.callback(None)
+        self.assertEqual(self.factory.settingUp(), 0)
+        self.flushLoggedErrors()
+
+    def test_goneWhileWaiting(self) -> None:
+        """A local connection closed while it waited is never set up."""
+        locals = [self.connect() for _ in range(3)]
+        locals[2].connectionLost(Failure(ConnectionDone()))
+        self.started[0][1].callback(None)
+        self.assertEqual(len(self.started), 2)
+        self.assertEqual(self.factory.settingUp(), 1)
+
+
+class SkeletonOpenTests(SynchronousTestCase):
+    def test_opensWaitTheirTurn(self) -> None:
+        """
+        Of three L{OpenConnection} requests with room for two, the third
+        starts when the first is done; each is answered as its own ends.
+        """
+        server = FrontedServer("web", "", object(), b"s")  # type: ignore[arg-type]
+        skeleton = Skeleton(FakeLink(), "s", {"web": server})  # type: ignore[arg-type]
+        skeleton.opening = DeferredSemaphore(2)
+        started: list[Deferred[None]] = []
+
+        def offerConnection(serverId: str) -> Deferred[None]:
+            started.append(Deferred())
+            return started[-1]
+
+        skeleton.offerConnection = offerConnection  # type: ignore[method-assign]
+        control = SkeletonControl(skeleton)
+        answers: list[Deferred[Any]] = [control.openConnection("web") for _ in range(3)]
+        self.assertEqual(len(started), 2)
+        started[0].callback(None)
+        self.assertEqual(self.successResultOf(answers[0]), {})
+        self.assertEqual(len(started), 3)
+        self.assertNoResult(answers[2])
+        started[2].callback(None)
+        started[1].callback(None)
+        self.assertEqual([self.successResultOf(a) for a in answers[1:]], [{}, {}])
