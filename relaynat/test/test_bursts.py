@@ -92,7 +92,7 @@ class SkeletonOpenTests(SynchronousTestCase):
             started.append(Deferred())
             return started[-1]
 
-        skeleton.offerConnection = offerConnection  # type: ignore[method-assign]
+        skeleton.offerConnection = offerConnection  # type: ignore[method-assign,assignment]
         control = SkeletonControl(skeleton)
         answers: list[Deferred[Any]] = [control.openConnection("web") for _ in range(3)]
         self.assertEqual(len(started), 2)
