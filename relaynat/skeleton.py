@@ -163,15 +163,20 @@ class SkeletonControl(ControlChannel):
         return Deferred.fromCoroutine(self._open(server))
 
     async def _open(self, server: str) -> dict[str, object]:
-        try:
-            await self.skeleton.opening.run(self.skeleton.offerConnection, server)
-        except Exception as e:
-            _log.warn(
-                "could not open a connection to the relay for {server}: {why}",
-                server=server,
-                why=str(e),
-            )
-            raise SkeletonGone(f"the skeleton could not reach the relay: {e}") from e
+        async with self.skeleton.opening:
+            if not self.connected:
+                # The relay forgot this request with the connection it came
+                # on, while it waited its turn here.
+                return {}
+            try:
+                await self.skeleton.offerConnection(server)
+            except Exception as e:
+                _log.warn(
+                    "could not open a connection to the relay for {server}: {why}",
+                    server=server,
+                    why=str(e),
+                )
+                raise SkeletonGone(f"the skeleton could not reach the relay: {e}") from e
         return {}
 
 

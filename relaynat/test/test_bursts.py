@@ -94,6 +94,7 @@ class SkeletonOpenTests(SynchronousTestCase):
 
         skeleton.offerConnection = offerConnection  # type: ignore[method-assign,assignment]
         control = SkeletonControl(skeleton)
+        control.connected = True
         answers: list[Deferred[Any]] = [control.openConnection("web") for _ in range(3)]
         self.assertEqual(len(started), 2)
         started[0].callback(None)
@@ -103,3 +104,26 @@ class SkeletonOpenTests(SynchronousTestCase):
         started[2].callback(None)
         started[1].callback(None)
         self.assertEqual([self.successResultOf(a) for a in answers[1:]], [{}, {}])
+
+    def test_controlGoneWhileWaiting(self) -> None:
+        """
+        A request still waiting its turn when the control connection closes
+        opens nothing: the relay forgot it with that connection.
+        """
+        server = FrontedServer("web", "", object(), b"s")  # type: ignore[arg-type]
+        skeleton = Skeleton(FakeLink(), "s", {"web": server})  # type: ignore[arg-type]
+        skeleton.opening = DeferredSemaphore(1)
+        started: list[Deferred[None]] = []
+
+        def offerConnection(serverId: str) -> Deferred[None]:
+            started.append(Deferred())
+            return started[-1]
+
+        skeleton.offerConnection = offerConnection  # type: ignore[method-assign,assignment]
+        control = SkeletonControl(skeleton)
+        control.connected = True
+        first, second = control.openConnection("web"), control.openConnection("web")
+        control.connected = False
+        started[0].callback(None)
+        self.assertEqual([self.successResultOf(first), self.successResultOf(second)], [{}, {}])
+        self.assertEqual(len(started), 1)
