@@ -5,17 +5,18 @@ bytes, concurrency, half-close, backpressure, failures and clean-up.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.trial.unittest import TestCase
 
 from relaynat.client import listServers, openTunnel
 from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
-from relaynat.splice import splicePair
+from relaynat.splice import READ_SIZE, SpliceHalf, splicePair
 from relaynat.test.loopback import (
     Stack,
     endpointOf,
@@ -37,6 +38,13 @@ from relaynat.test.streams import (
 from relaynat.wire import DuplicateServer, ServerOffline, TargetRefused, UnknownServer
 
 MB = 1024 * 1024
+
+
+def tcpUnder(transport: Any) -> Any:
+    """The TCP transport under a TLS one (or the transport itself)."""
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    return transport
 
 
 async def waitStalled(sender: Bulk) -> None:
@@ -235,6 +243,33 @@ class IntegrationTests(TestCase):
         )
         await pollUntil(lambda: stack.relay.registry.counts()["idle"] == 1)
         await self.assertNoLeaks(stack)
+
+
+class ReadSizeTests(TestCase):
+    @runAsync
+    async def test_tunnelsReadLarge(self) -> None:
+        """
+        Every TCP connection a tunnel's bytes cross, under TLS or not, reads
+        and buffers L{READ_SIZE} at a time; control connections keep
+        Twisted's default.
+        """
+        stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
+        self.addCleanup(stack.stop)
+        collector = Collect(b"x")
+        await stack.connect("echo", collector)
+        await pollUntil(lambda: collector.received == [b"x"])
+        [record] = stack.relay.tunnels
+        [joined] = [c for c in stack.skeleton.dataChannels if c.innerProtocol is not None]
+        relayFacing = joined.innerProtocol
+        assert isinstance(relayFacing, SpliceHalf)
+        # Its peer is the skeleton's connection to the target.
+        halves = [record.client, record.serverHalf, relayFacing, relayFacing.peer]
+        self.assertEqual({tcpUnder(h.transport).bufferSize for h in halves}, {READ_SIZE})
+        [control] = stack.relay.skeletons.values()
+        self.assertEqual(tcpUnder(control.transport).bufferSize, 2**16)
+        assert collector.transport is not None
+        collector.transport.loseConnection()
+        await collector.finished
 
 
 class RelayBooksTests(TestCase):
