@@ -78,23 +78,32 @@ class ClientSetupTests(SynchronousTestCase):
 
 
 class SkeletonOpenTests(SynchronousTestCase):
+    def control(self, limit: int) -> SkeletonControl:
+        """
+        A connected control connection of a skeleton that opens C{limit}
+        connections at once; each open waits on a Deferred in C{started}.
+        """
+        server = FrontedServer("web", "", object(), b"s")  # type: ignore[arg-type]
+        skeleton = Skeleton(FakeLink(), "s", {"web": server})  # type: ignore[arg-type]
+        skeleton.opening = DeferredSemaphore(limit)
+        self.started: list[Deferred[None]] = []
+
+        def offerConnection(serverId: str) -> Deferred[None]:
+            self.started.append(Deferred())
+            return self.started[-1]
+
+        skeleton.offerConnection = offerConnection  # type: ignore[method-assign,assignment]
+        control = SkeletonControl(skeleton)
+        control.connected = True
+        return control
+
     def test_opensWaitTheirTurn(self) -> None:
         """
         Of three L{OpenConnection} requests with room for two, the third
         starts when the first is done; each is answered as its own ends.
         """
-        server = FrontedServer("web", "", object(), b"s")  # type: ignore[arg-type]
-        skeleton = Skeleton(FakeLink(), "s", {"web": server})  # type: ignore[arg-type]
-        skeleton.opening = DeferredSemaphore(2)
-        started: list[Deferred[None]] = []
-
-        def offerConnection(serverId: str) -> Deferred[None]:
-            started.append(Deferred())
-            return started[-1]
-
-        skeleton.offerConnection = offerConnection  # type: ignore[method-assign,assignment]
-        control = SkeletonControl(skeleton)
-        control.connected = True
+        control = self.control(2)
+        started = self.started
         answers: list[Deferred[Any]] = [control.openConnection("web") for _ in range(3)]
         self.assertEqual(len(started), 2)
         started[0].callback(None)
@@ -110,20 +119,9 @@ class SkeletonOpenTests(SynchronousTestCase):
         A request still waiting its turn when the control connection closes
         opens nothing: the relay forgot it with that connection.
         """
-        server = FrontedServer("web", "", object(), b"s")  # type: ignore[arg-type]
-        skeleton = Skeleton(FakeLink(), "s", {"web": server})  # type: ignore[arg-type]
-        skeleton.opening = DeferredSemaphore(1)
-        started: list[Deferred[None]] = []
-
-        def offerConnection(serverId: str) -> Deferred[None]:
-            started.append(Deferred())
-            return started[-1]
-
-        skeleton.offerConnection = offerConnection  # type: ignore[method-assign,assignment]
-        control = SkeletonControl(skeleton)
-        control.connected = True
+        control = self.control(1)
         first, second = control.openConnection("web"), control.openConnection("web")
         control.connected = False
-        started[0].callback(None)
+        self.started[0].callback(None)
         self.assertEqual([self.successResultOf(first), self.successResultOf(second)], [{}, {}])
-        self.assertEqual(len(started), 1)
+        self.assertEqual(len(self.started), 1)
