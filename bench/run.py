@@ -1157,14 +1157,12 @@ def atFileLimit(many: dict) -> bool:
     descriptors under its hard limit (which the bench may not raise), rather
     than by a fault of relaynat's?
     """
+    def atHardLimit(role: dict) -> bool:
+        hard = str(role["nofile"]).rpartition("/")[2]
+        return hard.isdigit() and (role["fds"] or 0) >= int(hard) - 32
+
     failed = many["count"] - many["ok"]
-    full = False
-    for role in many.get("roles", {}).values():
-        try:
-            hard = int(str(role["nofile"]).split("/")[1])
-        except (IndexError, ValueError):
-            continue
-        full = full or (role["fds"] or 0) >= hard - 32
+    full = any(atHardLimit(role) for role in many.get("roles", {}).values())
     return full and many["log_emfile"] >= failed and many["open"]["stalled"] == 0
 
 

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from relaynat.link import ControlChannel, RelayLink
 from relaynat.secret import joinProof, newNonce
 from relaynat.splice import FramedHalf, OneProtocolFactory, SpliceHalf, splicePair
-from relaynat.wire import Channel, ListServers, Prepare, RelaynatError, SkeletonGone, Tunnel
+from relaynat.wire import Channel, ListServers, Prepare, SkeletonGone, Tunnel
 
 _log = Logger()
 
@@ -136,21 +136,15 @@ class TunnelFactory(Factory):
         return self._setups.limit - self._setups.tokens
 
     async def _open(self, local: LocalHalf) -> None:
-        await self._setups.acquire()
-        try:
+        async with self._setups:
             if local.lost is not None:
                 return
-            await openTunnel(self.link, self.serverId, self.secret, local.peer, self.take)
-        except RelaynatError as e:
-            _log.error("tunnel to {server} failed: {why}", server=self.serverId, why=str(e))
-            local.abandon()
-        except Exception as e:
-            _log.error(
-                "tunnel to {server} failed: {why}", server=self.serverId, why=str(e) or repr(e)
-            )
-            local.abandon()
-        finally:
-            self._setups.release()
+            try:
+                await openTunnel(self.link, self.serverId, self.secret, local.peer, self.take)
+            except Exception as e:
+                why = str(e) or repr(e)
+                _log.error("tunnel to {server} failed: {why}", server=self.serverId, why=why)
+                local.abandon()
 
 
 async def readyChannel(link: RelayLink) -> ReadyChannel:

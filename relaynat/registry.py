@@ -150,7 +150,7 @@ class Registry:
         if entry is None:
             connection.close()
             return False
-        entry.requested = max(0, entry.requested - 1)
+        self._countOff(entry)
         if entry.waiting:
             waiter = entry.waiting.popleft()
             self._cancelTimeout(waiter)
@@ -171,7 +171,7 @@ class Registry:
         entry = self._servers.get(serverId)
         if entry is None:
             return
-        entry.requested = max(0, entry.requested - 1)
+        self._countOff(entry)
         self._refill(entry)
 
     def discard(self, serverId: str, connection: PooledConnection) -> None:
@@ -250,11 +250,17 @@ class Registry:
             d = entry.skeleton.requestConnection(entry.id)
             d.addBoth(self._answered, entry)
 
+    @staticmethod
+    def _countOff(entry: ServerEntry) -> None:
+        """One request is no longer on its way (never below zero: an offer
+        and a failure may both speak for one request)."""
+        entry.requested = max(0, entry.requested - 1)
+
     def _answered(self, result: object, entry: ServerEntry) -> None:
         if not isinstance(result, Failure):
             # Counted off when its connection is offered, which may be later.
             return
-        entry.requested = max(0, entry.requested - 1)
+        self._countOff(entry)
         if self._servers.get(entry.id) is not entry:
             return
         _log.warn(

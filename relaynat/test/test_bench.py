@@ -27,6 +27,9 @@ def loadRun() -> ModuleType:
     return module
 
 
+BENCH = loadRun()
+
+
 def results(bulk: float, setup: float, p99: float, ping: float, rss: float, growth: float) -> dict:
     """Made-up relaynat and ssh results, one repetition each."""
     relaynat = {
@@ -44,11 +47,8 @@ def results(bulk: float, setup: float, p99: float, ping: float, rss: float, grow
 
 
 class TargetTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.bench = loadRun()
-
     def verdicts(self, **kw: float) -> list[str]:
-        lines = self.bench.targets(results(**kw), {"hold": 1000})
+        lines = BENCH.targets(results(**kw), {"hold": 1000})
         return [line.rsplit(": ", 1)[1] for line in lines if line.startswith("- ")]
 
     def test_allMet(self) -> None:
@@ -74,14 +74,11 @@ class TargetTests(SynchronousTestCase):
         """Without an ssh run, the ratios say neither met nor missed."""
         made = results(bulk=600, setup=1000, p99=1, ping=1, rss=1, growth=1)
         del made["ssh"]
-        lines = self.bench.targets(made, {"hold": 1000})
+        lines = BENCH.targets(made, {"hold": 1000})
         self.assertTrue(lines[2].endswith(": —"), lines[2])
 
 
 class FileLimitTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.bench = loadRun()
-
     def many(self, fds: int, emfile: int, ok: int = 9990, stalled: int = 0) -> dict[str, Any]:
         return {
             "count": 10000, "ok": ok, "log_emfile": emfile, "open": {"stalled": stalled},
@@ -89,13 +86,13 @@ class FileLimitTests(SynchronousTestCase):
         }
 
     def test_shortByTheLimit(self) -> None:
-        self.assertTrue(self.bench.atFileLimit(self.many(fds=19990, emfile=10)))
+        self.assertTrue(BENCH.atFileLimit(self.many(fds=19990, emfile=10)))
 
     def test_otherFailures(self) -> None:
         """Failures not all logged as EMFILE, stalls, or room left: relaynat's fault."""
-        self.assertFalse(self.bench.atFileLimit(self.many(fds=19990, emfile=9)))
-        self.assertFalse(self.bench.atFileLimit(self.many(fds=19990, emfile=10, stalled=1)))
-        self.assertFalse(self.bench.atFileLimit(self.many(fds=15000, emfile=10)))
+        self.assertFalse(BENCH.atFileLimit(self.many(fds=19990, emfile=9)))
+        self.assertFalse(BENCH.atFileLimit(self.many(fds=19990, emfile=10, stalled=1)))
+        self.assertFalse(BENCH.atFileLimit(self.many(fds=15000, emfile=10)))
 
 
 class QuickRunTests(SynchronousTestCase):
