@@ -36,8 +36,15 @@ check: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy relaynat twisted
 
-# The benchmark (bench/README.md): five paths, 3 repetitions, about 15 minutes;
+# The benchmark (bench/README.md): every path, 3 repetitions, about 15 minutes;
 # `make bench BENCH_ARGS=--quick` for a one-minute check.
 .PHONY: bench
 bench: venv
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# The round-trip benchmark (bench/README.md): time to first byte over two
+# 25 ms legs in network namespaces; root only (it says so and skips
+# otherwise), about a minute.  `make bench-rtt RTT_ARGS='--only ssh'`.
+.PHONY: bench-rtt
+bench-rtt: venv
+	$(VENV)/bin/python bench/rtt.py $(RTT_ARGS)

@@ -1,16 +1,19 @@
 """
 relaynat's benchmark: the same measuring client and the same echo/sink server,
-joined by five paths in turn, every measurement interleaved across the paths
+joined by several paths in turn, every measurement interleaved across the paths
 and repeated; a Markdown table of the medians on stdout, every value in JSON.
 
     python bench/run.py [--quick] [--only PATH[,PATH]] [--json OUT] [--profile DIR]
 
 Paths: direct, socat (two chained), ssh (ssh -L into ssh -R through one private
-sshd, aes128-gcm@openssh.com), portforward (twistd portforward), relaynat (relay,
-skeleton and client twistd processes, TLS on).  Everything listens on
-127.0.0.1, on ports below the kernel's ephemeral range; every process this
-script starts is stopped by its pid.  bench/README.md says what is measured and
-how.
+sshd, aes128-gcm@openssh.com), haproxy and haproxy-splice (two haproxy hops in
+TCP mode, the second pair with option splice-auto), stunnel (two stunnel hops,
+TLS between them), portforward (twistd portforward), relaynat (relay, skeleton
+and client twistd processes, TLS on), relaynat-open (the same with its server
+not sealed; only once relaynat knows the key, or with --only).  Everything
+listens on 127.0.0.1, on ports below the kernel's ephemeral range; every
+process this script starts is stopped by its pid.  bench/README.md says what
+is measured and how.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,7 +49,8 @@ TWISTD = os.path.join(VENV_BIN, "twistd")
 RELAYNAT = os.path.join(VENV_BIN, "relaynat")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-PATHS = ("direct", "socat", "ssh", "portforward", "relaynat")
+PATHS = ("direct", "socat", "ssh", "haproxy", "haproxy-splice", "stunnel", "portforward",
+         "relaynat", "relaynat-open")
 CIPHER = "aes128-gcm@openssh.com"
 
 FULL = {
@@ -259,6 +264,24 @@ def echoWorks(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+def logSize(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def lastLine(path: str, since: int = 0) -> str:
+    """The last line a process wrote to its log C{path} after byte C{since}."""
+    try:
+        with open(path, errors="replace") as f:
+            f.seek(since)
+            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][-300:] if lines else "(nothing)"
+
+
 def waitFor(what: str, check: Callable[[], bool], timeout: float, procs: list = ()) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -282,22 +305,54 @@ def listening(port: int) -> bool:
 # Tools: installed from Debian's packages when missing.
 
 
-def ensureTools(paths: list[str]) -> None:
-    need = []
-    if "socat" in paths and not shutil.which("socat"):
-        need.append("socat")
-    if "ssh" in paths:
-        if not (shutil.which("ssh") and shutil.which("ssh-keygen")):
-            need.append("openssh-client")
-        if not sshdPath():
-            need.append("openssh-server")
+def executable(*candidates: str | None) -> str | None:
+    """The first of C{candidates} (paths, or names looked up on PATH) that runs."""
+    for candidate in candidates:
+        if candidate and os.path.sep not in candidate:
+            candidate = shutil.which(candidate)
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def sshdPath() -> str | None:
+    return executable("/usr/sbin/sshd", "sshd")
+
+
+def haproxyPath() -> str | None:
+    return executable("/usr/sbin/haproxy", "haproxy")
+
+
+def stunnelPath() -> str | None:
+    # Debian's stunnel4 installs stunnel4, and stunnel as a link to it.
+    return executable("/usr/bin/stunnel4", "stunnel4", "stunnel")
+
+
+#: What each path (or tool) needs from Debian: (package, whether it is there).
+TOOLS: dict[str, list[tuple[str, Callable[[], bool]]]] = {
+    "socat": [("socat", lambda: executable("socat") is not None)],
+    "ssh": [("openssh-client", lambda: None not in (executable("ssh"), executable("ssh-keygen"))),
+            ("openssh-server", lambda: sshdPath() is not None)],
+    "haproxy": [("haproxy", lambda: haproxyPath() is not None)],
+    "haproxy-splice": [("haproxy", lambda: haproxyPath() is not None)],
+    "stunnel": [("stunnel4", lambda: stunnelPath() is not None),
+                ("openssl", lambda: executable("openssl") is not None)],
+    "curl": [("curl", lambda: executable("curl") is not None)],
+}
+
+
+def ensureTools(paths: Iterable[str]) -> None:
+    """Install the Debian packages the C{paths} need and miss (as root)."""
+    need = sorted({package for name in paths for package, there in TOOLS.get(name, [])
+                   if not there()})
     if not need:
         return
     if os.geteuid() != 0:
         raise BenchError(f"missing {' '.join(need)}: run as root, or apt-get install them")
     log(f"installing {' '.join(need)} (apt-get update first)")
-    # Installing openssh-server must not start the system's sshd: a
-    # policy-rc.d that forbids starting services, only for this install.
+    # Installing openssh-server, haproxy or stunnel4 must not start the
+    # system's service: a policy-rc.d that forbids starting services, only
+    # for this install.  The bench runs private instances of its own.
     policy = "/usr/sbin/policy-rc.d"
     ours = not os.path.exists(policy)
     if ours:
@@ -307,21 +362,11 @@ def ensureTools(paths: list[str]) -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-             "socat", "openssh-client", "openssh-server"],
-            check=True, env=env,
-        )
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *need],
+                       check=True, env=env)
     finally:
         if ours:
             os.remove(policy)
-
-
-def sshdPath() -> str | None:
-    for candidate in ("/usr/sbin/sshd", shutil.which("sshd")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 # The paths.
@@ -389,29 +434,24 @@ class Socat(Path):
         waitFor("socat", lambda: echoWorks(self.entry), 15, self.procs)
 
 
-class Ssh(Path):
-    """ssh -L (the client's side) into ssh -R (the server's side) through one sshd."""
-
-    name = "ssh"
-
-    def start(self) -> None:
-        b, ports = self.bench, self.bench.ports
-        d = os.path.join(b.tmp, "ssh")
-        os.makedirs(d, exist_ok=True)
-        sshd = sshdPath()
-        assert sshd is not None
-        for key in ("host", "user"):
-            if not os.path.exists(os.path.join(d, key)):
-                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"bench-{key}",
-                                "-f", os.path.join(d, key)], check=True)
-        shutil.copy(os.path.join(d, "user.pub"), os.path.join(d, "authorized_keys"))
-        sshPort, remote = ports.take(), ports.take()
-        self.entry = ports.take()
-        with open(os.path.join(d, "sshd_config"), "w") as f:
-            f.write(f"""\
-Port {sshPort}
-ListenAddress 127.0.0.1
-HostKey {d}/host
+def writeSshFiles(d: str, port: int, hosts: list[str]) -> None:
+    """
+    A private sshd's files in C{d}: host and user keys, an sshd_config
+    listening on C{port} of each of C{hosts}, and the ssh_config and
+    known_hosts that reach it as C{Host bench} (at C{hosts[0]}, or any of
+    them with C{-o HostName=}).
+    """
+    os.makedirs(d, exist_ok=True)
+    for key in ("host", "user"):
+        if not os.path.exists(os.path.join(d, key)):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"bench-{key}",
+                            "-f", os.path.join(d, key)], check=True)
+    shutil.copy(os.path.join(d, "user.pub"), os.path.join(d, "authorized_keys"))
+    listen = "".join(f"ListenAddress {host}\n" for host in hosts)
+    with open(os.path.join(d, "sshd_config"), "w") as f:
+        f.write(f"""\
+Port {port}
+{listen}HostKey {d}/host
 PidFile {d}/sshd.pid
 AuthorizedKeysFile {d}/authorized_keys
 StrictModes no
@@ -431,15 +471,15 @@ Compression no
 MaxStartups 100:30:200
 LogLevel ERROR
 """)
-        with open(os.path.join(d, "host.pub")) as f:
-            hostKey = " ".join(f.read().split()[:2])
-        with open(os.path.join(d, "known_hosts"), "w") as f:
-            f.write(f"[127.0.0.1]:{sshPort} {hostKey}\n")
-        with open(os.path.join(d, "ssh_config"), "w") as f:
-            f.write(f"""\
+    with open(os.path.join(d, "host.pub")) as f:
+        hostKey = " ".join(f.read().split()[:2])
+    with open(os.path.join(d, "known_hosts"), "w") as f:
+        f.writelines(f"[{host}]:{port} {hostKey}\n" for host in hosts)
+    with open(os.path.join(d, "ssh_config"), "w") as f:
+        f.write(f"""\
 Host bench
-  HostName 127.0.0.1
-  Port {sshPort}
+  HostName {hosts[0]}
+  Port {port}
   User {getpass.getuser()}
   IdentityFile {d}/user
   IdentitiesOnly yes
@@ -455,16 +495,169 @@ Host bench
   ControlPath none
   LogLevel ERROR
 """)
-        if os.geteuid() == 0:
-            # sshd running as root wants its privilege separation directory.
-            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        self.spawn([sshd, "-D", "-e", "-f", f"{d}/sshd_config"], "sshd")
+
+
+def sshdArgv(d: str) -> list[str]:
+    """The private sshd of L{writeSshFiles}'s folder C{d}, in the foreground."""
+    sshd = sshdPath()
+    if sshd is None:
+        raise BenchError("no sshd: apt-get install openssh-server")
+    if os.geteuid() == 0:
+        # sshd running as root wants its privilege separation directory.
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    return [sshd, "-D", "-e", "-f", f"{d}/sshd_config"]
+
+
+def sshArgv(d: str, host: str | None = None) -> list[str]:
+    """ssh to that sshd, no command (C{-N}); the forwarding flags and C{bench} follow."""
+    return ["ssh", "-F", f"{d}/ssh_config", "-N", *(["-o", f"HostName={host}"] if host else [])]
+
+
+class Ssh(Path):
+    """ssh -L (the client's side) into ssh -R (the server's side) through one sshd."""
+
+    name = "ssh"
+
+    def start(self) -> None:
+        b, ports = self.bench, self.bench.ports
+        d = os.path.join(b.tmp, "ssh")
+        sshPort, remote = ports.take(), ports.take()
+        self.entry = ports.take()
+        writeSshFiles(d, sshPort, ["127.0.0.1"])
+        self.spawn(sshdArgv(d), "sshd")
         waitFor("sshd", lambda: listening(sshPort), 15, self.procs)
-        ssh = ["ssh", "-F", f"{d}/ssh_config", "-N"]
+        ssh = sshArgv(d)
         self.spawn(ssh + ["-R", f"127.0.0.1:{remote}:127.0.0.1:{b.serverPort}", "bench"], "ssh-R")
         waitFor("ssh -R", lambda: listening(remote), 15, self.procs)
         self.spawn(ssh + ["-L", f"127.0.0.1:{self.entry}:127.0.0.1:{remote}", "bench"], "ssh-L")
         waitFor("ssh -L", lambda: echoWorks(self.entry), 15, self.procs)
+
+
+#: Connections each haproxy process may hold: the 1,000-connection test with
+#: room to spare.  haproxy sizes its open-file limit from it (two descriptors
+#: a connection), within the hard limit it is given.
+HAPROXY_MAXCONN = 4096
+
+
+def haproxyConfig(listen: int, to: int, options: Iterable[str] = ()) -> str:
+    """
+    One TCP-mode hop from 127.0.0.1:C{listen} to 127.0.0.1:C{to}: no logs, no
+    stats socket, no chroot or user switch (a private process, not the
+    system's service); timeouts long enough for the bench's held and
+    stalled connections; C{options} added to its C{defaults}.
+    """
+    extra = "".join(f"    {option}\n" for option in options)
+    return f"""\
+global
+    maxconn {HAPROXY_MAXCONN}
+
+defaults
+    mode tcp
+    maxconn {HAPROXY_MAXCONN}
+    timeout connect 5s
+    timeout client 10m
+    timeout server 10m
+{extra}
+frontend hop
+    bind 127.0.0.1:{listen} backlog 1024
+    default_backend next
+
+backend next
+    server next 127.0.0.1:{to}
+"""
+
+
+class Haproxy(Path):
+    """Two haproxy processes chained in TCP mode, each with its own file."""
+
+    name = "haproxy"
+    #: Lines added to both files' C{defaults}.
+    options: tuple[str, ...] = ()
+
+    def start(self) -> None:
+        b, ports = self.bench, self.bench.ports
+        haproxy = haproxyPath()
+        if haproxy is None:
+            raise BenchError("no haproxy: apt-get install haproxy")
+        d = os.path.join(b.tmp, self.name)
+        os.makedirs(d, exist_ok=True)
+        self.entry, hop = ports.take(), ports.take()
+        for role, listen, to in (("hop", hop, b.serverPort), ("relay", self.entry, hop)):
+            config = os.path.join(d, f"{role}.cfg")
+            with open(config, "w") as f:
+                f.write(haproxyConfig(listen, to, self.options))
+            # -db: in the foreground, one process, never daemonized.
+            self.spawn([haproxy, "-db", "-f", config], f"{self.name}-{role}")
+        waitFor(self.name, lambda: echoWorks(self.entry), 15, self.procs)
+
+
+class HaproxySplice(Haproxy):
+    """
+    The same with C{option splice-auto}: splice(2) through a pipe where
+    haproxy's heuristics see a stream.  On loopback here they did not
+    (C{show info}: PipesUsed 0 through 1 GiB each way), where C{option
+    splice-request} and C{option splice-response} did; bench/README.md.
+    """
+
+    name = "haproxy-splice"
+    options = ("option splice-auto",)
+
+
+def selfSignedCertificate(d: str, name: str = "127.0.0.1") -> tuple[str, str]:
+    """A P-256 key and a self-signed certificate for C{name} (as relaynat keygen makes)."""
+    key, cert = os.path.join(d, "key.pem"), os.path.join(d, "cert.pem")
+    if not os.path.exists(cert):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", key, "-out", cert, "-days", "7", "-subj", f"/CN={name}",
+             "-addext", f"subjectAltName=IP:{name}"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return key, cert
+
+
+def stunnelConfig(listen: int, to: int, key: str, cert: str, client: bool) -> str:
+    """
+    One stunnel hop from 127.0.0.1:C{listen} to 127.0.0.1:C{to}: with
+    C{client}, plain in and TLS out, the other hop's certificate pinned
+    (C{verifyPeer}: it must be the one in C{CAfile}); otherwise TLS in with
+    that certificate and plain out.  In the foreground, no pid file, no
+    syslog, warnings only (no line per connection).
+    """
+    ends = (f"client = yes\nCAfile = {cert}\nverifyPeer = yes\n" if client
+            else f"cert = {cert}\nkey = {key}\n")
+    return f"""\
+foreground = yes
+pid =
+syslog = no
+debug = warning
+
+[hop]
+accept = 127.0.0.1:{listen}
+connect = 127.0.0.1:{to}
+{ends}"""
+
+
+class Stunnel(Path):
+    """Two stunnel processes: plain in, TLS between them, plain out."""
+
+    name = "stunnel"
+
+    def start(self) -> None:
+        b, ports = self.bench, self.bench.ports
+        stunnel = stunnelPath()
+        if stunnel is None:
+            raise BenchError("no stunnel: apt-get install stunnel4")
+        d = os.path.join(b.tmp, self.name)
+        os.makedirs(d, exist_ok=True)
+        key, cert = selfSignedCertificate(d)
+        self.entry, hop = ports.take(), ports.take()
+        for role, listen, to, client in (("hop", hop, b.serverPort, False),
+                                         ("relay", self.entry, hop, True)):
+            config = os.path.join(d, f"{role}.conf")
+            with open(config, "w") as f:
+                f.write(stunnelConfig(listen, to, key, cert, client))
+            self.spawn([stunnel, config], f"{self.name}-{role}")
+        waitFor(self.name, lambda: echoWorks(self.entry), 15, self.procs)
 
 
 class Portforward(Path):
@@ -530,77 +723,153 @@ def startingFileLimit() -> str:
     return out.stdout.strip()
 
 
+@dataclass
+class RelaynatFiles:
+    """A folder with everything relaynat's three roles need, and where they listen."""
+
+    dir: str
+    clientsPort: int
+    skeletonsPort: int
+    #: The client's local listener: the tunnel's entry.
+    entry: int
+    settings: dict[str, Any]
+
+    def argv(self, role: str) -> list[str]:
+        """C{twistd -n} for one role, from its file in L{dir} (run it with C{cwd=dir})."""
+        return [TWISTD, "-n", "--pidfile=", role, "--config", os.path.join(self.dir, f"{role}.toml")]
+
+
+RELAYNAT_ROLES = ("relay", "skeleton", "client")
+
+
+def writeRelaynatFiles(d: str, take: Callable[[], int], target: str, *,
+                       clientsHost: str = "127.0.0.1", skeletonsHost: str = "127.0.0.1",
+                       listenHost: str = "127.0.0.1",
+                       server: dict[str, Any] | None = None) -> RelaynatFiles:
+    """
+    Keys, users, a secret and the three roles' files in C{d}, made from
+    conf/ with only the addresses and file names changed: the relay listens
+    for clients on C{clientsHost} and for skeletons on C{skeletonsHost}, the
+    skeleton's server is C{target} (an endpoint string), the client listens
+    on C{listenHost}; ports come from C{take}.  C{server}: keys to set in the
+    skeleton's C{[[server]]} over conf/'s.
+    """
+    os.makedirs(d, exist_ok=True)
+    conf = {}
+    for role in RELAYNAT_ROLES:
+        with open(os.path.join(REPO, "conf", f"{role}.toml"), "rb") as example:
+            conf[role] = tomllib.load(example)
+
+    def run(*argv: str) -> None:
+        subprocess.run([RELAYNAT, *argv], check=True, cwd=d, stdout=subprocess.DEVNULL)
+
+    names = [arg for host in dict.fromkeys((clientsHost, skeletonsHost)) for arg in ("--name", host)]
+    run("keygen", d, *names)
+    serverTable = dict(conf["skeleton"]["server"][0])
+    serverId = serverTable["id"]
+    skeletonUser = conf["skeleton"]["skeleton"].get("user", "bench-skeleton")
+    clientUser = conf["client"]["client"].get("user", "bench-client")
+    for user, rights in ((skeletonUser, ["--register", serverId]),
+                         (clientUser, ["--join", serverId])):
+        with open(os.path.join(d, f"{user}.password"), "w") as f:
+            f.write(f"bench-{random.getrandbits(64):x}\n")
+        run("passwd", "users", user, "--password-file", f"{user}.password", *rights)
+    run("secret", f"{serverId}.secret")
+    clientsPort, skeletonsPort = take(), take()
+    entry = take()
+    relay = dict(conf["relay"]["relay"], key="relay.key", cert="relay.pem", users="users",
+                 clients=f"tcp:{clientsPort}:interface={clientsHost}",
+                 skeletons=f"tcp:{skeletonsPort}:interface={skeletonsHost}")
+    if "web" in relay:
+        relay["web"] = f"tcp:{take()}:interface={clientsHost}"
+    skeleton = dict(conf["skeleton"]["skeleton"], relay=f"tcp:{skeletonsHost}:{skeletonsPort}",
+                    relay_key="relay.pem", password_file=f"{skeletonUser}.password")
+    serverTable.update(target=target, secret_file=f"{serverId}.secret", **(server or {}))
+    client = dict(conf["client"]["client"], relay=f"tcp:{clientsHost}:{clientsPort}",
+                  relay_key="relay.pem", password_file=f"{clientUser}.password")
+    tunnel = dict(conf["client"]["tunnel"][0], server=serverId,
+                  listen=f"tcp:{entry}:interface={listenHost}",
+                  secret_file=f"{serverId}.secret")
+    documents = {
+        "relay": {**conf["relay"], "relay": relay},
+        "skeleton": {**conf["skeleton"], "skeleton": skeleton, "server": [serverTable]},
+        "client": {**conf["client"], "client": client, "tunnel": [tunnel]},
+    }
+    for role, document in documents.items():
+        with open(os.path.join(d, f"{role}.toml"), "w") as f:
+            f.write(tomlText(document))
+    settings = {"pool": skeleton.get("pool", 1), "max_pool": relay.get("max_pool", 64),
+                "join_timeout": relay.get("join_timeout", 10), "server": serverTable}
+    return RelaynatFiles(d, clientsPort, skeletonsPort, entry, settings)
+
+
+#: The skeleton's [[server]] keys of the relaynat-open path: a server whose
+#: bytes the client and skeleton do not seal end to end, so the relay may
+#: pass them on as they are.
+OPEN_SERVER = {"seal": False}
+
+
+def sealKnown() -> bool:
+    """
+    Whether relaynat's configuration knows a server's C{seal} key yet:
+    relaynat-open joins the default paths once relaynat/config.py names it
+    (before that, its skeleton would refuse the file).
+    """
+    try:
+        with open(os.path.join(REPO, "relaynat", "config.py")) as f:
+            return re.search(r"""["']seal["']""", f.read()) is not None
+    except OSError:
+        return False
+
+
+def defaultPaths() -> list[str]:
+    """The paths a run without C{--only} measures."""
+    return [p for p in PATHS if p != "relaynat-open" or sealKnown()]
+
+
 class Relaynat(Path):
     """The three roles as twistd processes, configured from conf/ with ports moved."""
 
     name = "relaynat"
-    ROLES = ("relay", "skeleton", "client")
+    ROLES = RELAYNAT_ROLES
+    #: Keys set in the skeleton's [[server]] over conf/'s.
+    server: dict[str, Any] = {}
 
     def prepare(self) -> None:
         """Keys, users, a secret and the three files, in a folder of their own."""
-        b, ports = self.bench, self.bench.ports
-        d = self.dir = os.path.join(b.tmp, "relaynat")
-        os.makedirs(d, exist_ok=True)
-        conf = {role: tomllib.load(open(os.path.join(REPO, "conf", f"{role}.toml"), "rb"))
-                for role in self.ROLES}
-        run = lambda *argv: subprocess.run([RELAYNAT, *argv], check=True, cwd=d,  # noqa: E731
-                                           stdout=subprocess.DEVNULL)
-        run("keygen", d, "--name", "127.0.0.1")
-        server = dict(conf["skeleton"]["server"][0])
-        serverId = server["id"]
-        skeletonUser = conf["skeleton"]["skeleton"].get("user", "bench-skeleton")
-        clientUser = conf["client"]["client"].get("user", "bench-client")
-        for user, rights in ((skeletonUser, ["--register", serverId]),
-                             (clientUser, ["--join", serverId])):
-            with open(os.path.join(d, f"{user}.password"), "w") as f:
-                f.write(f"bench-{random.getrandbits(64):x}\n")
-            run("passwd", "users", user, "--password-file", f"{user}.password", *rights)
-        run("secret", f"{serverId}.secret")
-        self.clientsPort, self.skeletonsPort = ports.take(), ports.take()
-        self.entry = ports.take()
-        relay = dict(conf["relay"]["relay"], key="relay.key", cert="relay.pem", users="users",
-                     clients=f"tcp:{self.clientsPort}:interface=127.0.0.1",
-                     skeletons=f"tcp:{self.skeletonsPort}:interface=127.0.0.1")
-        if "web" in relay:
-            relay["web"] = f"tcp:{ports.take()}:interface=127.0.0.1"
-        skeleton = dict(conf["skeleton"]["skeleton"], relay=f"tcp:127.0.0.1:{self.skeletonsPort}",
-                        relay_key="relay.pem", password_file=f"{skeletonUser}.password")
-        server.update(target=f"tcp:127.0.0.1:{b.serverPort}", secret_file=f"{serverId}.secret")
-        client = dict(conf["client"]["client"], relay=f"tcp:127.0.0.1:{self.clientsPort}",
-                      relay_key="relay.pem", password_file=f"{clientUser}.password")
-        tunnel = dict(conf["client"]["tunnel"][0], server=serverId,
-                      listen=f"tcp:{self.entry}:interface=127.0.0.1",
-                      secret_file=f"{serverId}.secret")
-        documents = {
-            "relay": {**conf["relay"], "relay": relay},
-            "skeleton": {**conf["skeleton"], "skeleton": skeleton, "server": [server]},
-            "client": {**conf["client"], "client": client, "tunnel": [tunnel]},
-        }
-        for role, document in documents.items():
-            with open(os.path.join(d, f"{role}.toml"), "w") as f:
-                f.write(tomlText(document))
-        self.settings = {"pool": skeleton.get("pool", 1),
-                         "max_pool": relay.get("max_pool", 64),
-                         "join_timeout": relay.get("join_timeout", 10)}
+        b = self.bench
+        self.files = writeRelaynatFiles(os.path.join(b.tmp, self.name), b.ports.take,
+                                        f"tcp:127.0.0.1:{b.serverPort}", server=self.server)
+        self.dir = self.files.dir
+        self.clientsPort, self.skeletonsPort = self.files.clientsPort, self.files.skeletonsPort
+        self.entry = self.files.entry
+        self.settings = self.files.settings
 
     def start(self) -> None:
-        if not hasattr(self, "dir"):
+        if not hasattr(self, "files"):
             self.prepare()
         self.pids: dict[str, int] = {}
-        for role in self.ROLES:
-            proc = self.spawn([TWISTD, "-n", "--pidfile=", role, "--config",
-                               os.path.join(self.dir, f"{role}.toml")], f"relaynat-{role}",
-                              cwd=self.dir, preexec_fn=serviceFileLimit)
-            self.pids[role] = proc.pid
-            if role == "relay":
-                waitFor("relaynat relay", lambda: listening(self.clientsPort), 30, self.procs)
-        waitFor("relaynat tunnel", lambda: echoWorks(self.entry), 30, self.procs)
+        marks = {role: logSize(self.logFile(role)) for role in self.ROLES}
+        try:
+            for role in self.ROLES:
+                proc = self.spawn(self.files.argv(role), f"{self.name}-{role}",
+                                  cwd=self.dir, preexec_fn=serviceFileLimit)
+                self.pids[role] = proc.pid
+                if role == "relay":
+                    waitFor(f"{self.name} relay", lambda: listening(self.clientsPort), 30,
+                            self.procs)
+            waitFor(f"{self.name} tunnel", lambda: echoWorks(self.entry), 30, self.procs)
+        except BenchError as e:
+            dead = [role for role, pid in self.pids.items() if not alive(pid)]
+            said = {role: lastLine(self.logFile(role), marks[role]) for role in dead}
+            raise BenchError(f"{e}" + "".join(f"; {role} logged: {line}"
+                                              for role, line in said.items())) from None
 
     def relayOnly(self) -> set[int] | None:
         return {self.pids["relay"]}
 
     def logFile(self, role: str) -> str:
-        return os.path.join(self.bench.tmp, f"relaynat-{role}.log")
+        return os.path.join(self.bench.tmp, f"{self.name}-{role}.log")
 
     def logMarks(self) -> dict[str, int]:
         return {role: os.path.getsize(self.logFile(role)) for role in self.ROLES}
@@ -615,7 +884,17 @@ class Relaynat(Path):
         return "\n".join(text)
 
 
-PATH_CLASSES = {c.name: c for c in (Direct, Socat, Ssh, Portforward, Relaynat)}
+class RelaynatOpen(Relaynat):
+    """relaynat with its server not sealed (C{seal = false})."""
+
+    name = "relaynat-open"
+    server = OPEN_SERVER
+
+
+PATH_CLASSES: dict[str, type[Path]] = {
+    c.name: c for c in (Direct, Socat, Ssh, Haproxy, HaproxySplice, Stunnel, Portforward,
+                        Relaynat, RelaynatOpen)
+}
 
 
 # The measurements.
@@ -684,15 +963,21 @@ class Bench:
 
     def bulk(self, path: Path, direction: str) -> dict:
         pids = path.relaySide()
+        only = path.relayOnly()
         cpu0 = cpuSeconds(pids)
+        onlyCpu0 = cpuSeconds(only or ())
         r = self.load("bulk", str(path.entry), "--direction", direction,
                       "--size", str(self.sizes["bulk"]))
         # Children that came and went (socat) are in their parent's cutime
         # once reaped; the sleep lets that happen.
         time.sleep(0.3)
         cpu = cpuSeconds(descendants(path.roots()) | pids) - cpu0
+        gb = r["bytes"] / 1e9 if r.get("bytes") else None
         r["relay_cpu_s"] = cpu
-        r["cpu_s_per_gb"] = cpu / (r["bytes"] / 1e9) if r.get("bytes") else None
+        r["cpu_s_per_gb"] = cpu / gb if gb else None
+        if only:
+            r["relay_only_cpu_s"] = cpuSeconds(only) - onlyCpu0
+            r["relay_only_cpu_s_per_gb"] = r["relay_only_cpu_s"] / gb if gb else None
         return r
 
     def checked(self, path: Path) -> dict:
@@ -822,7 +1107,10 @@ class Bench:
 
     def run(self) -> dict:
         a, sizes = self.args, self.sizes
-        names = [p for p in PATHS if not a.only or p in a.only]
+        names = [p for p in PATHS if p in a.only] if a.only else defaultPaths()
+        if "relaynat-open" in names and not sealKnown():
+            log("relaynat/config.py names no 'seal' key yet: relaynat-open's skeleton will "
+                "likely refuse its file")
         ensureTools(names)
         meta: dict[str, Any] = {"started": utcnow(), "load_before": os.getloadavg(),
                                 "sizes": sizes, "quick": a.quick, "paths": names}
@@ -840,8 +1128,9 @@ class Bench:
         meta["versions"] = versions(self.paths)
         meta["nofile_of_relay_side"] = list(resource.getrlimit(resource.RLIMIT_NOFILE))
         meta["nofile_of_relaynat"] = startingFileLimit()
-        if "relaynat" in self.paths:
-            meta["relaynat_settings"] = self.paths["relaynat"].settings  # type: ignore[attr-defined]
+        for name in ("relaynat", "relaynat-open"):
+            if name in self.paths:
+                meta[f"{name}_settings"] = self.paths[name].settings  # type: ignore[attr-defined]
         tests: list[tuple[str, Callable[[Path], Any]]] = [
             ("checked", self.checked),
             ("bulk_up", lambda p: self.bulk(p, "up")),
@@ -985,11 +1274,16 @@ def utcnow() -> str:
 
 
 def command(argv: list[str]) -> str:
+    """What C{argv} prints; a failure as one short line, never a traceback in the table."""
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=20)
-        return (out.stdout + out.stderr).strip()
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"unavailable ({e})"
+    text = (out.stdout + out.stderr).strip()
+    if out.returncode != 0:
+        last = text.splitlines()[-1] if text else ""
+        return f"unavailable (exit {out.returncode}: {last[:120]})"
+    return text
 
 
 def versions(paths: dict[str, Path]) -> dict[str, str]:
@@ -1014,6 +1308,13 @@ def versions(paths: dict[str, Path]) -> dict[str, str]:
         v["socat"] = command(["socat", "-V"]).splitlines()[1].strip()
     if "ssh" in paths:
         v["openssh"] = command(["ssh", "-V"])
+    haproxy = haproxyPath()
+    if haproxy and ("haproxy" in paths or "haproxy-splice" in paths):
+        v["haproxy"] = command([haproxy, "-v"]).splitlines()[0].strip()
+    stunnel = stunnelPath()
+    if stunnel and "stunnel" in paths:
+        v["stunnel"] = next((line.strip() for line in command([stunnel, "-version"]).splitlines()
+                             if line.startswith("stunnel ")), "stunnel")
     return v
 
 
@@ -1068,7 +1369,8 @@ def report(bench: Bench, meta: dict) -> str:
         f"Linux {v['kernel']}. Python {v['python']}, Twisted {v['twisted']}, "
         f"{v['openssl (relaynat)']}, relaynat {v['relaynat']} ({v['git']})"
         + (f", {v['socat']}" if "socat" in v else "")
-        + (f", {v['openssh']}" if "openssh" in v else "") + ".",
+        + "".join(f", {v[tool]}" for tool in ("openssh", "haproxy", "stunnel") if tool in v)
+        + ".",
         f"Load average before/after: {meta['load_before'][0]:.2f} / "
         f"{meta['load_after'][0]:.2f}. Open-file limit (soft/hard) of the other paths' "
         f"processes: {meta['nofile_of_relay_side'][0]}/{meta['nofile_of_relay_side'][1]}; "
@@ -1118,9 +1420,15 @@ def report(bench: Bench, meta: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines.append("Relay side: socat = both socat listeners and their forked children; ssh = "
-                 "sshd and its session processes, ssh -L and ssh -R; portforward = the twistd "
-                 "process; relaynat = the relay, skeleton and client twistd processes.")
-    rn = res.get("relaynat")
+                 "sshd and its session processes, ssh -L and ssh -R; haproxy, haproxy-splice, "
+                 "stunnel = both processes of the pair; portforward = the twistd process; "
+                 "relaynat, relaynat-open = the relay, skeleton and client twistd processes.")
+    alone = [f"{name} up {fmt(relayCpu(res, name, 'up'), '.2f')}, down "
+             f"{fmt(relayCpu(res, name, 'down'), '.2f')}"
+             for name in ("relaynat", "relaynat-open") if name in meta["paths"]]
+    if alone:
+        lines.append("CPU s/GB of the relay process alone: " + "; ".join(alone) + ".")
+    rn = res.get("relaynat") or res.get("relaynat-open")
     if rn:
         lines += ["", *targets(res, sizes)]
         many = rn.get("hold_many")
@@ -1166,38 +1474,95 @@ def atFileLimit(many: dict) -> bool:
     return full and many["log_emfile"] >= failed and many["open"]["stalled"] == 0
 
 
+#: Bulk, relaynat against the ssh chain: the target and the must.
+BULK_VS_SSH = (2.0, 1.5)
+#: CPU seconds per 10^9 bytes the relay process alone may spend in bulk.
+RELAY_CPU_S_PER_GB = 0.5
+#: KB of the relay process per idle tunnel, at the held-connections test.
+RELAY_KB_PER_TUNNEL = 16
+
+
+def bulkRate(res: dict, name: str, direction: str) -> float | None:
+    return med(res.get(name, {}).get(f"bulk_{direction}", []), lambda x: x.get("mb_per_s"))
+
+
+def relayCpu(res: dict, name: str, direction: str) -> float | None:
+    return med(res.get(name, {}).get(f"bulk_{direction}", []),
+               lambda x: x.get("relay_only_cpu_s_per_gb"))
+
+
+def mark(ok: bool | None) -> str:
+    return "—" if ok is None else ("met" if ok else "**missed**")
+
+
+def tiered(ratio: float | None, target: float, must: float) -> str:
+    """A ratio's verdict against a target and the lower bound that must hold."""
+    if ratio is None:
+        return "—"
+    if ratio >= target:
+        return "met"
+    if ratio >= must:
+        return f"**missed** (the must, {must}×, met)"
+    return f"**missed** (the must, {must}×, too)"
+
+
 def targets(res: dict, sizes: dict) -> list[str]:
-    rn, ssh = res["relaynat"], res.get("ssh", {})
-    out = ["Targets (relaynat, ratios against the ssh chain in the same run):", ""]
+    rn, ssh = res.get("relaynat", {}), res.get("ssh", {})
+    out = ["Targets (ratios within the same run):", ""]
 
-    def line(ok: bool | None, text: str) -> None:
-        mark = "—" if ok is None else ("met" if ok else "**missed**")
-        out.append(f"- {text}: {mark}")
+    def line(verdict: str, text: str) -> None:
+        out.append(f"- {text}: {verdict}")
 
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    def times(r: float | None) -> str:
+        return "—" if r is None else f"{r:.2f}×"
+
+    target, must = BULK_VS_SSH
     for d in ("up", "down"):
-        a = med(rn.get(f"bulk_{d}", []), lambda x: x.get("mb_per_s"))
-        b = med(ssh.get(f"bulk_{d}", []), lambda x: x.get("mb_per_s"))
-        ratio = a / b if a and b else None
-        line(None if ratio is None else ratio >= 1.5,
-             f"bulk {d} ≥ 1.5× ssh: {fmt(a)} vs {fmt(b)} MB/s = {fmt(ratio, '.2f')}×")
+        a, b = bulkRate(res, "relaynat", d), bulkRate(res, "ssh", d)
+        r = ratio(a, b)
+        line(tiered(r, target, must),
+             f"relaynat bulk {d} ≥ {target}× ssh (must: ≥ {must}×): {fmt(a)} vs {fmt(b)} MB/s "
+             f"= {times(r)}")
+    for d in ("up", "down"):
+        a, b = bulkRate(res, "relaynat", d), bulkRate(res, "socat", d)
+        r = ratio(a, b)
+        line(mark(None if r is None else r >= 1),
+             f"relaynat bulk {d} ≥ socat x2: {fmt(a)} vs {fmt(b)} MB/s = {times(r)}")
+    for d in ("up", "down"):
+        a = bulkRate(res, "relaynat-open", d)
+        rates = {name: bulkRate(res, name, d) for name in ("haproxy", "haproxy-splice")}
+        known = {name: x for name, x in rates.items() if x is not None}
+        faster = max(known, key=lambda name: known[name]) if known else None
+        b = known.get(faster) if faster else None
+        r = ratio(a, b)
+        line(mark(None if r is None else r >= 1),
+             f"relaynat-open bulk {d} ≥ haproxy x2 (the faster of haproxy and haproxy-splice"
+             f"{': ' + faster if faster else ''}): {fmt(a)} vs {fmt(b)} MB/s = {times(r)}")
+    up, down = relayCpu(res, "relaynat", "up"), relayCpu(res, "relaynat", "down")
+    line(mark(None if up is None or down is None else max(up, down) <= RELAY_CPU_S_PER_GB),
+         f"relay CPU ≤ {RELAY_CPU_S_PER_GB} s per GB carried (relaynat's relay process alone): "
+         f"up {fmt(up, '.2f')}, down {fmt(down, '.2f')} s/GB")
     rate = med(rn.get("setup", []), lambda x: x["per_s"])
     p99 = med(rn.get("setup", []), lambda x: x["p99_ms"])
-    line(None if rate is None else rate >= 1000 and p99 < 5,
+    line(mark(None if rate is None or p99 is None else rate >= 1000 and p99 < 5),
          f"setup ≥ 1,000 tunnels/s with p99 < 5 ms: {fmt(rate)}/s, p99 {fmt(p99, '.2f')} ms")
     a = med(rn.get("ping", []), lambda x: x["p50_us"])
     b = med(ssh.get("ping", []), lambda x: x["p50_us"])
-    line(None if a is None or b is None else a <= b,
+    line(mark(None if a is None or b is None else a <= b),
          f"ping-pong p50 ≤ ssh's: {fmt(a)} vs {fmt(b)} µs")
     rss = med(rn.get("hold", []), lambda x: x["relay_only"]["rss_kb_per_conn"])
     pss = med(rn.get("hold", []), lambda x: x["relay_only"]["pss_kb_per_conn"])
     allRss = med(rn.get("hold", []), lambda x: x["rss_kb_per_conn"])
-    line(None if rss is None else rss <= 30,
-         f"relay memory ≤ 30 KB per idle tunnel at {sizes['hold']}: relay process "
-         f"{fmt(rss, '.1f')} KB RSS / {fmt(pss, '.1f')} KB PSS (relay+skeleton+client: "
+    line(mark(None if rss is None else rss <= RELAY_KB_PER_TUNNEL),
+         f"relay memory ≤ {RELAY_KB_PER_TUNNEL} KB per idle tunnel at {sizes['hold']}: relay "
+         f"process {fmt(rss, '.1f')} KB RSS / {fmt(pss, '.1f')} KB PSS (relay+skeleton+client: "
          f"{fmt(allRss, '.1f')} KB RSS)")
     growth = med(rn.get("push", []), lambda x: x["rss_growth_mb"])
     only = med(rn.get("push", []), lambda x: x.get("relay_only_rss_growth_mb"))
-    line(None if growth is None else growth < 10,
+    line(mark(None if growth is None else growth < 10),
          f"backpressure RSS growth < 10 MB: relay side {fmt(growth, '.1f')} MB "
          f"(relay process {fmt(only, '.1f')} MB)")
     return out
@@ -1207,7 +1572,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
     parser.add_argument("--only", type=lambda s: s.split(","), default=None,
-                        help=f"comma-separated paths from {', '.join(PATHS)}")
+                        help=f"comma-separated paths from {', '.join(PATHS)} (default: all "
+                        "but relaynat-open until relaynat knows its seal key)")
     parser.add_argument("--json", default=None, help="where to write every value "
                         "(default bench/results/bench-DATE.json)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 1)")
