@@ -1,17 +1,19 @@
 """
-Splicing: two connections joined so that bytes read from one are written to
-the other, with flow control and half-close in both directions.
+Splicing: two connections joined so that what one reads the other writes,
+with flow control, half-close and resets passed on, in both directions.
 
-Each role builds a pair with L{splicePair} before either connection is ready
-(a local connection and the relay connection at the client, the client's and
-the skeleton's connections at the relay, the relay connection and the target
-at the skeleton); whichever half connects first waits, paused, for the other.
+A connection to be spliced runs a L{SpliceHalf} (or a subclass that does
+its own setup first); until it is spliced, what it reads is kept and its
+transport paused.  L{splice} joins two halves: in the kernel
+(L{relaynat.kernel}) when both are TCP sockets on Linux and their bytes pass
+unchanged, else here with producers (L{ProtocolSplice}), which can also seal
+the bytes between one side and the other (L{relaynat.seal}).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
-from typing import Protocol as TypingProtocol
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionDone
@@ -22,131 +24,20 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from relaynat import kernel
+from relaynat.seal import BEGIN, DATA, END, REFUSED, SealBroken, Sealed
 from relaynat.wire import setNoDelay
 
 _log = Logger()
 
+#: How a splice ended: None when both directions ended in order, else the
+#: side whose connection failed (or sent what the seal refuses) and why.
+Outcome = tuple[str, str] | None
+Finished = Callable[[Any, Outcome], None]
 
-class SpliceObserver(TypingProtocol):
-    """Told how a splice ends, for accounting and logs."""
-
-    def ended(self, half: SpliceHalf) -> None:
-        """C{half} will read no more: end-of-stream, or its connection lost."""
-
-    def lost(self, half: SpliceHalf, reason: Failure) -> None:
-        """C{half}'s connection is gone."""
-
-
-@implementer(IHalfCloseableProtocol)
-class SpliceHalf(Protocol):
-    """
-    One end of a splice: what its transport reads goes to C{peer}'s
-    transport.  The peer's transport is registered as a streaming producer on
-    ours, so a slow reader here pauses reading there, and nothing but the
-    transports' own buffers (L{READ_SIZE} each) holds bytes in between.
-    """
-
-    peer: SpliceHalf
-    observer: SpliceObserver | None = None
-    # A TCP or TLS transport: also a consumer, a push producer, abortable.
-    transport: Any
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.received = 0
-        self.ended = False
-        self.linked = False
-        self.readClosed = False
-        self.writeClosed = False
-        self.lost: Failure | None = None
-        self._early: list[bytes] = []
-
-    def abandon(self) -> None:
-        """
-        Close this half's connection because its peer will never come: the
-        join failed after this side was connected.
-        """
-        if self.transport is not None and self.lost is None:
-            self.transport.loseConnection()
-
-    def connectionMade(self) -> None:
-        setNoDelay(self.transport)
-        readLarge(self.transport)
-        if self.peer.connected and self.peer.lost is None:
-            _link(self.peer, self)
-        elif self.peer.lost is not None:
-            self.transport.loseConnection()
-        else:
-            # Hold the bytes back in the kernel, not here, until the peer
-            # exists to take them.
-            self.transport.pauseProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self.linked:
-            self._early.append(data)
-            return
-        self.received += len(data)
-        self.peer.deliver(data)
-
-    def deliver(self, data: bytes) -> None:
-        """Write C{data}, read by the peer, to this half's connection."""
-        self.transport.write(data)
-
-    def deliverEnd(self) -> None:
-        """The peer read its end-of-stream: pass it on after what is buffered."""
-        # Nothing more will be read there, so this transport no longer
-        # consumes from the peer's.
-        self.transport.unregisterProducer()
-        self.transport.loseWriteConnection()
-
-    def readConnectionLost(self) -> None:
-        self.readClosed = True
-        self._end()
-        if self.linked:
-            self._forwardEnd()
-        self._closeIfDone()
-
-    def writeConnectionLost(self) -> None:
-        self.writeClosed = True
-        self._closeIfDone()
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.connected = False
-        self.lost = reason
-        self._end()
-        if self.peer.connected:
-            peer = self.peer.transport
-            if self.linked:
-                peer.unregisterProducer()
-            if reason.check(ConnectionDone):
-                # Pending bytes are written before the peer's socket closes.
-                peer.loseConnection()
-            else:
-                # A reset passes on as a reset, as it would without a relay in
-                # between; waiting to flush could wait on a reader forever.
-                peer.abortConnection()
-        if self.observer is not None:
-            self.observer.lost(self, reason)
-
-    def _end(self) -> None:
-        if not self.ended:
-            self.ended = True
-            if self.observer is not None:
-                self.observer.ended(self)
-
-    def _forwardEnd(self) -> None:
-        self.peer.deliverEnd()
-
-    def _closeIfDone(self) -> None:
-        if self.readClosed and self.writeClosed:
-            self.transport.loseConnection()
-
-
-#: Bytes a tunnel's connection reads at a time, and buffers for writing
-#: before it pauses its peer (Twisted's default is 64 KiB for both).  Each
-#: read costs a reactor turn and a pass through TLS in Python, so larger
-#: reads carry bulk data for less CPU; beyond 256 KiB the bench showed no
-#: more speed, only more memory held when a reader stalls.
+#: Bytes a spliced connection reads at a time, and buffers for writing
+#: before it pauses its peer (Twisted's default is 64 KiB for both): each
+#: read costs a reactor turn, so larger reads carry bulk data for less CPU.
 READ_SIZE = 2**18
 
 
@@ -158,105 +49,295 @@ def readLarge(transport: object) -> None:
         transport.bufferSize = READ_SIZE
 
 
-def _link(a: SpliceHalf, b: SpliceHalf) -> None:
-    a.linked = b.linked = True
-    a.transport.registerProducer(b.transport, True)
-    b.transport.registerProducer(a.transport, True)
-    for half in (a, b):
-        early, half._early = half._early, []
-        for data in early:
-            half.dataReceived(data)
-    for half in (a, b):
-        if half.readClosed:
-            half._forwardEnd()
-        else:
-            half.transport.resumeProducing()
-
-
-class FramedHalf(SpliceHalf):
+@implementer(IHalfCloseableProtocol)
+class SpliceHalf(Protocol):
     """
-    The relay-facing end of a tunnel at the client and at the skeleton.
-
-    TLS as Twisted speaks it cannot shut one direction (there is no
-    close_notify for the write side alone), yet a client that shuts its
-    write side must still get the whole reply.  So the two ends frame the
-    stream between them: a 4-byte big-endian length, then that many bytes;
-    a length of zero is end-of-stream.  The relay splices the framed bytes
-    untouched, and this end closes its connection once end-of-stream has
-    passed both ways.
+    One connection of a splice.  Before L{splice} joins it, bytes it reads
+    are kept (L{keep}) and its end-of-stream noted; after, they go to the
+    splice.
     """
 
-    MAX_FRAME = 1 << 20
+    # A TCP transport: also a consumer, a push producer, abortable.
+    transport: Any
+    splice: Any = None
 
     def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self._header = b""
-        self._remaining = 0
+        self.name = name
+        self.early: list[bytes] = []
+        self.earlyEnd = False
+        self.lost: Failure | None = None
 
-    def deliver(self, data: bytes) -> None:
-        # One frame per read from the plain side: at most READ_SIZE, well
-        # under MAX_FRAME.
-        self.transport.writeSequence([len(data).to_bytes(4, "big"), data])
+    def connectionMade(self) -> None:
+        setNoDelay(self.transport)
+        readLarge(self.transport)
 
-    def deliverEnd(self) -> None:
-        self.transport.unregisterProducer()
-        self.transport.write(b"\0\0\0\0")
-        self.writeConnectionLost()
+    def keep(self, data: bytes) -> None:
+        """Hold C{data} for the splice, and hold further bytes back in the kernel."""
+        if data:
+            self.early.append(data)
+        self.transport.pauseProducing()
 
     def dataReceived(self, data: bytes) -> None:
-        if not self.linked:
-            self._early.append(data)
-            return
-        self.received += len(data)
-        position, size = 0, len(data)
-        while position < size:
-            if self.readClosed:
-                self._violation("bytes after end-of-stream")
+        if self.splice is not None:
+            self.splice.received(self, data)
+        else:
+            self.keep(data)
+
+    def readConnectionLost(self) -> None:
+        if self.splice is not None:
+            self.splice.readEnded(self)
+        else:
+            self.earlyEnd = True
+
+    def writeConnectionLost(self) -> None:
+        if self.splice is not None:
+            self.splice.writeEnded(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.connected = False
+        self.lost = reason
+        if self.splice is not None:
+            self.splice.lost(self, reason)
+        else:
+            self.lostBeforeSplice(reason)
+
+    def lostBeforeSplice(self, reason: Failure) -> None:
+        """The connection ended before it was spliced."""
+
+
+def splice(
+    reactor: Any,
+    a: SpliceHalf,
+    b: SpliceHalf,
+    finished: Finished,
+    seal: Sealed | None = None,
+    expectBegin: bool = False,
+    ended: Callable[[str], None] | None = None,
+) -> Any:
+    """
+    Join C{a} and C{b}; with C{seal}, C{a} is plain and C{b} carries its
+    bytes as sealed records (this end's L{BEGIN} first; the far end's
+    first record must be L{BEGIN} when C{expectBegin}).  C{finished} is told
+    how it ended, once, when both connections are closed or being closed;
+    C{ended} the name of each side whose stream ends in order.
+    """
+    if seal is None and kernel.available(a.transport) and kernel.available(b.transport):
+        joined: Any = _KernelHalves(reactor, a, b, finished, ended)
+    else:
+        joined = ProtocolSplice(a, b, finished, seal, expectBegin, ended)
+    joined.start()
+    return joined
+
+
+class _KernelHalves:
+    """A L{kernel.KernelSplice} of two halves, once their protocols are done reading."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        a: SpliceHalf,
+        b: SpliceHalf,
+        finished: Finished,
+        ended: Callable[[str], None] | None,
+    ) -> None:
+        self.a, self.b = a, b
+        self._finished = finished
+        self.kernel = kernel.KernelSplice(
+            reactor,
+            (a.name, a.transport, b"".join(a.early)),
+            (b.name, b.transport, b"".join(b.early)),
+            lambda _, outcome: self._finished(self, outcome),
+            ended=ended,
+        )
+        a.early, b.early = [], []
+
+    def start(self) -> None:
+        self.a.splice = self.b.splice = self
+        self.kernel.start()
+
+    def carried(self, name: str) -> int:
+        return self.kernel.carried(name)
+
+    def lost(self, half: SpliceHalf, reason: Failure) -> None:
+        """The kernel splice handed the socket back and it closed (or was closed under it)."""
+        if not self.kernel.over:
+            self.kernel.cut(half.name, reason.getErrorMessage())
+
+    def received(self, half: SpliceHalf, data: bytes) -> None:
+        raise AssertionError("a kernel-spliced transport does not read")
+
+    def readEnded(self, half: SpliceHalf) -> None:
+        """The kernel reads the end-of-stream itself."""
+
+    def writeEnded(self, half: SpliceHalf) -> None:
+        """The kernel splice shuts the write side itself."""
+
+
+class ProtocolSplice:
+    """
+    Two halves spliced by their protocols: each transport is the other's
+    producer, so a slow reader on one side pauses reading on the other, and
+    nothing but the transports' buffers holds bytes in between.  With a
+    seal, C{b}'s bytes are records: L{DATA} carries, L{END} is the
+    end-of-stream, and a stream that stops without L{END}, or a record the
+    seal refuses, cuts the tunnel.
+    """
+
+    def __init__(
+        self,
+        a: SpliceHalf,
+        b: SpliceHalf,
+        finished: Finished,
+        seal: Sealed | None = None,
+        expectBegin: bool = False,
+        ended: Callable[[str], None] | None = None,
+    ) -> None:
+        self.a, self.b = a, b
+        self.seal = seal
+        self._expectBegin = expectBegin and seal is not None
+        self._finished = finished
+        self._ended = ended
+        self._carried = {a.name: 0, b.name: 0}
+        #: Directions whose end has been passed on, by source name.
+        self._endsPassed: set[str] = set()
+        self._writeClosed: set[str] = set()
+        self._reported = False
+        self._outcome: Outcome = None
+        self.over = False
+
+    def carried(self, name: str) -> int:
+        return self._carried[name]
+
+    def other(self, half: SpliceHalf) -> SpliceHalf:
+        return self.b if half is self.a else self.a
+
+    def start(self) -> None:
+        a, b = self.a, self.b
+        a.splice = b.splice = self
+        a.transport.registerProducer(b.transport, True)
+        b.transport.registerProducer(a.transport, True)
+        if self.seal is not None:
+            b.transport.write(self.seal.writer.record(BEGIN))
+        for half in (a, b):
+            early, half.early = half.early, []
+            for data in early:
+                if not self.over:
+                    self.received(half, data)
+        for half in (a, b):
+            if self.over:
                 return
-            if self._remaining:
-                take = min(self._remaining, size - position)
-                whole = position == 0 and take == size
-                self.peer.deliver(data if whole else data[position : position + take])
-                position += take
-                self._remaining -= take
-                continue
-            need = 4 - len(self._header)
-            self._header += data[position : position + need]
-            position += need
-            if len(self._header) < 4:
-                return
-            length = int.from_bytes(self._header, "big")
-            self._header = b""
-            if length == 0:
-                # The far end's end-of-stream, as a TCP FIN would be.
-                self.readConnectionLost()
-            elif length > self.MAX_FRAME:
-                self._violation(f"a frame of {length} bytes")
-                return
+            if half.earlyEnd:
+                self.readEnded(half)
             else:
-                self._remaining = length
+                half.transport.resumeProducing()
 
-    def _violation(self, what: str) -> None:
-        _log.warn("tunnel stream broken ({what}): closing it", what=what)
-        self.transport.abortConnection()
+    def received(self, half: SpliceHalf, data: bytes) -> None:
+        if self.over:
+            return
+        self._carried[half.name] += len(data)
+        if self.seal is None:
+            self.other(half).transport.write(data)
+        elif half is self.a:
+            self.b.transport.writeSequence(self.seal.writer.data(data))
+        else:
+            self._open(data)
 
+    def _open(self, data: bytes) -> None:
+        assert self.seal is not None
+        try:
+            records = self.seal.reader.feed(data)
+        except SealBroken as e:
+            self.cut(self.b, str(e))
+            return
+        for kind, body in records:
+            if self._expectBegin:
+                self._expectBegin = False
+                if kind == REFUSED:
+                    self.cut(self.b, "the server's target refused the connection")
+                    return
+                if kind != BEGIN:
+                    self.cut(self.b, "the tunnel did not start with its first record")
+                    return
+            elif kind == DATA:
+                self.a.transport.write(body)
+            elif kind == END:
+                self._passEnd(self.b)
+            else:
+                self.cut(self.b, "a record out of place")
+                return
 
-def splicePair(
-    aName: str = "a",
-    bName: str = "b",
-    aClass: type[SpliceHalf] = SpliceHalf,
-    bClass: type[SpliceHalf] = SpliceHalf,
-) -> tuple[SpliceHalf, SpliceHalf]:
-    """Two halves that will splice their connections once both are made."""
-    a, b = aClass(aName), bClass(bName)
-    a.peer, b.peer = b, a
-    return a, b
+    def readEnded(self, half: SpliceHalf) -> None:
+        if self.over:
+            return
+        if self.seal is not None and half is self.b:
+            if not self.seal.reader.ended:
+                # Only the far end's authenticated end record ends the
+                # stream: a bare FIN may come from anyone on the way.
+                self.cut(self.b, "the tunnel's stream stopped without its end record")
+            return
+        self._passEnd(half)
+
+    def _passEnd(self, source: SpliceHalf) -> None:
+        if source.name in self._endsPassed:
+            return
+        self._endsPassed.add(source.name)
+        if self._ended is not None:
+            self._ended(source.name)
+        sink = self.other(source)
+        # Nothing more comes from the source, so the sink no longer
+        # consumes from it.
+        sink.transport.unregisterProducer()
+        if self.seal is not None and sink is self.b:
+            sink.transport.write(self.seal.writer.record(END))
+            self._writeClosed.add(sink.name)
+        else:
+            sink.transport.loseWriteConnection()
+        self._closeIfDone()
+
+    def writeEnded(self, half: SpliceHalf) -> None:
+        self._writeClosed.add(half.name)
+        self._closeIfDone()
+
+    def _closeIfDone(self) -> None:
+        if len(self._endsPassed) == 2 and len(self._writeClosed) == 2:
+            for half in (self.a, self.b):
+                half.transport.loseConnection()
+
+    def cut(self, half: SpliceHalf, why: str) -> None:
+        """End both connections with a reset: C{half} failed, for C{why}."""
+        if self._outcome is None:
+            self._outcome = (half.name, why)
+        self.over = True
+        for each in (self.a, self.b):
+            if each.lost is None:
+                each.transport.abortConnection()
+
+    def lost(self, half: SpliceHalf, reason: Failure) -> None:
+        if not self.over:
+            clean = reason.check(ConnectionDone) is not None
+            if self.seal is not None and half is self.b and len(self._endsPassed) < 2:
+                # The sealed stream closed before both ends were said: cut.
+                self.cut(half, reason.getErrorMessage() if not clean else "the tunnel's stream stopped without its end record")
+            elif clean:
+                # A peer that closed: what is buffered for the other side is
+                # still written before that closes too.
+                other = self.other(half)
+                other.transport.unregisterProducer()
+                if other.lost is None:
+                    other.transport.loseConnection()
+            else:
+                self.cut(half, reason.getErrorMessage())
+        # Closing one side may close the other at once, in a nested call:
+        # the last of the two reports.
+        if self.a.lost is not None and self.b.lost is not None and not self._reported:
+            self._reported = True
+            self._finished(self, self._outcome)
 
 
 class OneProtocolFactory(Factory):
     """
     A factory that hands out one protocol built in advance: how a splice half
-    is given to a connection attempt or to a L{ProtocolSwitchCommand}.
+    is given to a connection attempt.
     """
 
     # Made once per connection: Factory's start/stop lines would be two log
@@ -270,7 +351,7 @@ class OneProtocolFactory(Factory):
         return self._protocol
 
     def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
-        """A switch that was refused leaves nothing to clean up here."""
+        """A connection that failed leaves nothing to clean up here."""
 
     def clientConnectionLost(self, connector: object, reason: Failure) -> None:
         """The half itself hears of the loss through connectionLost."""
