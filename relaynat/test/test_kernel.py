@@ -30,7 +30,6 @@ from relaynat.test.streams import (
     Collect,
     Echo,
     ReplyAtEnd,
-    Stalled,
     StalledFactory,
     expectedDigest,
 )
