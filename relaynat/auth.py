@@ -1,7 +1,7 @@
 """
 The relay's side of login: SCRAM-SHA-256-PLUS against the users file, bound
-to the TLS channel; throttling of failed logins; and the session keys that
-later connections prove with an HMAC over a fresh challenge.
+to the TLS channel; throttling of failed logins; and the sessions that
+logins open, which the tickets of data connections belong to.
 """
 
 from __future__ import annotations
@@ -19,19 +19,6 @@ from twisted.logger import Logger
 from relaynat.users import ITERATIONS, User, UsersFileError, loadUsers
 
 _log = Logger()
-
-SESSION_KEY_BYTES = 32
-CHALLENGE_BYTES = 32
-
-
-def sessionProof(key: bytes, challenge: bytes) -> bytes:
-    """What a connection sends to show it holds a session's key."""
-    return hmac.new(key, b"relaynat session proof\0" + challenge, hashlib.sha256).digest()
-
-
-def newChallenge() -> bytes:
-    return secrets.token_bytes(CHALLENGE_BYTES)
-
 
 @attrs.define
 class _Record:
@@ -102,49 +89,36 @@ class Throttle:
 
 @attrs.define(eq=False)
 class Session:
-    """A login: its id and key, its user, and when it stops being valid."""
+    """A login: its id, its user, and when it stops being valid."""
 
     id: str
-    key: bytes = attrs.field(repr=False)
     user: str
     expires: float
 
 
 class Sessions:
-    """Issued sessions, checked by their proofs and revoked with their login."""
+    """Issued sessions, looked up by their id and revoked with their login."""
 
     def __init__(self, clock: IReactorTime, lifetime: float) -> None:
         self.clock = clock
         self.lifetime = lifetime
         self._sessions: dict[str, Session] = {}
-        self._dummyKey = secrets.token_bytes(SESSION_KEY_BYTES)
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def issue(self, user: str) -> Session:
-        session = Session(
-            secrets.token_urlsafe(18),
-            secrets.token_bytes(SESSION_KEY_BYTES),
-            user,
-            self.clock.seconds() + self.lifetime,
-        )
+        session = Session(secrets.token_urlsafe(18), user, self.clock.seconds() + self.lifetime)
         self._sessions[session.id] = session
         return session
 
     def revoke(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
 
-    def check(self, sessionId: str, challenge: bytes, proof: bytes) -> Session | None:
-        """
-        The session C{sessionId} if C{proof} answers C{challenge} with its
-        key and it has not expired; else None.  An unknown id costs the same
-        HMAC as a known one.
-        """
+    def get(self, sessionId: str) -> Session | None:
+        """The session C{sessionId} if it is issued and has not expired."""
         session = self._sessions.get(sessionId)
-        key = session.key if session is not None else self._dummyKey
-        good = hmac.compare_digest(sessionProof(key, challenge), proof)
-        if session is None or not good:
+        if session is None:
             return None
         if session.expires <= self.clock.seconds():
             self.revoke(session)
@@ -212,4 +186,4 @@ class ScramLogin:
         return str(self._server.get_server_final())
 
 
-__all__ = ["ScramException", "ScramLogin", "Session", "Sessions", "Throttle", "Users", "sessionProof", "newChallenge"]
+__all__ = ["ScramException", "ScramLogin", "Session", "Sessions", "Throttle", "Users"]

@@ -1,16 +1,18 @@
 """
 The client: keeps a logged-in control connection to the relay, listens
 locally for each tunnel, and carries every local connection through the
-relay to the named server, proving that server's secret on each join.
+relay to the named server, sealed end to end with that server's secret.
+
+For each listener it keeps a few data connections ready: joined at the
+relay to one of the skeleton's pooled connections, with the handshake done,
+so that the far end has already proven the server's secret and a new local
+connection costs one record to start.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any
-
-import attrs
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IAddress
@@ -18,15 +20,24 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relaynat.channel import Channel, keepAlive
 from relaynat.link import ControlChannel, RelayLink
-from relaynat.secret import joinProof, newNonce
-from relaynat.splice import FramedHalf, OneProtocolFactory, SpliceHalf, splicePair
-from relaynat.wire import Channel, ListServers, Prepare, SkeletonGone, Tunnel
+from relaynat.seal import BEGIN, REFUSED, ClientHandshake, SealBroken, Sealed
+from relaynat.splice import Outcome, SpliceHalf, splice
+from relaynat.wire import JOIN_REFUSED, ListServers, RelaynatError, SkeletonGone, TargetRefused, refusal
 
 _log = Logger()
 
 #: Seconds a local connection waits for the client to be logged in.
 LOGIN_WAIT = 10.0
+
+#: Seconds a data connection may take from its ticket to the far end's
+#: proof: the relay may wait its join_timeout for a skeleton connection.
+HANDSHAKE_WAIT = 30.0
+
+#: Seconds a ready connection is kept before it is replaced by a fresh one,
+#: well before the skeleton gives up on it (L{relaynat.skeleton.WARM_LIMIT}).
+READY_LIFETIME = 240.0
 
 #: Tunnels of one listener being set up at once.  A burst of local
 #: connections beyond this waits here, oldest first, instead of starting
@@ -35,42 +46,194 @@ LOGIN_WAIT = 10.0
 SETUP_LIMIT = 64
 
 
+class Unproven(RelaynatError):
+    """The far end of a tunnel did not prove that it knows the server's secret."""
+
+
 class LocalHalf(SpliceHalf):
-    """A local connection: asks for its tunnel as soon as it is made."""
+    """A local connection: held until its tunnel is ready."""
 
     factory: TunnelFactory
 
+    def __init__(self) -> None:
+        super().__init__("local")
+
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.keep(b"")
         self.factory.open(self)
 
+    def abandon(self) -> None:
+        """Close this connection with a reset: its tunnel failed."""
+        if self.lost is None:
+            self.transport.abortConnection()
 
-@attrs.define
-class ReadyChannel:
-    """A connection to the relay, TLS up and a challenge in hand."""
 
-    channel: Channel
-    challenge: bytes
+class ClientEnd(SpliceHalf):
+    """
+    One data connection at the client: its ticket and the first handshake
+    message out, the far end's proof in (L{proven} fires), then, once a
+    local connection is attached, the tunnel.
+    """
+
+    def __init__(self, link: RelayLink, serverId: str, secret: bytes, ticket: bytes) -> None:
+        super().__init__("relay")
+        self.link = link
+        self.serverId = serverId
+        self._ticket = ticket
+        self._handshake = ClientHandshake(secret, serverId)
+        self._head = b""
+        self._received = False
+        self.sealed: Sealed | None = None
+        self.proven: Deferred[ClientEnd] = Deferred()
+        self._deadline: Any = None
+        self._attached: tuple[LocalHalf, Any] | None = None
+        #: When this connection, kept ready, is replaced by a fresh one.
+        self.retirement: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        keepAlive(self.transport)
+        self.transport.write(self._ticket + self._handshake.first())
+        self._deadline = self.link.clock.callLater(HANDSHAKE_WAIT, self._tooSlow)
+
+    def _tooSlow(self) -> None:
+        self._deadline = None
+        self._fail(SkeletonGone(f"server {self.serverId} did not answer the tunnel's handshake in time"))
+
+    def _fail(self, error: Exception) -> None:
+        if not self.proven.called:
+            self.proven.errback(error)
+        if self.lost is None:
+            self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.splice is not None:
+            super().dataReceived(data)
+        elif self.sealed is None:
+            self._shake(data)
+        elif self._attached is not None:
+            self._awaitBegin(data)
+        else:
+            self.keep(data)
+
+    def _shake(self, data: bytes) -> None:
+        self._received = True
+        if len(self._head) < 3:
+            # The relay's refusal, or the skeleton's first frame.
+            self._head += data
+            if len(self._head) < 3:
+                return
+            data, self._head = self._head, self._head[:3]
+            if data[:2] == JOIN_REFUSED:
+                self._fail(refusal(data[2], self.serverId))
+                return
+        try:
+            sealed = self._handshake.receive(data)
+        except SealBroken:
+            self._fail(Unproven(f"server {self.serverId} did not prove its secret"))
+            return
+        if sealed is None:
+            return
+        self.sealed = sealed
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        if sealed.rest:
+            self.keep(sealed.rest)
+        self.proven.callback(self)
+
+    def attach(self, local: LocalHalf, finished: Any) -> None:
+        """Carry C{local}'s bytes from now on."""
+        assert self.sealed is not None
+        self._cancelRetirement()
+        reactor = self.link.clock
+        if self.sealed.sealed:
+            splice(reactor, local, self, finished, seal=self.sealed, expectBegin=True)
+            return
+        # Not sealed: the records end after each side's BEGIN, and the
+        # skeleton's says whether its target took the connection.
+        self._attached = (local, finished)
+        self.transport.write(self.sealed.writer.record(BEGIN))
+        early, self.early = b"".join(self.early), []
+        if early:
+            self._awaitBegin(early)
+
+    def _awaitBegin(self, data: bytes) -> None:
+        assert self.sealed is not None and self._attached is not None
+        local, finished = self._attached
+        try:
+            records = self.sealed.reader.feed(data, limit=1)
+        except SealBroken as e:
+            self._cut(local, finished, str(e))
+            return
+        if not records:
+            return
+        kind, _ = records[0]
+        if kind != BEGIN:
+            why = "the server's target refused the connection" if kind == REFUSED else "the tunnel did not start with its first record"
+            self._cut(local, finished, why)
+            return
+        self._attached = None
+        self.early = [self.sealed.reader.leftover()]
+        splice(self.link.clock, local, self, finished)
+
+    def _cut(self, local: LocalHalf, finished: Any, why: str) -> None:
+        self._attached = None
+        local.abandon()
+        self.transport.abortConnection()
+        finished(None, (self.name, why))
+
+    def readConnectionLost(self) -> None:
+        if self.splice is None:
+            # The far end or the relay gave up before the tunnel started.
+            self.transport.loseConnection()
+        else:
+            super().readConnectionLost()
+
+    def _cancelRetirement(self) -> None:
+        if self.retirement is not None and self.retirement.active():
+            self.retirement.cancel()
+        self.retirement = None
+
+    def lostBeforeSplice(self, reason: Failure) -> None:
+        self._cancelRetirement()
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        if self._attached is not None:
+            local, finished = self._attached
+            self._cut(local, finished, reason.getErrorMessage())
+        if not self.proven.called:
+            if self._received or self._head:
+                error: Exception = Unproven(f"server {self.serverId} did not prove its secret")
+            else:
+                # Closed with not a byte of answer: the skeleton refused the
+                # handshake, or someone without the secret holds the id.
+                error = Unproven(f"server {self.serverId} closed the tunnel's handshake")
+            self.proven.errback(error)
 
 
 class TunnelFactory(Factory):
     """
     Accepts local connections for one tunnel: C{serverId} via C{link}.
 
-    It keeps C{ready} connections to the relay open in advance, with TLS
-    done and a challenge in hand, so that a new local connection waits only
-    for its join, not for a connection, a handshake and a challenge too.
+    It keeps C{ready} data connections open in advance, joined and with the
+    far end proven, so that a new local connection waits for nothing.
     """
+
+    noisy = False
 
     def __init__(self, link: RelayLink, serverId: str, secret: bytes, ready: int = 2) -> None:
         self.link = link
         self.serverId = serverId
         self.secret = secret
         self.readyCount = ready
-        self._ready: deque[ReadyChannel] = deque()
+        self._ready: deque[ClientEnd] = deque()
         self._opening = 0
         self._running = False
         self._setups = DeferredSemaphore(SETUP_LIMIT)
+        #: Whether the far end's failure to prove the secret was logged
+        #: since the last proof: said once, not at every connection.
+        self._unprovenSaid = False
 
     def startFactory(self) -> None:
         self._running = True
@@ -79,7 +242,7 @@ class TunnelFactory(Factory):
     def stopFactory(self) -> None:
         self._running = False
         while self._ready:
-            self._ready.popleft().channel.transport.loseConnection()
+            self._ready.popleft().transport.loseConnection()
 
     def _refill(self) -> None:
         while self._running and len(self._ready) + self._opening < self.readyCount:
@@ -89,42 +252,76 @@ class TunnelFactory(Factory):
 
     async def _openReady(self) -> None:
         try:
-            ready = await readyChannel(self.link)
+            end = await self.openEnd()
         finally:
             self._opening -= 1
-        if self._running:
-            self._ready.append(ready)
-        else:
-            ready.channel.transport.loseConnection()
+        if not self._running:
+            end.transport.loseConnection()
+            return
+        self._ready.append(end)
+        end.retirement = self.link.clock.callLater(READY_LIFETIME, self._retire, end)
+
+    def _retire(self, end: ClientEnd) -> None:
+        end.retirement = None
+        if end in self._ready:
+            self._ready.remove(end)
+            end.transport.loseConnection()
+            self._refill()
 
     def _readyFailed(self, failure: Failure) -> None:
         # Not retried here: the next local connection asks again.
-        _log.warn(
-            "could not open a connection to the relay in advance: {why}",
-            why=failure.getErrorMessage(),
-        )
+        self._report(failure.value, "could not open a connection to the relay in advance")
+
+    def _report(self, error: BaseException, what: str) -> None:
+        if isinstance(error, Unproven):
+            if not self._unprovenSaid:
+                self._unprovenSaid = True
+                _log.error(
+                    "server {server} failed to prove that it knows its secret: someone"
+                    " else may hold its id at the relay (a skeleton without the secret),"
+                    " or this tunnel's secret_file is not the server's; its connections"
+                    " are closed ({why})",
+                    server=self.serverId,
+                    why=str(error),
+                )
+            return
+        _log.warn("{what}: {why}", what=what, why=str(error) or repr(error))
 
     def readyNow(self) -> int:
         """How many connections are ready now."""
         return len(self._ready)
 
-    def readyChannels(self) -> tuple[Channel, ...]:
+    def readyEnds(self) -> tuple[ClientEnd, ...]:
         """The connections ready now, oldest first."""
-        return tuple(r.channel for r in self._ready)
+        return tuple(self._ready)
 
-    async def take(self) -> ReadyChannel:
+    async def openEnd(self) -> ClientEnd:
+        """A new data connection, joined and its far end proven."""
+        waiting = self.link.loggedIn()
+        waiting.addTimeout(LOGIN_WAIT, self.link.clock)
+        await waiting
+        ticket = await self.link.ticket(self.serverId)
+        end = ClientEnd(self.link, self.serverId, self.secret, ticket)
+        try:
+            await self.link.connectData(end)
+        except Exception as e:
+            raise SkeletonGone(f"cannot reach the relay: {e}") from e
+        await end.proven
+        self._unprovenSaid = False
+        return end
+
+    async def take(self) -> ClientEnd:
         """A ready connection, or a new one if none is left."""
         while self._ready:
-            ready = self._ready.popleft()
-            if ready.channel.connected:
+            end = self._ready.popleft()
+            if end.lost is None:
                 self._refill()
-                return ready
+                return end
         self._refill()
-        return await readyChannel(self.link)
+        return await self.openEnd()
 
     def buildProtocol(self, addr: IAddress | None) -> LocalHalf:  # type: ignore[override]
-        local, _ = splicePair("local", "relay", LocalHalf, FramedHalf)
-        assert isinstance(local, LocalHalf)
+        local = LocalHalf()
         local.factory = self
         return local
 
@@ -137,72 +334,41 @@ class TunnelFactory(Factory):
 
     async def _open(self, local: LocalHalf) -> None:
         async with self._setups:
-            if local.lost is not None:
+            for attempt in (1, 2):
+                if local.lost is not None:
+                    return
+                try:
+                    end = await self.take()
+                except SkeletonGone as e:
+                    # A connection that died unnoticed on the way: once more.
+                    if attempt == 2:
+                        self._failed(local, e)
+                        return
+                    continue
+                except Exception as e:
+                    self._failed(local, e)
+                    return
+                if local.lost is not None:
+                    end.transport.loseConnection()
+                    return
+                end.attach(local, self._finished)
                 return
-            try:
-                await openTunnel(self.link, self.serverId, self.secret, local.peer, self.take)
-            except Exception as e:
-                why = str(e) or repr(e)
-                _log.error("tunnel to {server} failed: {why}", server=self.serverId, why=why)
-                local.abandon()
 
+    def _failed(self, local: LocalHalf, error: Exception) -> None:
+        self._report(error, f"tunnel to {self.serverId} failed")
+        local.abandon()
 
-async def readyChannel(link: RelayLink) -> ReadyChannel:
-    """A new connection to the relay with a challenge in hand."""
-    channel = await link.connect(Channel())
-    try:
-        return ReadyChannel(channel, await link.challenge(channel))
-    except Exception:
-        channel.transport.loseConnection()
-        raise
-
-
-async def openTunnel(
-    link: RelayLink,
-    serverId: str,
-    secret: bytes,
-    half: SpliceHalf,
-    take: Callable[[], Awaitable[ReadyChannel]] | None = None,
-) -> None:
-    """
-    On a connection to the relay (from C{take}, or a new one), prove the
-    session, set a join aside and prove the server's secret for it; on
-    success the connection carries raw bytes to and from C{half}.  A join
-    whose skeleton connection died unnoticed is tried once more.
-    """
-    waiting = link.loggedIn()
-    waiting.addTimeout(LOGIN_WAIT, link.clock)
-    session = await waiting
-    for attempt in (1, 2):
-        ready = await (take() if take is not None else readyChannel(link))
-        channel = ready.channel
-        if half.peer.lost is not None:
-            channel.transport.loseConnection()
-            return
-        try:
-            proof = session.proof(ready.challenge)
-            nonce = newNonce()
-            prepared = await channel.callRemote(
-                Prepare, session=session.id, proof=proof, server=serverId, nonce=nonce
-            )
-            await channel.callRemote(
-                Tunnel,
-                join=prepared["join"],
-                proof=joinProof(secret, nonce, prepared["nonce"], prepared["join"]),
-                _protoToSwitchToFactory=OneProtocolFactory(half),
-            )
-            return
-        except SkeletonGone:
-            channel.transport.loseConnection()
-            if attempt == 2:
-                raise
-        except Exception:
-            channel.transport.loseConnection()
-            raise
+    def _finished(self, joined: Any, outcome: Outcome) -> None:
+        if outcome is not None and outcome[0] == "relay":
+            why = outcome[1]
+            if why == "the server's target refused the connection":
+                self._report(TargetRefused(f"server {self.serverId} is registered but its target refused the connection"), f"tunnel to {self.serverId} failed")
+            else:
+                _log.warn("tunnel to {server} cut: {why}", server=self.serverId, why=why)
 
 
 class ClientControl(ControlChannel):
-    """The client's control connection: holds the login."""
+    """The client's control connection: holds the login and hands out tickets."""
 
 
 def controlFactory(link: RelayLink) -> Factory:

@@ -20,7 +20,8 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.testing import MemoryReactor
 
 from relaynat.identity import IdentityError, checkFingerprint
-from relaynat.wire import BadRequest, checkServerId
+from relaynat.names import checkServerId
+from relaynat.wire import BadRequest
 
 #: Twisted listens with a backlog of 50, which drops connections when a
 #: burst of clients arrives at once; a relay is such a server.
@@ -80,6 +81,9 @@ class ServerConfig:
     target: str
     secret_file: str
     description: str = ""
+    #: Whether the tunnel's bytes are sealed end to end (see seal.py); off
+    #: for protocols that encrypt themselves, where the ends splice raw.
+    seal: bool = True
 
 
 @attrs.frozen
@@ -229,6 +233,7 @@ def skeletonConfig(
             target=server.endpoint("target", server=False),
             secret_file=server.path("secret_file"),
             description=server.string("description", ""),
+            seal=server.boolean("seal", True),
         ),
     )
     if not servers:
@@ -298,7 +303,7 @@ class _Table:
                 raise ConfigError(self.source, self._key(key), "missing")
             return default
         value = self.data.pop(key)
-        if isinstance(value, bool) or not isinstance(value, kind):
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             expected = _NOUNS.get(kind, "a number") if isinstance(kind, type) else "a number"
             raise ConfigError(self.source, self._key(key), f"must be {expected}, not {value!r}")
         return value
@@ -308,6 +313,9 @@ class _Table:
 
     def string(self, key: str, default: Any = None) -> str:
         return self._take(key, str, _REQUIRED if default is None else default)  # type: ignore[no-any-return]
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self._take(key, bool, default)  # type: ignore[no-any-return]
 
     def number(
         self, key: str, default: float, low: float, high: float, integer: bool = False
@@ -360,7 +368,7 @@ _REQUIRED = object()
 
 def _plain(number: float) -> str:
     return str(int(number)) if number == int(number) else str(number)
-_NOUNS = {str: "a string", int: "a whole number", float: "a number"}
+_NOUNS = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 
 
 def checkEndpoint(description: str, server: bool, source: str, key: str) -> None:

@@ -189,10 +189,6 @@ class RelayIdentity:
             privateKey=key,
             certificate=crypto.X509.from_cryptography(cert),
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-            # Tickets let a skeleton or client that already checked this
-            # relay's key resume: every tunnel opens a connection, and a
-            # resumed handshake skips the certificate and its signature.
-            enableSessionTickets=True,
         )
         options.getContext().set_mode(SSL.MODE_RELEASE_BUFFERS)
         return cls(cert, certPem, options)
@@ -210,7 +206,6 @@ class PinnedRelay:
         self.expected = checkFingerprint(expected)
         #: The fingerprint the last relay showed, for the mismatch error.
         self.seen: str | None = None
-        self._session: SSL.Session | None = None
         context = SSL.Context(SSL.TLS_CLIENT_METHOD)
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
         context.set_mode(SSL.MODE_RELEASE_BUFFERS)
@@ -232,21 +227,10 @@ class PinnedRelay:
             return RelayKeyMismatch(self.expected, self.seen)
         return None
 
-    def remember(self, connection: SSL.Connection) -> None:
-        """
-        Keep C{connection}'s session (its ticket) to resume later connections
-        with.  Call it once the connection has carried an answer, by which
-        time the relay's ticket has arrived; only connections whose relay
-        passed the pin are ever made, so only such tickets are kept.
-        """
-        self._session = connection.get_session()
-
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = SSL.Connection(self._context, None)
         connection.set_app_data(tlsProtocol)
         connection.set_connect_state()
-        if self._session is not None:
-            connection.set_session(self._session)
         return connection
 
 

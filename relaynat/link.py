@@ -1,13 +1,15 @@
 """
-How skeletons and clients reach the relay: TLS with the relay verified
-(its key pinned, or a CA certificate checked for its host name), login by
-SCRAM-SHA-256-PLUS without sending the password, and the session proofs of
-later connections.
+How skeletons and clients reach the relay: control connections over TLS
+with the relay verified (its key pinned, or a CA certificate checked for its
+host name), login by SCRAM-SHA-256-PLUS without sending the password, and
+data connections, plain TCP to the same ports, that start with a one-time
+ticket from the login.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -17,15 +19,26 @@ from scramp import ScramClient, ScramException
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import clientFromString, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relaynat.auth import sessionProof
+from relaynat.channel import Channel
 from relaynat.config import ConfigError, RelayAccess
 from relaynat.identity import IdentityError, PinnedRelay, fingerprintOfFile, serverEndPoint
 from relaynat.splice import OneProtocolFactory
-from relaynat.wire import Channel, Hello, Login, LoginFailed, LoginFinish
+from relaynat.wire import (
+    HEARTBEAT,
+    PING_TIMEOUT,
+    TICKET_BATCH,
+    Login,
+    LoginFailed,
+    LoginFinish,
+    Ping,
+    SkeletonGone,
+    Tickets,
+)
 
 _log = Logger()
 
@@ -47,14 +60,10 @@ class Credentials:
 
 @attrs.define
 class LoginSession:
-    """A session the relay issued: its id, key and expiry."""
+    """A session the relay issued: its id and expiry."""
 
     id: str
-    key: bytes = attrs.field(repr=False)
     expires: float
-
-    def proof(self, challenge: bytes) -> bytes:
-        return sessionProof(self.key, challenge)
 
 
 def hostnameVerifier(hostname: str, caPem: bytes | None) -> Any:
@@ -72,8 +81,8 @@ def hostnameVerifier(hostname: str, caPem: bytes | None) -> Any:
 
 class RelayLink:
     """
-    One user's way to one relay: connections over verified TLS, one login
-    at a time, and proofs of that login's session on other connections.
+    One user's way to one relay: control connections over verified TLS,
+    one login at a time, and data connections with that login's tickets.
     """
 
     def __init__(
@@ -84,11 +93,16 @@ class RelayLink:
         clock: IReactorTime,
     ) -> None:
         self._verifier = verifier
+        #: Data connections: plain TCP, their bytes sealed end to end.
+        self.raw = endpoint
         self.endpoint = wrapClientTLS(verifier, endpoint)
         self.credentials = credentials
         self.clock = clock
         self.session: LoginSession | None = None
+        self.control: ControlChannel | None = None
         self._waiting: list[Deferred[LoginSession]] = []
+        self._tickets: dict[str, deque[bytes]] = {}
+        self._fetching: dict[str, list[Deferred[None]]] = {}
 
     async def connect(self, channel: C) -> C:
         """Connect C{channel} to the relay and wait for verified TLS."""
@@ -138,11 +152,14 @@ class RelayLink:
             channel.transport.abortConnection()
             raise LoginFailed(f"the relay failed to prove it knows this user: {e}") from e
         _log.info("logged in to the relay as {user}", user=self.credentials.user)
-        return LoginSession(final["session"], final["key"], final["expires"])
+        return LoginSession(final["session"], final["expires"])
 
-    def adopt(self, session: LoginSession) -> None:
-        """Use C{session} for the data connections from now on."""
+    def adopt(self, control: ControlChannel, session: LoginSession) -> None:
+        """Use C{session}, held by C{control}, for the data connections from now on."""
         self.session = session
+        self.control = control
+        # The relay revoked the tickets of the session this one replaces.
+        self._tickets.clear()
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(session)
@@ -159,17 +176,45 @@ class RelayLink:
         """C{session} is gone (its control connection closed): forget it."""
         if self.session is not None and hmac.compare_digest(self.session.id, session.id):
             self.session = None
+            self.control = None
+            self._tickets.clear()
 
-    async def prove(self, channel: Channel, session: LoginSession) -> bytes:
-        """Ask for a challenge on C{channel} and answer it with C{session}'s key."""
-        return session.proof(await self.challenge(channel))
+    async def ticket(self, serverId: str) -> bytes:
+        """
+        A one-time ticket for a data connection to C{serverId}, from a
+        stock fetched a batch at a time on the control connection.
+        """
+        while True:
+            stock = self._tickets.get(serverId)
+            if stock:
+                return stock.popleft()
+            waiters = self._fetching.get(serverId)
+            if waiters is None:
+                # One fetch at a time per server; its waiters share the batch.
+                waiters = self._fetching[serverId] = []
+                Deferred.fromCoroutine(self._fetch(serverId)).addBoth(self._fetched, serverId)
+            d: Deferred[None] = Deferred()
+            waiters.append(d)
+            await d
 
-    async def challenge(self, channel: Channel) -> bytes:
-        """A fresh challenge from the relay on C{channel}."""
-        answer = await channel.callRemote(Hello)
-        if isinstance(self._verifier, PinnedRelay):
-            self._verifier.remember(channel.transport.getHandle())
-        return bytes(answer["challenge"])
+    async def _fetch(self, serverId: str) -> None:
+        session, control = self.session, self.control
+        if session is None or control is None:
+            raise SkeletonGone("not logged in to the relay")
+        answer = await control.callRemote(Tickets, server=serverId, count=TICKET_BATCH)
+        if self.session is session:
+            self._tickets.setdefault(serverId, deque()).extend(answer["tickets"])
+
+    def _fetched(self, result: object, serverId: str) -> None:
+        for d in self._fetching.pop(serverId, []):
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+
+    def connectData(self, protocol: IProtocol) -> Deferred[Any]:
+        """Open a data connection (plain TCP to the relay's port) for C{protocol}."""
+        return self.raw.connect(OneProtocolFactory(protocol))
 
 
 def preparing(channel: Channel, work: Coroutine[Any, Any, T]) -> Deferred[T]:
@@ -198,22 +243,34 @@ def preparing(channel: Channel, work: Coroutine[Any, Any, T]) -> Deferred[T]:
 class ControlChannel(Channel):
     """
     A control connection that logs in when made ready (the
-    C{prepareConnection} of a L{ClientService}) and logs in again before
-    its session expires, for as long as it is open.
+    C{prepareConnection} of a L{ClientService}), logs in again before its
+    session expires, and pings the relay every C{heartbeat} seconds, for as
+    long as it is open: a relay that does not answer within
+    C{pingTimeout} is dropped, and the service connects again.
     """
 
     #: Log in again when this share of the session's life has passed.
     RENEW_AT = 0.8
 
-    def __init__(self, link: RelayLink) -> None:
+    def __init__(
+        self, link: RelayLink, heartbeat: float = HEARTBEAT, pingTimeout: float = PING_TIMEOUT
+    ) -> None:
         super().__init__()
         self.link = link
+        self.heartbeat = heartbeat
+        self.pingTimeout = pingTimeout
         self._renewal: Any = None
         self._session: LoginSession | None = None
+        self._pings = LoopingCall(self._sendPing)
+        self._pings.clock = link.clock
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._pings.start(self.heartbeat, now=False)
 
     async def start(self) -> LoginSession:
         self._session = session = await self.link.login(self)
-        self.link.adopt(session)
+        self.link.adopt(self, session)
         now = self.link.clock.seconds()
         if self.connected:
             self._renewal = self.link.clock.callLater(
@@ -231,7 +288,22 @@ class ControlChannel(Channel):
         if self.connected:
             self.transport.abortConnection()
 
+    def _sendPing(self) -> None:
+        d = self.callRemote(Ping)
+        d.addTimeout(self.pingTimeout, self.link.clock)
+        d.addErrback(self._noAnswer)
+
+    def _noAnswer(self, failure: Failure) -> None:
+        if self.connected:
+            _log.warn(
+                "the relay did not answer a ping: reconnecting ({why})",
+                why=failure.getErrorMessage(),
+            )
+            self.transport.abortConnection()
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._pings.running:
+            self._pings.stop()
         if self._renewal is not None and self._renewal.active():
             self._renewal.cancel()
         if self._session is not None:

@@ -22,13 +22,13 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relaynat.names import checkServerId
 from relaynat.wire import (
     DuplicateServer,
     JoinTimeout,
     ServerOffline,
     SkeletonGone,
     UnknownServer,
-    checkServerId,
 )
 
 _log = Logger()
@@ -185,6 +185,17 @@ class Registry:
             return
         self._refill(entry)
 
+    def checkOnline(self, serverId: str) -> None:
+        """Raise L{UnknownServer} or L{ServerOffline} unless C{serverId} is registered now."""
+        if serverId in self._servers:
+            return
+        if serverId in self._seen:
+            raise ServerOffline(f"server {serverId} is offline: its skeleton is not connected")
+        raise UnknownServer(
+            f"no server {serverId} is registered at this relay;"
+            " 'relaynat list' shows the ones that are"
+        )
+
     def claim(self, serverId: str) -> Deferred[PooledConnection]:
         """
         A data connection of C{serverId} for a client: an idle one at once,
@@ -192,16 +203,10 @@ class Registry:
         """
         entry = self._servers.get(serverId)
         if entry is None:
-            if serverId in self._seen:
-                error: Exception = ServerOffline(
-                    f"server {serverId} is offline: its skeleton is not connected"
-                )
-            else:
-                error = UnknownServer(
-                    f"no server {serverId} is registered at this relay;"
-                    " 'relaynat list' shows the ones that are"
-                )
-            return fail(error)
+            try:
+                self.checkOnline(serverId)
+            except Exception as e:
+                return fail(e)
         if entry.idle:
             connection = entry.idle.popleft()
             self._refill(entry)

@@ -1,77 +1,77 @@
 """
-The relay's protocols: skeletons on port Y, clients on port X, both over
-TLS with a login first, and the joining of one to the other.
+The relay's protocols: skeletons on port Y, clients on port X.  A connection
+to either port is a control connection (TLS, a login, AMP) or a data
+connection (a ticket, then spliced in the kernel to its other end), told
+apart by its first byte.  The relay never holds a tunnel's plaintext: what
+it splices is the seal's ciphertext (L{relaynat.seal}), or what a server
+configured as not sealed sends.
 """
 
 from __future__ import annotations
 
-import hmac
 import itertools
 import math
 import secrets
+from typing import Any
 
-import attrs
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from relaynat.auth import ScramException, ScramLogin, Session, Sessions, Throttle, Users, newChallenge
+from relaynat.auth import ScramException, ScramLogin, Session, Sessions, Throttle, Users
+from relaynat.channel import Channel, keepAlive
 from relaynat.identity import RelayIdentity
+from relaynat.names import checkServerId, checkText
 from relaynat.registry import PooledConnection, Registry
-from relaynat.splice import OneProtocolFactory, SpliceHalf, splicePair
+from relaynat.splice import Outcome, SpliceHalf, splice
+from relaynat.tickets import Ticket, TicketBook
 from relaynat.users import User
 from relaynat.wire import (
     PING_TIMEOUT,
     SILENCE_LIMIT,
+    TICKET_BATCH,
+    TICKET_BYTES,
+    TICKETS_PER_SESSION,
+    TLS_HANDSHAKE,
     BadRequest,
-    Channel,
-    Hello,
-    Join,
     ListServers,
     Login,
     LoginFailed,
     LoginFinish,
     LoginRequired,
-    Offer,
     OpenConnection,
     PermissionDenied,
-    Ping,
-    Prepare,
     Register,
-    SecretMismatch,
+    RelaynatError,
     SessionRefused,
-    SkeletonGone,
-    TargetRefused,
-    Tunnel,
+    Tickets,
     UnknownServer,
-    checkServerId,
-    checkText,
+    refusalCode,
 )
 
 _log = Logger()
 
-#: Bounds on the nonces a skeleton and a client contribute to a join.
-_NONCE_SIZES = range(16, 65)
-
-
-def _checkNonce(nonce: bytes) -> bytes:
-    if len(nonce) not in _NONCE_SIZES:
-        raise BadRequest("the nonce must be 16 to 64 bytes")
-    return nonce
-
 _LOGIN_FAILED = "login failed: unknown user or wrong password"
+
+#: Seconds a new connection may take to send its first byte, and a data
+#: connection its whole ticket.
+FIRST_BYTES_WAIT = 10.0
+
+#: The most bytes a data connection may send after its ticket before it is
+#: joined: the tunnel's first handshake message is 51.
+_EARLY_LIMIT = 4096
 
 
 class Relay:
     """
     One relay: its identity and users, the registry of servers, the
-    sessions of logged-in users, and the tunnels in flight.  Builds the
-    TLS factories for ports X and Y.
+    sessions of logged-in users and their tickets, and the tunnels in
+    flight.  Builds the factories for ports X and Y.
     """
 
     def __init__(
@@ -91,6 +91,7 @@ class Relay:
         self.users = users
         self.registry = Registry(reactor, joinTimeout, maxPool)
         self.sessions = Sessions(reactor, sessionLifetime)
+        self.tickets = TicketBook(reactor)
         self.throttle = throttle if throttle is not None else Throttle(reactor)
         self.silenceLimit = silenceLimit
         self.pingTimeout = pingTimeout
@@ -102,27 +103,22 @@ class Relay:
         # wrong password does; it lives as long as the process.
         self.pepper = secrets.token_bytes(32)
 
-    def clientFactory(self) -> TLSMemoryBIOFactory:
-        """The TLS factory for port X."""
-        return self._tls(Factory.forProtocol(lambda: ClientChannel(self)))
+    def clientFactory(self) -> PortFactory:
+        """The factory for port X."""
+        return PortFactory(self, "client", lambda: ClientChannel(self))
 
-    def skeletonFactory(self) -> TLSMemoryBIOFactory:
-        """The TLS factory for port Y."""
-        return self._tls(Factory.forProtocol(lambda: SkeletonChannel(self)))
-
-    def _tls(self, factory: Factory) -> TLSMemoryBIOFactory:
-        return TLSMemoryBIOFactory(self.identity.options, False, factory)
+    def skeletonFactory(self) -> PortFactory:
+        """The factory for port Y."""
+        return PortFactory(self, "skeleton", lambda: SkeletonChannel(self))
 
     def newTunnelId(self) -> str:
-        # Unguessable: a join id is only good on the connection that got it,
-        # but nothing is lost by not letting anyone predict the next one.
         return f"t{next(self._tunnelIds)}-{secrets.token_hex(4)}"
 
     def heartbeat(self) -> None:
         """
         Drop skeletons whose control connection has been silent too long,
-        and ping every idle pooled connection, dropping those that do not
-        answer (the registry then asks for replacements).
+        and forget expired tickets.  (Pooled connections are watched by TCP
+        keepalive: nothing may be written on them.)
         """
         now = self.reactor.seconds()
         for channel in list(self.skeletons.values()):
@@ -133,16 +129,253 @@ class Relay:
                     seconds=now - channel.lastHeard,
                 )
                 channel.transport.abortConnection()
-        for connection in self.registry.idleConnections():
-            assert isinstance(connection, SkeletonChannel)
-            connection.probe()
+        self.tickets.prune()
+
+    def endSession(self, session: Session) -> None:
+        """A login ended: its session and its unused tickets are worthless."""
+        self.sessions.revoke(session)
+        self.tickets.revokeSession(session.id)
+
+    # Data connections.
+
+    def admit(self, connection: DataConnection, ticket: bytes) -> None:
+        """A data connection sent its ticket: pool it, or join it, or refuse it."""
+        grant = self.tickets.redeem(ticket, connection.kind)
+        refusal = self._check(grant)
+        if refusal is not None:
+            _log.warn(
+                "data connection from {source} refused: {why}",
+                source=connection.source(),
+                why=refusal,
+            )
+            if grant is not None and connection.kind == "skeleton":
+                # Its request no longer counts as on its way.
+                self.registry.lost(grant.server)
+            connection.refuse(SessionRefused(refusal))
+            return
+        assert grant is not None
+        connection.grant = grant
+        if connection.kind == "skeleton":
+            self._pool(connection, grant)
+        else:
+            ensureDeferred(self._join(connection, grant))
+
+    def _check(self, grant: Ticket | None) -> str | None:
+        if grant is None:
+            return "unknown, used or expired ticket"
+        if self.sessions.get(grant.session) is None:
+            return "its login has ended"
+        user = self.users.get(grant.user)
+        if user is None:
+            return f"user {grant.user} no longer exists"
+        allowed = user.rights.mayRegister if grant.kind == "skeleton" else user.rights.mayJoin
+        if not allowed(grant.server):
+            return f"user {grant.user} may no longer use server {grant.server}"
+        return None
+
+    def _pool(self, connection: DataConnection, grant: Ticket) -> None:
+        owner = self.skeletons.get(grant.session)
+        if owner is None or not self.registry.owns(owner, grant.server):
+            # Its skeleton went away (or gave the server up) meanwhile.
+            self.registry.lost(grant.server)
+            connection.close()
+            return
+        self.registry.offer(grant.server, connection)
+
+    async def _join(self, client: DataConnection, grant: Ticket) -> None:
+        client.claim = claim = self.registry.claim(grant.server)
+        try:
+            pooled = await claim
+        except CancelledError:
+            return
+        except RelaynatError as e:
+            _log.warn(
+                "tunnel of {user} to {server} not joined: {why}",
+                user=grant.user,
+                server=grant.server,
+                why=str(e),
+            )
+            client.refuse(e)
+            return
+        finally:
+            client.claim = None
+        assert isinstance(pooled, DataConnection)
+        if client.lost is not None:
+            # Gone while it waited: the claimed connection is spent.
+            pooled.close()
+            return
+        TunnelRecord(self, grant, client, pooled)
+
+
+class PortFactory(Factory):
+    """
+    Port X or Y: each connection is looked at (L{FirstBytes}) before it is
+    handed to TLS and a control channel, or to a L{DataConnection}.
+    """
+
+    noisy = False
+
+    def __init__(self, relay: Relay, kind: str, control: Any) -> None:
+        self.relay = relay
+        self.kind = kind
+        self.tls = TLSMemoryBIOFactory(
+            relay.identity.options, False, Factory.forProtocol(control)
+        )
+
+    def startFactory(self) -> None:
+        self.tls.doStart()
+
+    def stopFactory(self) -> None:
+        self.tls.doStop()
+
+    def buildProtocol(self, addr: IAddress) -> FirstBytes:
+        return FirstBytes(self, addr)
+
+
+@implementer(IHalfCloseableProtocol)
+class FirstBytes(Protocol):
+    """
+    A new connection to port X or Y, until its first byte says what it is:
+    a TLS handshake (a control connection) or a data connection's ticket.
+    From then on every event goes to the protocol chosen.
+    """
+
+    def __init__(self, factory: PortFactory, addr: IAddress) -> None:
+        self.portFactory = factory
+        self.addr = addr
+        self.inner: Protocol | None = None
+        self._deadline: Any = None
+
+    def connectionMade(self) -> None:
+        self._deadline = self.portFactory.relay.reactor.callLater(
+            FIRST_BYTES_WAIT, self._tooSlow
+        )
+
+    def _tooSlow(self) -> None:
+        self._deadline = None
+        if self.inner is None:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.inner is None:
+            if self._deadline is not None and self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+            if data[0] == TLS_HANDSHAKE:
+                self.inner = self.portFactory.tls.buildProtocol(self.addr)
+            else:
+                self.inner = DataConnection(self.portFactory.relay, self.portFactory.kind)
+            self.inner.makeConnection(self.transport)
+        self.inner.dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        inner = IHalfCloseableProtocol(self.inner, None)
+        if inner is not None:
+            inner.readConnectionLost()
+        else:
+            # TLS has no half-close: a control connection whose peer stopped
+            # sending is finished.
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        inner = IHalfCloseableProtocol(self.inner, None)
+        if inner is not None:
+            inner.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+
+
+class DataConnection(SpliceHalf):
+    """
+    A data connection: its ticket, then, from a skeleton, a wait in its
+    server's pool; from a client, a wait for a pooled connection to be
+    joined to.  Nothing after the ticket is read here once it is spliced.
+    """
+
+    def __init__(self, relay: Relay, kind: str) -> None:
+        super().__init__("server" if kind == "skeleton" else "client")
+        self.relay = relay
+        self.kind = kind
+        self.grant: Ticket | None = None
+        self.claim: Deferred[PooledConnection] | None = None
+        self._preamble = b""
+        self._deadline: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        keepAlive(self.transport)
+        self._deadline = self.relay.reactor.callLater(FIRST_BYTES_WAIT, self._tooSlow)
+
+    def _tooSlow(self) -> None:
+        self._deadline = None
+        _log.warn("data connection from {source} sent no ticket in time", source=self.source())
+        self.transport.abortConnection()
+
+    def source(self) -> str:
+        peer = self.transport.getPeer()
+        return str(getattr(peer, "host", peer))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.splice is not None:
+            super().dataReceived(data)
+        elif self._deadline is not None:
+            self._preamble += data
+            if len(self._preamble) >= TICKET_BYTES:
+                ticket, rest = self._preamble[:TICKET_BYTES], self._preamble[TICKET_BYTES:]
+                self._preamble = b""
+                self._deadline.cancel()
+                self._deadline = None
+                self._early(rest)
+                self.relay.admit(self, ticket)
+        else:
+            self._early(data)
+
+    def _early(self, data: bytes) -> None:
+        # Kept for the far end, still reading: a pooled connection that is
+        # closed or reset must be noticed, and it says nothing before use.
+        if data:
+            self.early.append(data)
+        if sum(map(len, self.early)) > _EARLY_LIMIT:
+            _log.warn(
+                "data connection from {source} sent too much before its join",
+                source=self.source(),
+            )
+            self.transport.abortConnection()
+
+    def readConnectionLost(self) -> None:
+        if self.splice is None:
+            # Given up before it was joined.
+            self.transport.loseConnection()
+        else:
+            super().readConnectionLost()
+
+    def refuse(self, error: RelaynatError) -> None:
+        """Tell a client why it was not joined, and close."""
+        if self.kind == "client" and self.lost is None:
+            self.transport.write(refusalCode(error))
+        self.transport.loseConnection()
+
+    def close(self) -> None:
+        """Drop this pooled connection: it is not needed."""
+        self.transport.loseConnection()
+
+    def lostBeforeSplice(self, reason: Failure) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        if self.claim is not None:
+            self.claim.cancel()
+        if self.kind == "skeleton" and self.grant is not None:
+            self.relay.registry.discard(self.grant.server, self)
 
 
 class RelayChannel(Channel):
     """
-    What both ports share: login by SCRAM-SHA-256-PLUS on a control
-    connection, and a fresh challenge for the session proof of a data
-    connection.  Every command that needs a user checks for one.
+    What both ports' control connections share: login by
+    SCRAM-SHA-256-PLUS.  Every command that needs a user checks for one.
     """
 
     def __init__(self, relay: Relay) -> None:
@@ -152,11 +385,9 @@ class RelayChannel(Channel):
         self.login: Session | None = None
         self.lastHeard = relay.reactor.seconds()
         self._scram: ScramLogin | None = None
-        self._challenge: bytes | None = None
 
     def dataReceived(self, data: bytes) -> None:
-        if self.innerProtocol is None:
-            self.lastHeard = self.relay.reactor.seconds()
+        self.lastHeard = self.relay.reactor.seconds()
         super().dataReceived(data)
 
     def source(self) -> str:
@@ -208,15 +439,10 @@ class RelayChannel(Channel):
         previous = self.login
         self.login = self.relay.sessions.issue(scram.user)
         if previous is not None:
-            self.relay.sessions.revoke(previous)
+            self.relay.endSession(previous)
             self.loginRenewed(previous, self.login)
         _log.info("{user} logged in from {source}", user=scram.user, source=self.source())
-        return {
-            "message": serverFinal,
-            "session": self.login.id,
-            "key": self.login.key,
-            "expires": self.login.expires,
-        }
+        return {"message": serverFinal, "session": self.login.id, "expires": self.login.expires}
 
     def _loginFailed(self, user: str | None) -> Deferred[dict[str, object]]:
         delay = self.relay.throttle.failed(self._keys(user))
@@ -234,56 +460,31 @@ class RelayChannel(Channel):
         """The user logged in on this connection, as the users file says now."""
         if self.login is None:
             raise LoginRequired("log in first")
-        return self._currentUser(self.login)
-
-    def _currentUser(self, session: Session) -> User:
-        user = self.relay.users.get(session.user)
+        if self.relay.sessions.get(self.login.id) is None:
+            raise SessionRefused("this login's session expired: log in again")
+        user = self.relay.users.get(self.login.user)
         if user is None:
-            # Deleted since the login: its sessions are worthless now.
-            self.relay.sessions.revoke(session)
-            raise SessionRefused(f"user {session.user} no longer exists")
+            # Deleted since the login: its session is worthless now.
+            self.relay.endSession(self.login)
+            raise SessionRefused(f"user {self.login.user} no longer exists")
         return user
-
-    @Hello.responder
-    def hello(self) -> dict[str, bytes]:
-        self._challenge = newChallenge()
-        return {"challenge": self._challenge}
-
-    def proven(self, sessionId: str, proof: bytes) -> tuple[Session, User]:
-        """The session (and its user) this connection proves, or an error."""
-        challenge, self._challenge = self._challenge, None
-        if challenge is None:
-            raise LoginRequired("send Hello first")
-        session = self.relay.sessions.check(sessionId, challenge, proof)
-        if session is None:
-            _log.warn("session refused from {source}", source=self.source())
-            raise SessionRefused("session refused (expired, or not this relay's): log in again")
-        return session, self._currentUser(session)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.login is not None:
-            self.relay.sessions.revoke(self.login)
+            self.relay.endSession(self.login)
         super().connectionLost(reason)
 
 
 class SkeletonChannel(RelayChannel):
-    """
-    A connection from a skeleton: its control connection once it logs in
-    and sends L{Register}, or one of its data connections once it sends
-    L{Offer}.
-    """
+    """A skeleton's control connection: registers servers, is asked for connections."""
 
     def __init__(self, relay: Relay) -> None:
         super().__init__(relay)
         self.name = ""
-        self.role: str | None = None
-        self.server: str | None = None
-        self.nonce = b""
-
-    # As the control connection: the registry's SkeletonLink.
+        self.registered = False
 
     def loginRenewed(self, previous: Session, current: Session) -> None:
-        # Its data connections prove the new session from now on.
+        # Its data connections bring tickets of the new session from now on.
         if self.relay.skeletons.get(previous.id) is self:
             del self.relay.skeletons[previous.id]
             self.relay.skeletons[current.id] = self
@@ -294,15 +495,23 @@ class SkeletonChannel(RelayChannel):
         return repr(self.name)
 
     def requestConnection(self, serverId: str) -> Deferred[None]:
-        d = self.callRemote(OpenConnection, server=serverId)
-        return d.addCallback(lambda _: None)
+        """Ask for one more data connection for C{serverId}, with its ticket."""
+        assert self.login is not None
+        ticket = self.relay.tickets.issue("skeleton", self.login.id, self.login.user, serverId)
+        d = self.callRemote(OpenConnection, server=serverId, ticket=ticket)
+
+        def failed(failure: Failure) -> Failure:
+            self.relay.tickets.discard(ticket)
+            return failure
+
+        return d.addCallbacks(lambda _: None, failed)
 
     @Register.responder
     def register(
         self, name: str, servers: list[dict[str, str]], pool: int
     ) -> dict[str, object]:
         user = self.loggedInUser()
-        if self.role is not None:
+        if self.registered:
             raise BadRequest("this connection is already in use")
         if not servers:
             raise BadRequest("a skeleton must register at least one server")
@@ -317,9 +526,14 @@ class SkeletonChannel(RelayChannel):
                     "{user} may not register {server}", user=user.name, server=serverId
                 )
                 raise PermissionDenied(f"user {user.name} may not register server {serverId}")
+        assert self.login is not None
+        # Filed first: the registry asks for connections at once, and their
+        # tickets must find their skeleton.
+        self.relay.skeletons[self.login.id] = self
         try:
             self.relay.registry.register(self, entries, pool)
         except Exception as e:
+            del self.relay.skeletons[self.login.id]
             _log.warn(
                 "skeleton {skeleton} of {user} from {peer} refused: {why}",
                 skeleton=self.describe(),
@@ -328,9 +542,7 @@ class SkeletonChannel(RelayChannel):
                 why=str(e),
             )
             raise
-        assert self.login is not None
-        self.role = "control"
-        self.relay.skeletons[self.login.id] = self
+        self.registered = True
         _log.info(
             "skeleton {skeleton} of {user} connected from {peer} with {count} servers",
             skeleton=self.describe(),
@@ -340,75 +552,20 @@ class SkeletonChannel(RelayChannel):
         )
         return {}
 
-    # As a data connection: the registry's PooledConnection.
-
-    @Offer.responder
-    def offer(self, session: str, proof: bytes, server: str, nonce: bytes) -> dict[str, object]:
-        if self.role is not None:
-            raise BadRequest("this connection is already in use")
-        login, _ = self.proven(session, proof)
-        owner = self.relay.skeletons.get(login.id)
-        if owner is None or not self.relay.registry.owns(owner, server):
-            raise UnknownServer(f"server {server} is not registered by this skeleton")
-        self.nonce = _checkNonce(nonce)
-        self.role = "data"
-        self.server = server
-        # The answer must leave before a waiting client's Join locks this
-        # connection for the switch.
-        self.relay.reactor.callLater(0, self._pool)
-        return {}
-
-    def _pool(self) -> None:
-        if self.server is None:
-            return
-        if self.connected:
-            self.relay.registry.offer(self.server, self)
-        else:
-            self.relay.registry.lost(self.server)
-
-    def close(self) -> None:
-        self.transport.loseConnection()
-
-    def probe(self) -> None:
-        """Ping this idle connection; drop it if it does not answer in time."""
-        d = self.callRemote(Ping)
-        d.addTimeout(self.relay.pingTimeout, self.relay.reactor)
-        d.addErrback(lambda _: self.transport.abortConnection())
-
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         # Unregister first: AMP's connectionLost fails the pending
         # OpenConnection calls, and waiting clients should hear that the
         # skeleton went away rather than that a request failed.
-        if self.role == "control":
+        if self.registered:
             _log.info("skeleton {skeleton} disconnected", skeleton=self.describe())
             if self.login is not None:
                 self.relay.skeletons.pop(self.login.id, None)
             self.relay.registry.unregister(self)
-        elif self.role == "data" and self.innerProtocol is None and self.server:
-            self.relay.registry.discard(self.server, self)
         super().connectionLost(reason)
 
 
-@attrs.define(eq=False)
-class _Prepared:
-    """A join set aside by L{Prepare}, waiting for this connection's L{Tunnel}."""
-
-    id: str
-    server: str
-    user: str
-    skeleton: SkeletonChannel
-    clientNonce: bytes
-    expiry: IDelayedCall
-
-
 class ClientChannel(RelayChannel):
-    """A connection from a client: a control connection or one tunnel."""
-
-    def __init__(self, relay: Relay) -> None:
-        super().__init__(relay)
-        self._claim: Deferred[PooledConnection] | None = None
-        self._prepared: _Prepared | None = None
-        self._tunnelAsked = False
+    """A client's control connection: lists servers and hands out tickets."""
 
     @ListServers.responder
     def listServers(self) -> dict[str, object]:
@@ -416,15 +573,13 @@ class ClientChannel(RelayChannel):
         servers = [s for s in self.relay.registry.listing() if user.rights.mayJoin(str(s["id"]))]
         return {"servers": servers}
 
-    @Prepare.responder
-    def prepare(
-        self, session: str, proof: bytes, server: str, nonce: bytes
-    ) -> Deferred[dict[str, object]]:
-        if self._tunnelAsked or self._prepared is not None or self._claim is not None:
-            raise BadRequest("one tunnel per connection: open another connection")
-        _, user = self.proven(session, proof)
+    @Tickets.responder
+    def giveTickets(self, server: str, count: int) -> dict[str, object]:
+        user = self.loggedInUser()
+        assert self.login is not None
         checkServerId(server)
-        _checkNonce(nonce)
+        if not 1 <= count <= TICKET_BATCH:
+            raise BadRequest(f"ask for 1 to {TICKET_BATCH} tickets at a time")
         if not user.rights.mayJoin(server):
             # Said as for an unknown id: what a user may not join, it does
             # not get to know about either.
@@ -433,121 +588,34 @@ class ClientChannel(RelayChannel):
                 f"no server {server} is registered at this relay;"
                 " 'relaynat list' shows the ones that are"
             )
-        return ensureDeferred(self._prepare(user, server, nonce))
-
-    async def _prepare(self, user: User, server: str, nonce: bytes) -> dict[str, object]:
-        self._claim = claim = self.relay.registry.claim(server)
-        try:
-            connection = await claim
-        except CancelledError:
-            raise BadRequest("the client went away") from None
-        finally:
-            self._claim = None
-        assert isinstance(connection, SkeletonChannel)
-        joinId = self.relay.newTunnelId()
-        # A prepared join that is never used gives its connection back.
-        expiry = self.relay.reactor.callLater(
-            self.relay.registry.joinTimeout, self._abandonPrepared
-        )
-        self._prepared = _Prepared(joinId, server, user.name, connection, nonce, expiry)
-        return {"join": joinId, "nonce": connection.nonce}
-
-    def _abandonPrepared(self) -> None:
-        prepared, self._prepared = self._prepared, None
-        if prepared is not None:
-            if prepared.expiry.active():
-                prepared.expiry.cancel()
-            prepared.skeleton.close()
-
-    @Tunnel.responder
-    def tunnel(self, join: str, proof: bytes) -> Deferred[SpliceHalf]:
-        if self._tunnelAsked:
-            raise BadRequest("one tunnel per connection: open another connection")
-        prepared = self._prepared
-        if prepared is None or not hmac.compare_digest(prepared.id, join):
-            raise BadRequest("unknown join id: send Prepare on this connection first")
-        self._tunnelAsked = True
-        self._prepared = None
-        prepared.expiry.cancel()
-        return ensureDeferred(self._tunnel(prepared, proof))
-
-    async def _tunnel(self, prepared: _Prepared, proof: bytes) -> SpliceHalf:
-        skeleton = prepared.skeleton
-        clientHalf, serverHalf = splicePair("client", "server")
-        try:
-            await self._join(skeleton, prepared, proof, serverHalf)
-        except (TargetRefused, SecretMismatch) as e:
-            skeleton.close()
-            _log.warn(
-                "tunnel {tunnel} of {user} to {server} refused: {why}",
-                tunnel=prepared.id,
-                user=prepared.user,
-                server=prepared.server,
-                why=str(e),
+        self.relay.registry.checkOnline(server)
+        held = self.relay.tickets.outstanding(self.login.id)
+        if held + count > TICKETS_PER_SESSION:
+            raise BadRequest(
+                f"this login holds {held} unused tickets; use them before asking for more"
             )
-            raise
-        except Exception as e:
-            skeleton.close()
-            raise SkeletonGone(
-                f"the skeleton of server {prepared.server} went away during the join"
-            ) from e
-        if not self.connected:
-            serverHalf.abandon()
-            raise BadRequest("the client went away")
-        TunnelRecord(self.relay, prepared, clientHalf, serverHalf)
-        return clientHalf
-
-    async def _join(
-        self, skeleton: SkeletonChannel, prepared: _Prepared, proof: bytes, half: SpliceHalf
-    ) -> None:
-        # A switch command cannot be cancelled once sent, so a skeleton that
-        # does not answer in time loses its connection, which fails the call.
-        timeout = self.relay.reactor.callLater(
-            self.relay.registry.joinTimeout, skeleton.transport.abortConnection
-        )
-        try:
-            await skeleton.callRemote(
-                Join,
-                tunnel=prepared.id,
-                nonce=prepared.clientNonce,
-                proof=proof,
-                _protoToSwitchToFactory=OneProtocolFactory(half),
-            )
-        finally:
-            if timeout.active():
-                timeout.cancel()
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        super().connectionLost(reason)
-        if self._claim is not None:
-            self._claim.cancel()
-        self._abandonPrepared()
+        tickets = [
+            self.relay.tickets.issue("client", self.login.id, user.name, server)
+            for _ in range(count)
+        ]
+        return {"tickets": tickets}
 
 
 class TunnelRecord:
     """
-    One tunnel in the relay's books, from join to the loss of both halves,
+    One tunnel in the relay's books, from join to the end of its splice,
     when it is logged with its server, bytes each way, duration and end.
     """
 
     def __init__(
-        self,
-        relay: Relay,
-        prepared: _Prepared,
-        clientHalf: SpliceHalf,
-        serverHalf: SpliceHalf,
+        self, relay: Relay, grant: Ticket, client: DataConnection, server: DataConnection
     ) -> None:
         self.relay = relay
-        self.id = prepared.id
-        self.server = prepared.server
-        self.user = prepared.user
-        self.client = clientHalf
-        self.serverHalf = serverHalf
+        self.id = relay.newTunnelId()
+        self.server = grant.server
+        self.user = grant.user
         self.started = relay.reactor.seconds()
         self.firstEnd: str | None = None
-        self.errors: list[str] = []
-        self._lost = 0
-        clientHalf.observer = serverHalf.observer = self
         relay.tunnels.add(self)
         _log.info(
             "tunnel {tunnel} of {user} to {server} joined",
@@ -555,23 +623,19 @@ class TunnelRecord:
             user=self.user,
             server=self.server,
         )
+        self.splice = splice(relay.reactor, client, server, self.finished, ended=self.ended)
 
-    def ended(self, half: SpliceHalf) -> None:
+    def ended(self, name: str) -> None:
         if self.firstEnd is None:
-            self.firstEnd = half.name
+            self.firstEnd = name
 
-    def lost(self, half: SpliceHalf, reason: Failure) -> None:
-        # Only the first loss says how the tunnel ended: once one side is
-        # closed, a reset on the other is the two ends' closes crossing.
-        if self._lost == 0 and not reason.check(ConnectionDone):
-            self.errors.append(f"{half.name} side: {reason.getErrorMessage()}")
-        self._lost += 1
-        if self._lost < 2:
-            return
+    def finished(self, joined: Any, outcome: Outcome) -> None:
         self.relay.tunnels.discard(self)
-        how = f"closed by {self.firstEnd}"
-        if self.errors:
-            how += " (" + "; ".join(self.errors) + ")"
+        if outcome is None:
+            how = f"closed by {self.firstEnd or 'both'}"
+        else:
+            side, why = outcome
+            how = f"cut on the {side} side ({why})"
         _log.info(
             "tunnel {tunnel} of {user} to {server} ended, {how}: {up} bytes up,"
             " {down} bytes down in {duration:.3f} s",
@@ -579,7 +643,8 @@ class TunnelRecord:
             user=self.user,
             server=self.server,
             how=how,
-            up=self.client.received,
-            down=self.serverHalf.received,
+            up=joined.carried("client"),
+            down=joined.carried("server"),
             duration=self.relay.reactor.seconds() - self.started,
         )
+

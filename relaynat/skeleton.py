@@ -1,37 +1,36 @@
 """
 The skeleton: it lives next to the hidden servers, keeps a control
-connection to the relay, and opens data connections on the relay's demand,
-joining each to a fresh connection to the server it fronts.
+connection to the relay, and opens data connections on the relay's demand.
+On each, once joined, it answers the client's handshake (proving the
+server's secret), waits for the client's first record (which proves the
+same of the client), and only then connects to the server and carries the
+tunnel's bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relaynat.channel import keepAlive
 from relaynat.link import ControlChannel, RelayLink, preparing
-from relaynat.secret import checkJoinProof, newNonce
-from relaynat.splice import FramedHalf, OneProtocolFactory, SpliceHalf, splicePair
+from relaynat.seal import BEGIN, REFUSED, SealBroken, Sealed, SkeletonHandshake
+from relaynat.splice import OneProtocolFactory, Outcome, SpliceHalf, splice
 from relaynat.wire import (
     HEARTBEAT,
     PING_TIMEOUT,
-    Channel,
-    Join,
-    Offer,
+    TICKET_BYTES,
+    BadRequest,
     OpenConnection,
-    Ping,
     Register,
-    SecretMismatch,
     SkeletonGone,
-    TargetRefused,
     UnknownServer,
 )
 
@@ -40,15 +39,22 @@ _log = Logger()
 #: Data connections opened at once (see L{Skeleton.opening}).
 OPEN_LIMIT = 64
 
+#: Seconds a data connection whose handshake is done may wait for the
+#: client's first record: clients keep a few ready and replace them well
+#: before this (see L{relaynat.client.READY_LIFETIME}); anything older is a
+#: client gone quiet, or a replayed handshake that will never go on.
+WARM_LIMIT = 600.0
+
 
 @attrs.frozen
 class FrontedServer:
-    """A server this skeleton fronts: its id, description, target and secret."""
+    """A server this skeleton fronts: its id, description, target, secret and seal."""
 
     id: str
     description: str
     target: IStreamClientEndpoint
     secret: bytes = attrs.field(repr=False)
+    sealed: bool = True
 
 
 class Skeleton:
@@ -74,7 +80,7 @@ class Skeleton:
         self.servers = dict(servers)
         self.pool = pool
         #: Open data connections, pooled or joined.
-        self.dataChannels: set[DataChannel] = set()
+        self.dataConnections: set[RelayEnd] = set()
         #: The relay's requests for connections being worked on; the rest
         #: wait, oldest first, so that under a burst each is done quickly
         #: rather than all of them late.
@@ -109,129 +115,155 @@ class Skeleton:
             servers=", ".join(sorted(self.servers)),
         )
 
-    async def offerConnection(self, serverId: str) -> None:
-        """Open a data connection for C{serverId} and offer it to the relay."""
-        session = self.link.session
-        if session is None:
-            raise SkeletonGone("not logged in to the relay")
-        channel = await self.link.connect(DataChannel(self, serverId))
+    async def offerConnection(self, serverId: str, ticket: bytes) -> None:
+        """Open a data connection for C{serverId} with C{ticket}, for the relay's pool."""
         try:
-            proof = await self.link.prove(channel, session)
-            await channel.callRemote(
-                Offer, session=session.id, proof=proof, server=serverId, nonce=channel.nonce
-            )
-        except Exception:
-            channel.transport.loseConnection()
-            raise
+            await self.link.connectData(RelayEnd(self, self.servers[serverId], ticket))
+        except Exception as e:
+            raise SkeletonGone(f"cannot reach the relay: {e}") from e
 
 
 class SkeletonControl(ControlChannel):
     """The control connection, as the relay sees it: asks for connections."""
 
     def __init__(self, skeleton: Skeleton) -> None:
-        super().__init__(skeleton.link)
+        super().__init__(skeleton.link, skeleton.heartbeat, skeleton.pingTimeout)
         self.skeleton = skeleton
-        self._heartbeat = LoopingCall(self._sendPing)
-        self._heartbeat.clock = skeleton.clock
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self._heartbeat.start(self.skeleton.heartbeat, now=False)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self._heartbeat.running:
-            self._heartbeat.stop()
-        super().connectionLost(reason)
-
-    def _sendPing(self) -> None:
-        d = self.callRemote(Ping)
-        d.addTimeout(self.skeleton.pingTimeout, self.skeleton.clock)
-        d.addErrback(self._noAnswer)
-
-    def _noAnswer(self, failure: Failure) -> None:
-        if self.connected:
-            _log.warn(
-                "the relay did not answer a ping: reconnecting ({why})",
-                why=failure.getErrorMessage(),
-            )
-            self.transport.abortConnection()
 
     @OpenConnection.responder
-    def openConnection(self, server: str) -> Deferred[dict[str, object]]:
+    def openConnection(self, server: str, ticket: bytes) -> Deferred[dict[str, object]]:
         if server not in self.skeleton.servers:
             raise UnknownServer(f"this skeleton does not front {server}")
-        return Deferred.fromCoroutine(self._open(server))
+        if len(ticket) != TICKET_BYTES:
+            raise BadRequest("a ticket is 32 bytes")
+        return Deferred.fromCoroutine(self._open(server, ticket))
 
-    async def _open(self, server: str) -> dict[str, object]:
+    async def _open(self, server: str, ticket: bytes) -> dict[str, object]:
         async with self.skeleton.opening:
             if not self.connected:
                 # The relay forgot this request with the connection it came
                 # on, while it waited its turn here.
                 return {}
             try:
-                await self.skeleton.offerConnection(server)
+                await self.skeleton.offerConnection(server, ticket)
             except Exception as e:
                 _log.warn(
                     "could not open a connection to the relay for {server}: {why}",
                     server=server,
                     why=str(e),
                 )
-                raise SkeletonGone(f"the skeleton could not reach the relay: {e}") from e
+                raise
         return {}
 
 
-class DataChannel(Channel):
-    """A data connection: offered to the relay, then joined to the target."""
+class RelayEnd(SpliceHalf):
+    """
+    One data connection at the skeleton: pooled at the relay until joined,
+    then the handshake, the client's first record, the target, the splice.
+    """
 
-    def __init__(self, skeleton: Skeleton, serverId: str) -> None:
-        super().__init__()
+    def __init__(self, skeleton: Skeleton, server: FrontedServer, ticket: bytes) -> None:
+        super().__init__("relay")
         self.skeleton = skeleton
-        self.serverId = serverId
-        #: This connection's half of the per-server secret's challenge.
-        self.nonce = newNonce()
+        self.server = server
+        self._ticket = ticket
+        self._handshake: SkeletonHandshake | None = SkeletonHandshake(
+            server.secret, server.id, server.sealed
+        )
+        self.sealed: Sealed | None = None
+        self._begun = False
+        self._warm: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.skeleton.dataChannels.add(self)
+        keepAlive(self.transport)
+        self.skeleton.dataConnections.add(self)
+        self.transport.write(self._ticket)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.splice is not None:
+            super().dataReceived(data)
+            return
+        try:
+            if self._handshake is not None:
+                self._shake(data)
+            elif not self._begun:
+                self._awaitBegin(data)
+            else:
+                self.keep(data)
+        except SealBroken as e:
+            _log.warn(
+                "tunnel to {server} refused: {why}", server=self.server.id, why=str(e)
+            )
+            self.transport.abortConnection()
+
+    def _shake(self, data: bytes) -> None:
+        assert self._handshake is not None
+        answered = self._handshake.receive(data)
+        if answered is None:
+            return
+        self._handshake = None
+        reply, self.sealed = answered
+        self.transport.write(reply)
+        self._warm = self.skeleton.clock.callLater(WARM_LIMIT, self.transport.loseConnection)
+        if self.sealed.rest:
+            self._awaitBegin(self.sealed.rest)
+
+    def _awaitBegin(self, data: bytes) -> None:
+        assert self.sealed is not None
+        records = self.sealed.reader.feed(data, limit=1)
+        if not records:
+            return
+        kind, _ = records[0]
+        if kind != BEGIN:
+            raise SealBroken("the tunnel did not start with its first record")
+        self._begun = True
+        if self._warm is not None and self._warm.active():
+            self._warm.cancel()
+        # What came after it is the tunnel's: records, or raw bytes if not sealed.
+        self.keep(self.sealed.reader.leftover())
+        Deferred.fromCoroutine(self._connectTarget())
+
+    async def _connectTarget(self) -> None:
+        assert self.sealed is not None
+        target = SpliceHalf("target")
+        try:
+            await self.server.target.connect(OneProtocolFactory(target))
+        except Exception as e:
+            # The details stay in this log: they name the target's address.
+            _log.warn(
+                "tunnel to {server}: target refused: {why}", server=self.server.id, why=str(e)
+            )
+            if self.lost is None:
+                self.transport.write(self.sealed.writer.record(REFUSED))
+                self.transport.loseConnection()
+            return
+        if self.lost is not None:
+            target.transport.abortConnection()
+            return
+        _log.info("tunnel to {server} opened", server=self.server.id)
+        if self.sealed.sealed:
+            splice(self.skeleton.clock, target, self, self._finished, seal=self.sealed)
+        else:
+            # This side's first record goes to the client before the target's bytes.
+            target.early.insert(0, self.sealed.writer.record(BEGIN))
+            splice(self.skeleton.clock, target, self, self._finished)
+
+    def readConnectionLost(self) -> None:
+        if self.splice is None:
+            # The client or the relay gave up before the tunnel started.
+            self.transport.loseConnection()
+        else:
+            super().readConnectionLost()
+
+    def _finished(self, joined: Any, outcome: Outcome) -> None:
+        if outcome is not None and outcome[0] == "relay":
+            _log.warn(
+                "tunnel to {server} cut: {why}", server=self.server.id, why=outcome[1]
+            )
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.skeleton.dataChannels.discard(self)
+        self.skeleton.dataConnections.discard(self)
+        if self._warm is not None and self._warm.active():
+            self._warm.cancel()
         super().connectionLost(reason)
-
-    @Join.responder
-    def join(self, tunnel: str, nonce: bytes, proof: bytes) -> Deferred[SpliceHalf]:
-        server = self.skeleton.servers[self.serverId]
-        if not checkJoinProof(server.secret, nonce, self.nonce, tunnel, proof):
-            # Checked here, not at the relay, which never sees the secret;
-            # the target is not contacted.
-            _log.warn(
-                "tunnel {tunnel}: wrong secret for {server}: refused",
-                tunnel=tunnel,
-                server=server.id,
-            )
-            raise SecretMismatch(
-                f"wrong secret for server {server.id}: check the tunnel's secret_file"
-            )
-        return Deferred.fromCoroutine(self._join(tunnel, server))
-
-    async def _join(self, tunnel: str, server: FrontedServer) -> SpliceHalf:
-        relayHalf, targetHalf = splicePair("relay", "target", FramedHalf)
-        try:
-            await server.target.connect(OneProtocolFactory(targetHalf))
-        except Exception as e:
-            _log.warn(
-                "tunnel {tunnel}: target of {server} refused: {why}",
-                tunnel=tunnel,
-                server=server.id,
-                why=str(e),
-            )
-            # The details stay in this log: they name the target's address.
-            raise TargetRefused(
-                f"server {server.id} is registered but its target refused the"
-                " connection"
-            ) from e
-        if not self.connected:
-            targetHalf.abandon()
-            raise SkeletonGone("the relay went away during the join")
-        _log.info("tunnel {tunnel} to {server} opened", tunnel=tunnel, server=server.id)
-        return relayHalf

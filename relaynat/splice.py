@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from relaynat import kernel
 from relaynat.seal import BEGIN, DATA, END, REFUSED, SealBroken, Sealed
-from relaynat.wire import setNoDelay
+from relaynat.channel import setNoDelay
 
 _log = Logger()
 

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping
 import attrs
 from scramp import ScramMechanism
 
-from relaynat.wire import BadRequest, checkServerId
+from relaynat.names import checkServerId
+from relaynat.wire import BadRequest
 
 ITERATIONS = 4096
 ANY = "*"

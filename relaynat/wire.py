@@ -1,51 +1,35 @@
 """
-The wire format shared by relay, skeleton and client: every AMP command, its
-arguments and its errors, and the AMP base class that all three roles speak.
+The wire format shared by relay, skeleton and client: every AMP command of
+the control connections, their errors, and the few bytes the relay itself
+reads or writes on a data connection.
 
-Every connection starts as AMP.  Control connections stay AMP; data
-connections switch to raw bytes with a L{ProtocolSwitchCommand} once they
-are joined, so a tunnel carries the application's bytes untouched.
+Control connections (TLS, AMP):
+  - skeleton -> relay (port Y): L{Login}, L{LoginFinish}, L{Register}.
+  - relay -> skeleton: L{OpenConnection}, with a ticket for the new data
+    connection.
+  - client -> relay (port X): L{Login}, L{LoginFinish}, L{ListServers},
+    L{Tickets}.
+  - either way: L{Ping}.
 
-Port Y (skeletons):
-  - skeleton -> relay: L{Register} on the control connection, L{Offer} as the
-    first command of every data connection.
-  - relay -> skeleton: L{OpenConnection} on the control connection, L{Join}
-    on an offered data connection.
-Port X (clients):
-  - client -> relay: L{ListServers} on a control connection, L{Tunnel} as
-    the only command of a data connection.
-Both: L{Ping}, to keep idle connections honest.
-
-Every first command carries a C{session} or is answered with one, so that a
-login step can come first on any connection without reshaping the rest.
+Data connections (plain TCP to the same ports; the relay tells them from TLS
+by their first byte, see L{TICKET_BYTES}) start with a one-time ticket
+(L{TICKET_BYTES} random bytes, never starting with a TLS record's first
+byte), which is all the relay reads of them.  After it, a client's data
+connection carries the tunnel's handshake and records to the skeleton
+(L{relaynat.seal}), which the relay splices without reading; if the relay
+cannot join it, it writes L{JOIN_REFUSED} and a code of L{JOIN_REFUSALS}
+instead, and closes.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from twisted.internet.interfaces import (
-    IFileDescriptorReceiver,
-    IHalfCloseableProtocol,
-    IHandshakeListener,
-    ISSLTransport,
-    ITCPTransport,
-)
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.main import CONNECTION_DONE
 from twisted.protocols import amp
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import classImplementsOnly, implementedBy
 
-_log = Logger()
-_CLEAN_CLOSE = Failure(CONNECTION_DONE)
-
-#: Seconds between heartbeats: a skeleton pings its control connection this
-#: often, and the relay probes idle pooled connections as often.  NAT
-#: mappings and stateful firewalls forget silent connections; these keep
-#: them alive, and find the dead ones.
+#: Seconds between heartbeats: skeletons and clients ping their control
+#: connection this often.  NAT mappings and stateful firewalls forget silent
+#: connections; these keep them alive, and find the dead ones.
 HEARTBEAT = 30.0
 
 #: Seconds a ping may go unanswered before its connection is dropped.
@@ -57,6 +41,23 @@ SILENCE_LIMIT = 3 * HEARTBEAT
 
 #: A server id: short, printable, safe in logs, file names and URLs.
 SERVER_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+
+#: The length of a data connection's ticket.
+TICKET_BYTES = 32
+
+#: The first byte of every TLS record carrying a handshake: how the relay
+#: tells a control connection from a data connection.  No ticket starts so.
+TLS_HANDSHAKE = 0x16
+
+#: What the relay writes on a client's data connection it cannot join,
+#: before one byte of the code: no handshake frame is empty, so a client
+#: cannot mistake it for the skeleton's answer.
+JOIN_REFUSED = b"\0\0"
+
+#: The most tickets one L{Tickets} call hands out, and the most unused
+#: tickets a session may hold.
+TICKET_BATCH = 16
+TICKETS_PER_SESSION = 256
 
 
 class RelaynatError(Exception):
@@ -99,19 +100,15 @@ class LoginFailed(RelaynatError):
 
 
 class SessionRefused(RelaynatError):
-    """A connection's session proof is wrong, or its session expired."""
+    """A connection's session (or its ticket) is not valid: expired, revoked or unknown."""
 
 
 class PermissionDenied(RelaynatError):
     """The user may not do this (register that server id, say)."""
 
 
-class SecretMismatch(RelaynatError):
-    """The client's proof of the server's secret is wrong."""
-
-
 class LoginRequired(RelaynatError):
-    """A command that needs a login or a session proof came before it."""
+    """A command that needs a login came before it."""
 
 
 _ERRORS: dict[type[Exception], bytes] = {
@@ -125,9 +122,38 @@ _ERRORS: dict[type[Exception], bytes] = {
     LoginFailed: b"LOGIN_FAILED",
     SessionRefused: b"SESSION_REFUSED",
     PermissionDenied: b"PERMISSION_DENIED",
-    SecretMismatch: b"SECRET_MISMATCH",
     LoginRequired: b"LOGIN_REQUIRED",
 }
+
+#: Why the relay did not join a client's data connection, by the code it
+#: writes after L{JOIN_REFUSED}.
+JOIN_REFUSALS: dict[int, type[RelaynatError]] = {
+    1: UnknownServer,
+    2: ServerOffline,
+    3: JoinTimeout,
+    4: SkeletonGone,
+    5: SessionRefused,
+}
+_REFUSAL_CODES = {kind: code for code, kind in JOIN_REFUSALS.items()}
+
+
+def refusalCode(error: RelaynatError) -> bytes:
+    """The bytes the relay writes to refuse a join for C{error}."""
+    return JOIN_REFUSED + bytes([_REFUSAL_CODES.get(type(error), 4)])
+
+
+def refusal(code: int, serverId: str) -> RelaynatError:
+    """The client's error for the relay's refusal C{code} of a join to C{serverId}."""
+    kind = JOIN_REFUSALS.get(code, SkeletonGone)
+    message = {
+        UnknownServer: f"no server {serverId} is registered at this relay;"
+        " 'relaynat list' shows the ones that are",
+        ServerOffline: f"server {serverId} is offline: its skeleton is not connected",
+        JoinTimeout: f"server {serverId} did not provide a connection in time",
+        SkeletonGone: f"the skeleton of server {serverId} went away during the join",
+        SessionRefused: "the relay refused this connection's ticket (the login ended); retrying",
+    }[kind]
+    return kind(message)
 
 
 # Commands with no arguments or no answer values share this empty list.
@@ -152,25 +178,17 @@ class Login(amp.Command):
 class LoginFinish(amp.Command):
     """
     The second step: client-final; answered server-final (which the client
-    checks: the relay proves it knows the verifier), and a session whose key
-    later connections of this login prove instead of the password.
+    checks: the relay proves it knows the verifier), the session this
+    connection now holds, and when it expires.
     """
 
     arguments = [(b"message", amp.Unicode())]
     response = [
         (b"message", amp.Unicode()),
         (b"session", amp.Unicode()),
-        (b"key", amp.String()),
         (b"expires", amp.Float()),
     ]
     errors = _errors(LoginFailed, BadRequest)
-
-
-class Hello(amp.Command):
-    """A fresh challenge, for the session proof of a data connection."""
-
-    arguments = _NOTHING
-    response = [(b"challenge", amp.String())]
 
 
 class Register(amp.Command):
@@ -194,50 +212,30 @@ class Register(amp.Command):
     )
 
 
-class Offer(amp.Command):
-    """
-    After L{Hello}, the command of a skeleton's data connection: this
-    connection, of session C{session} (C{proof} answers the challenge), is
-    ready to be joined to a client of C{server}.  C{nonce} is the skeleton's
-    half of the per-server secret's challenge for that join.
-    """
-
-    arguments = [
-        (b"session", amp.Unicode()),
-        (b"proof", amp.String()),
-        (b"server", amp.Unicode()),
-        (b"nonce", amp.String()),
-    ]
-    response = _NOTHING
-    errors = _errors(UnknownServer, BadRequest, SessionRefused, LoginRequired)
-
-
 class OpenConnection(amp.Command):
     """
-    Relay to skeleton: open one more data connection for C{server} and
-    L{Offer} it.  Answered once the offer is accepted, or with an error.
+    Relay to skeleton: open one more data connection for C{server}, starting
+    with C{ticket}.  Answered once the connection is made and the ticket
+    sent, or with an error.
     """
 
-    arguments = [(b"server", amp.Unicode())]
+    arguments = [(b"server", amp.Unicode()), (b"ticket", amp.String())]
     response = _NOTHING
-    errors = _errors(UnknownServer, SkeletonGone)
+    errors = _errors(UnknownServer, SkeletonGone, BadRequest)
 
 
-class Join(amp.ProtocolSwitchCommand):
+class Tickets(amp.Command):
     """
-    Relay to skeleton, on an offered data connection: check the client's
-    C{proof} of the server's secret over its C{nonce}, the skeleton's nonce
-    and the join id C{tunnel}; then connect to the server's target and, once
-    connected, carry raw bytes from here on.
+    Client to relay, logged in: up to C{count} (at most L{TICKET_BATCH})
+    one-time tickets, each good for one data connection joined to
+    C{server}, for as long as this login lasts.
     """
 
-    arguments = [
-        (b"tunnel", amp.Unicode()),
-        (b"nonce", amp.String()),
-        (b"proof", amp.String()),
-    ]
-    response = _NOTHING
-    errors = _errors(TargetRefused, UnknownServer, SkeletonGone, SecretMismatch)
+    arguments = [(b"server", amp.Unicode()), (b"count", amp.Integer())]
+    response = [(b"tickets", amp.ListOf(amp.String()))]
+    errors = _errors(
+        UnknownServer, ServerOffline, BadRequest, LoginRequired, SessionRefused
+    )
 
 
 class ListServers(amp.Command):
@@ -260,203 +258,8 @@ class ListServers(amp.Command):
     errors = _errors(LoginRequired, SessionRefused)
 
 
-class Prepare(amp.Command):
-    """
-    Client to relay, after L{Hello} on a data connection: this connection
-    belongs to C{session} (C{proof} answers the challenge) and wants
-    C{server}.  The relay sets a skeleton connection aside and answers with
-    the join id and the skeleton's nonce, so that the client can prove the
-    server's secret in L{Tunnel}.
-    """
-
-    arguments = [
-        (b"session", amp.Unicode()),
-        (b"proof", amp.String()),
-        (b"server", amp.Unicode()),
-        (b"nonce", amp.String()),
-    ]
-    response = [(b"join", amp.Unicode()), (b"nonce", amp.String())]
-    errors = _errors(
-        UnknownServer, ServerOffline, JoinTimeout, SkeletonGone, BadRequest,
-        SessionRefused, LoginRequired,
-    )
-
-
-class Tunnel(amp.ProtocolSwitchCommand):
-    """
-    Client to relay, after L{Prepare} on the same connection: join me (with
-    C{proof} of the server's secret) and carry raw bytes from here on.
-    """
-
-    arguments = [(b"join", amp.Unicode()), (b"proof", amp.String())]
-    # A switch's answer carries no values (AMP sends a bare _SwitchBox).
-    response = _NOTHING
-    errors = _errors(
-        UnknownServer, TargetRefused, SkeletonGone, BadRequest, SecretMismatch,
-        JoinTimeout,
-    )
-
-
 class Ping(amp.Command):
     """Either way: are you still there?"""
 
     arguments = _NOTHING
     response = _NOTHING
-
-
-def checkServerId(serverId: str) -> str:
-    """
-    Return C{serverId} if it is a valid server id, else raise L{BadRequest}.
-    """
-    if not SERVER_ID.match(serverId):
-        raise BadRequest(
-            f"bad server id {serverId!r}: use 1 to 64 letters, digits, '.', '_'"
-            " or '-', starting with a letter or digit"
-        )
-    return serverId
-
-
-def checkText(what: str, text: str, limit: int = 200) -> str:
-    """
-    Return C{text} if it is short and printable, else raise L{BadRequest}:
-    names and descriptions end up on other people's terminals and in logs.
-    """
-    if len(text) > limit or not text.isprintable():
-        raise BadRequest(
-            f"bad {what} {text[:40]!r}: use at most {limit} printable characters"
-        )
-    return text
-
-
-def setNoDelay(transport: object) -> None:
-    """
-    Turn Nagle off where the transport is TCP: a relay hop must not hold
-    small writes back (an interactive ssh session through three hops would
-    otherwise wait on delayed ACKs at each).
-    """
-    tcp = ITCPTransport(transport, None)
-    if tcp is not None:
-        tcp.setTcpNoDelay(True)
-
-
-class Channel(amp.AMP):
-    """
-    AMP that keeps half-close working after a protocol switch.
-
-    Stock AMP does not provide L{IHalfCloseableProtocol}, so the transport
-    closes the whole connection at the peer's end-of-stream, and a tunnel
-    could not deliver a reply after the client shut its write side.
-    """
-
-    # A TCP or TLS transport: also a consumer, a push producer, and
-    # abortable, which ITransport alone does not say.
-    transport: Any
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._secure: bool | Failure = False
-        self._waiting: list[Deferred[None]] = []
-
-    def whenSecure(self) -> Deferred[None]:
-        """
-        Fires when TLS is established (at once without TLS), or fails with
-        the reason the connection was lost before that.
-        """
-        if self._secure is True:
-            return succeed(None)
-        if isinstance(self._secure, Failure):
-            return fail(self._secure)
-        d: Deferred[None] = Deferred()
-        self._waiting.append(d)
-        return d
-
-    def handshakeCompleted(self) -> None:
-        self._settle(True)
-
-    def _settle(self, outcome: bool | Failure) -> None:
-        if self._secure is not False:
-            return
-        self._secure = outcome
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            if isinstance(outcome, Failure):
-                d.errback(outcome)
-            else:
-                d.callback(None)
-
-    def connectionMade(self) -> None:
-        # AMP's own makeConnection does not set this, as Protocol's does.
-        self.connected = True
-        setNoDelay(self.transport)
-        if ISSLTransport(self.transport, None) is None:
-            self.handshakeCompleted()
-        super().connectionMade()
-
-    def makeConnection(self, transport: Any) -> None:
-        # AMP's own makeConnection logs two lines per connection (made and
-        # lost); a relay makes several connections per tunnel and logs each
-        # tunnel itself, so those lines cost time and bury the useful ones.
-        amp.BinaryBoxProtocol.makeConnection(self, transport)
-
-    def connectionLost(self, reason: Failure = _CLEAN_CLOSE) -> None:
-        self.connected = False
-        self._settle(reason)
-        amp.BinaryBoxProtocol.connectionLost(self, reason)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.innerProtocol is not None:
-            self.innerProtocol.dataReceived(data)
-            return
-        try:
-            super().dataReceived(data)
-        except Exception as e:
-            # Stock AMP lets some malformed boxes raise (an empty box, an
-            # answer to no question, a command name that is not UTF-8); a
-            # peer sending garbage is dropped with one line, not a traceback.
-            _log.warn(
-                "dropping {peer}: malformed AMP: {error}",
-                peer=self.transport.getPeer(),
-                error=repr(e),
-            )
-            self.transport.abortConnection()
-
-    def _inner(self) -> IHalfCloseableProtocol | None:
-        if self.innerProtocol is None:
-            return None
-        return IHalfCloseableProtocol(self.innerProtocol, None)
-
-    def readConnectionLost(self) -> None:
-        inner = self._inner()
-        if inner is not None:
-            inner.readConnectionLost()
-        else:
-            # A control channel whose peer stopped sending is finished.
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        inner = self._inner()
-        if inner is not None:
-            inner.writeConnectionLost()
-
-    @Ping.responder
-    def _ping(self) -> dict[str, object]:
-        return {}
-
-    def locateResponder(self, name: bytes) -> Any:
-        # Stock AMP answers StartTLS; TLS here is set up by the endpoints,
-        # and a peer must not be able to start it again mid-connection.
-        if name == amp.StartTLS.commandName:
-            return None
-        return super().locateResponder(name)
-
-
-# Twisted's client endpoints wrap the protocol and copy its interfaces one
-# at a time with directlyProvides, which replaces rather than adds: AMP's
-# IFileDescriptorReceiver (which no channel here uses) would erase
-# IHalfCloseableProtocol, and every client-side tunnel would lose half-close.
-classImplementsOnly(
-    Channel,
-    IHalfCloseableProtocol,
-    IHandshakeListener,
-    *[i for i in implementedBy(amp.AMP) if i is not IFileDescriptorReceiver],
-)

@@ -59,7 +59,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     link = linkFromConfig(config.access, reactor)
     servers = {
         s.id: FrontedServer(
-            s.id, s.description, clientFromString(reactor, s.target), options.secrets[s.id]
+            s.id, s.description, clientFromString(reactor, s.target), options.secrets[s.id], s.seal
         )
         for s in config.servers
     }

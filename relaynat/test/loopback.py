@@ -9,21 +9,15 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from twisted.application.internet import ClientService
-from twisted.internet import reactor as _reactor
-from twisted.internet import tcp
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
-    TCP4ServerEndpoint,
 )
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 
 from relaynat.auth import Users
 from relaynat.client import ClientControl, TunnelFactory, controlFactory
@@ -32,29 +26,8 @@ from relaynat.link import Credentials, RelayLink, preparing
 from relaynat.relay import Relay
 from relaynat.skeleton import FrontedServer, Skeleton
 from relaynat.splice import OneProtocolFactory
+from relaynat.test.net import endpointOf, listen, openConnections, pollUntil, reactor
 from relaynat.users import Rights, User, saveUsers
-
-reactor = _reactor
-
-
-async def listen(factory: Factory[Any]) -> IListeningPort:
-    return await TCP4ServerEndpoint(reactor, 0, backlog=1024, interface="127.0.0.1").listen(factory)
-
-
-def endpointOf(port: IListeningPort) -> TCP4ClientEndpoint:
-    return TCP4ClientEndpoint(reactor, "127.0.0.1", cast(IPv4Address, port.getHost()).port)
-
-
-async def pollUntil(
-    condition: Callable[[], object], timeout: float = 10.0, step: float = 0.01
-) -> None:
-    """Wait for C{condition} to hold, at most C{timeout} seconds."""
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await deferLater(reactor, step, lambda: None)
-
 
 PASSWORD = "correct horse battery staple"
 _IDENTITY: tuple[bytes, bytes] | None = None
@@ -110,6 +83,7 @@ class Stack:
         heartbeat: float = 30.0,
         users: dict[str, Rights] | None = None,
         user: str = "alice",
+        sealed: bool = True,
     ) -> Stack:
         self.identity = relayIdentity(self.directory)
         self.users = writeUsers(
@@ -131,7 +105,7 @@ class Stack:
                 endpoint = endpointOf(port)
             self.secrets[serverId] = secrets.token_bytes(32)
             fronted[serverId] = FrontedServer(
-                serverId, f"test {serverId}", endpoint, self.secrets[serverId]
+                serverId, f"test {serverId}", endpoint, self.secrets[serverId], sealed
             )
         self.skeletonLink = self.link(self.skeletonPort, user)
         self.skeleton = Skeleton(
@@ -205,18 +179,3 @@ class Stack:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def openConnections() -> set[tcp.Connection]:
-    """Every TCP connection the reactor still has, whatever its role."""
-    selectables = reactor.getReaders() + reactor.getWriters()
-    return {s for s in selectables if isinstance(s, tcp.Connection)}
-
-
-def runAsync(f):  # type: ignore[no-untyped-def]
-    """Decorate an async test method so trial waits on it."""
-
-    def wrapper(self, *a, **kw):  # type: ignore[no-untyped-def]
-        return ensureDeferred(f(self, *a, **kw))
-
-    wrapper.__name__ = f.__name__
-    wrapper.__doc__ = f.__doc__
-    return wrapper

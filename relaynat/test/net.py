@@ -17,6 +17,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 
+from relaynat import kernel
+
 reactor: Any = _reactor
 
 
@@ -52,9 +54,14 @@ async def waitStalled(sender: Any) -> None:
 
 
 def openConnections() -> set[tcp.Connection]:
-    """Every TCP connection the reactor still has, whatever its role."""
+    """
+    Every TCP connection the reactor still has, whatever its role: those
+    spliced in the kernel are watched through their splice's descriptors.
+    """
     selectables = reactor.getReaders() + reactor.getWriters()
-    return {s for s in selectables if isinstance(s, tcp.Connection)}
+    found = {s for s in selectables if isinstance(s, tcp.Connection)}
+    found |= {s.transport for s in selectables if isinstance(s, kernel._End)}
+    return found
 
 
 def runAsync(f):  # type: ignore[no-untyped-def]
