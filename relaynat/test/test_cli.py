@@ -19,7 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaynat import __version__
 from relaynat.cli import ListOptions, Options, formatJson, formatTable, main
-from relaynat.test.loopback import PASSWORD, Stack, listen, runAsync
+from relaynat.test.loopback import PASSWORD, Stack
+from relaynat.test.net import listen, runAsync
 from relaynat.test.streams import Echo
 
 #: The installed console script, next to the interpreter running the tests.

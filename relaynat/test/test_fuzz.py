@@ -30,15 +30,8 @@ from relaynat.auth import Users
 from relaynat.client import listServers
 from relaynat.identity import PinnedRelay, RelayIdentity
 from relaynat.relay import ClientChannel, Relay, SkeletonChannel
-from relaynat.test.loopback import (
-    ANYTHING,
-    Stack,
-    endpointOf,
-    pollUntil,
-    relayIdentity,
-    runAsync,
-    writeUsers,
-)
+from relaynat.test.loopback import ANYTHING, Stack, relayIdentity, writeUsers
+from relaynat.test.net import endpointOf, pollUntil, runAsync
 from relaynat.test.streams import Collect, Echo
 from relaynat.wire import Channel
 

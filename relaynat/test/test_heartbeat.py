@@ -12,7 +12,8 @@ from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 
 from relaynat.relay import SkeletonChannel
-from relaynat.test.loopback import Stack, pollUntil, runAsync
+from relaynat.test.loopback import Stack
+from relaynat.test.net import pollUntil, runAsync
 from relaynat.test.streams import Collect, Echo
 
 

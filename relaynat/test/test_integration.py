@@ -17,14 +17,8 @@ from twisted.trial.unittest import TestCase
 from relaynat.client import listServers, openTunnel
 from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
 from relaynat.splice import READ_SIZE, SpliceHalf, splicePair
-from relaynat.test.loopback import (
-    Stack,
-    endpointOf,
-    listen,
-    openConnections,
-    pollUntil,
-    runAsync,
-)
+from relaynat.test.loopback import Stack
+from relaynat.test.net import endpointOf, listen, openConnections, pollUntil, runAsync
 from relaynat.test.streams import (
     Bulk,
     BulkFactory,

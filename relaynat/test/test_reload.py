@@ -14,7 +14,8 @@ from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from relaynat.tap.relay import ReloadOnHangup
-from relaynat.test.loopback import ANYTHING, Stack, pollUntil, reactor, runAsync, writeUsers
+from relaynat.test.loopback import ANYTHING, Stack, writeUsers
+from relaynat.test.net import pollUntil, reactor, runAsync
 from relaynat.test.streams import Collect, Echo
 from relaynat.users import Rights
 

@@ -40,19 +40,8 @@ from relaynat.link import Credentials, LoginSession, RelayLink, RelayUnreachable
 from relaynat.relay import Relay
 from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
 from relaynat.splice import OneProtocolFactory, splicePair
-from relaynat.test.loopback import (
-    ANYTHING,
-    PASSWORD,
-    Stack,
-    endpointOf,
-    listen,
-    openConnections,
-    pollUntil,
-    reactor,
-    relayIdentity,
-    runAsync,
-    writeUsers,
-)
+from relaynat.test.loopback import ANYTHING, PASSWORD, Stack, relayIdentity, writeUsers
+from relaynat.test.net import endpointOf, listen, openConnections, pollUntil, reactor, runAsync
 from relaynat.test.streams import Collect, Echo
 from relaynat.users import Rights
 from relaynat.wire import (

@@ -42,7 +42,7 @@ from relaynat.demo import (
     twistdCommand,
     writeConfigs,
 )
-from relaynat.test.loopback import runAsync
+from relaynat.test.net import runAsync
 from relaynat.test.streams import Bulk, StalledFactory, expectedDigest
 
 MB = 1024 * 1024
