@@ -12,6 +12,7 @@ connection costs one record to start.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
@@ -24,7 +25,7 @@ from relaynat.channel import Channel, keepAlive
 from relaynat.link import ControlChannel, RelayLink
 from relaynat.seal import BEGIN, REFUSED, ClientHandshake, SealBroken, Sealed
 from relaynat.splice import Outcome, SpliceHalf, splice
-from relaynat.wire import JOIN_REFUSED, ListServers, RelaynatError, SkeletonGone, TargetRefused, refusal
+from relaynat.wire import HEARTBEAT, JOIN_REFUSED, PING_TIMEOUT, ListServers, RelaynatError, SkeletonGone, TargetRefused, refusal
 
 _log = Logger()
 
@@ -90,6 +91,8 @@ class ClientEnd(SpliceHalf):
         self._attached: tuple[LocalHalf, Any] | None = None
         #: When this connection, kept ready, is replaced by a fresh one.
         self.retirement: Any = None
+        #: Told when this connection is lost before it carried a tunnel.
+        self.lostUnused: Callable[[ClientEnd], None] | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -197,6 +200,8 @@ class ClientEnd(SpliceHalf):
 
     def lostBeforeSplice(self, reason: Failure) -> None:
         self._cancelRetirement()
+        if self.lostUnused is not None:
+            self.lostUnused(self)
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         if self._attached is not None:
@@ -260,6 +265,13 @@ class TunnelFactory(Factory):
             return
         self._ready.append(end)
         end.retirement = self.link.clock.callLater(READY_LIFETIME, self._retire, end)
+        end.lostUnused = self._readyLost
+
+    def _readyLost(self, end: ClientEnd) -> None:
+        # Closed by the far end, the relay or the network while it waited.
+        if end in self._ready:
+            self._ready.remove(end)
+            self._refill()
 
     def _retire(self, end: ClientEnd) -> None:
         end.retirement = None
@@ -314,6 +326,7 @@ class TunnelFactory(Factory):
         """A ready connection, or a new one if none is left."""
         while self._ready:
             end = self._ready.popleft()
+            end.lostUnused = None
             if end.lost is None:
                 self._refill()
                 return end
@@ -371,8 +384,10 @@ class ClientControl(ControlChannel):
     """The client's control connection: holds the login and hands out tickets."""
 
 
-def controlFactory(link: RelayLink) -> Factory:
-    return Factory.forProtocol(lambda: ClientControl(link))
+def controlFactory(
+    link: RelayLink, heartbeat: float = HEARTBEAT, pingTimeout: float = PING_TIMEOUT
+) -> Factory:
+    return Factory.forProtocol(lambda: ClientControl(link, heartbeat, pingTimeout))
 
 
 async def listServers(link: RelayLink) -> list[dict[str, Any]]:

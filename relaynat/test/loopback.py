@@ -107,6 +107,7 @@ class Stack:
             fronted[serverId] = FrontedServer(
                 serverId, f"test {serverId}", endpoint, self.secrets[serverId], sealed
             )
+        self.heartbeat = heartbeat
         self.skeletonLink = self.link(self.skeletonPort, user)
         self.skeleton = Skeleton(
             self.skeletonLink, "test", fronted, pool, heartbeat=heartbeat, pingTimeout=heartbeat
@@ -148,7 +149,7 @@ class Stack:
     async def startClient(self) -> None:
         service = ClientService(
             self.clientLink.endpoint,
-            controlFactory(self.clientLink),
+            controlFactory(self.clientLink, self.heartbeat, self.heartbeat),
             prepareConnection=lambda p: preparing(
                 cast(ClientControl, p), cast(ClientControl, p).start()
             ),

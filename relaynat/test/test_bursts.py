@@ -18,7 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from relaynat import client
 from relaynat.client import LocalHalf, TunnelFactory
 from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
-from relaynat.splice import SpliceHalf
+
+
+TICKET = b"t" * 32
 
 
 class FakeLink:
@@ -29,25 +31,40 @@ class FakeLink:
         self.session = None
 
 
+class FakeEnd:
+    """A ready connection to the relay, as far as a local connection's setup sees it."""
+
+    lost = None
+
+    def __init__(self) -> None:
+        self.attached: LocalHalf | None = None
+
+    def attach(self, local: LocalHalf, finished: object) -> None:
+        self.attached = local
+
+
 class ClientSetupTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.started: list[tuple[SpliceHalf, Deferred[None]]] = []
+        self.started: list[Deferred[FakeEnd]] = []
 
-        async def openTunnel(
-            link: object, serverId: str, secret: bytes, half: SpliceHalf, take: object
-        ) -> None:
-            d: Deferred[None] = Deferred()
-            self.started.append((half, d))
-            await d
+        async def take() -> FakeEnd:
+            d: Deferred[FakeEnd] = Deferred()
+            self.started.append(d)
+            return await d
 
-        self.patch(client, "openTunnel", openTunnel)
         self.patch(client, "SETUP_LIMIT", 2)
         self.factory = TunnelFactory(FakeLink(), "web", b"s")  # type: ignore[arg-type]
+        self.factory.take = take  # type: ignore[method-assign,assignment]
 
     def connect(self) -> LocalHalf:
         local = self.factory.buildProtocol(None)
         local.makeConnection(StringTransport())
         return local
+
+    def finish(self, index: int) -> FakeEnd:
+        end = FakeEnd()
+        self.started[index].callback(end)
+        return end
 
     def test_burstWaitsItsTurn(self) -> None:
         """
@@ -55,16 +72,14 @@ class ClientSetupTests(SynchronousTestCase):
         finished setup lets the oldest waiting one start.
         """
         locals = [self.connect() for _ in range(4)]
-        self.assertEqual([h for h, _ in self.started], [locals[0].peer, locals[1].peer])
+        self.assertEqual(len(self.started), 2)
         self.assertEqual(self.factory.settingUp(), 2)
-        self.started[0][1].callback(None)
+        self.assertIs(self.finish(0).attached, locals[0])
         self.assertEqual(len(self.started), 3)
-        self.assertIs(self.started[2][0], locals[2].peer)
-        self.started[1][1].errback(RuntimeError("no"))
+        self.started[1].errback(RuntimeError("no"))
         self.assertTrue(locals[1].transport.disconnecting)  # type: ignore[attr-defined]
-        self.assertIs(self.started[3][0], locals[3].peer)
-        for _, d in self.started[2:]:
-            d.callback(None)
+        self.assertEqual(len(self.started), 4)
+        self.assertEqual([self.finish(i).attached for i in (2, 3)], locals[2:])
         self.assertEqual(self.factory.settingUp(), 0)
         self.flushLoggedErrors()
 
@@ -72,7 +87,7 @@ class ClientSetupTests(SynchronousTestCase):
         """A local connection closed while it waited is never set up."""
         locals = [self.connect() for _ in range(3)]
         locals[2].connectionLost(Failure(ConnectionDone()))
-        self.started[0][1].callback(None)
+        self.finish(0)
         self.assertEqual(len(self.started), 2)
         self.assertEqual(self.factory.settingUp(), 1)
 
@@ -88,7 +103,7 @@ class SkeletonOpenTests(SynchronousTestCase):
         skeleton.opening = DeferredSemaphore(limit)
         self.started: list[Deferred[None]] = []
 
-        def offerConnection(serverId: str) -> Deferred[None]:
+        def offerConnection(serverId: str, ticket: bytes) -> Deferred[None]:
             self.started.append(Deferred())
             return self.started[-1]
 
@@ -104,7 +119,7 @@ class SkeletonOpenTests(SynchronousTestCase):
         """
         control = self.control(2)
         started = self.started
-        answers: list[Deferred[Any]] = [control.openConnection("web") for _ in range(3)]
+        answers: list[Deferred[Any]] = [control.openConnection("web", TICKET) for _ in range(3)]
         self.assertEqual(len(started), 2)
         started[0].callback(None)
         self.assertEqual(self.successResultOf(answers[0]), {})
@@ -120,7 +135,7 @@ class SkeletonOpenTests(SynchronousTestCase):
         opens nothing: the relay forgot it with that connection.
         """
         control = self.control(1)
-        first, second = control.openConnection("web"), control.openConnection("web")
+        first, second = control.openConnection("web", TICKET), control.openConnection("web", TICKET)
         control.connected = False
         self.started[0].callback(None)
         self.assertEqual([self.successResultOf(first), self.successResultOf(second)], [{}, {}])

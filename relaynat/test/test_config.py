@@ -46,7 +46,8 @@ from relaynat.tap import client as clientTap
 from relaynat.tap import relay as relayTap
 from relaynat.tap import skeleton as skeletonTap
 from relaynat.users import Rights, User, saveUsers
-from relaynat.wire import SERVER_ID, BadRequest, checkServerId
+from relaynat.names import checkServerId
+from relaynat.wire import SERVER_ID, BadRequest
 
 #: A well-formed fingerprint of no key in particular.
 FINGERPRINT = "sha256:" + "ab" * 32
@@ -466,6 +467,19 @@ class SkeletonConfigTests(ConfigErrorMixin, SynchronousTestCase):
         """The name defaults to the host name and the pool to one."""
         config = skeletonConfig(parseToml(SKELETON.replace('name = "edge"', "")), "s")
         self.assertEqual((config.name, config.pool), (socket.gethostname(), 1))
+
+    def test_seal(self) -> None:
+        """A server is sealed unless it says C{seal = false}."""
+        self.assertTrue(skeletonConfig(parseToml(SKELETON), "s").servers[0].seal)
+        config = skeletonConfig(parseToml(SKELETON + "seal = false\n"), "s")
+        self.assertFalse(config.servers[0].seal)
+
+    def test_sealNotBoolean(self) -> None:
+        """C{seal} must be true or false, not a string."""
+        self.assertConfigError(
+            skeletonConfig, SKELETON + 'seal = "no"\n', "skel.toml", "server[0].seal",
+            "must be true or false, not 'no'",
+        )
 
     def test_targetHasNoBacklog(self) -> None:
         """Connecting endpoints (relay, targets) are kept as written."""

@@ -9,16 +9,17 @@ from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.trial.unittest import TestCase
 
-from relaynat.client import listServers, openTunnel
-from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
-from relaynat.splice import READ_SIZE, SpliceHalf, splicePair
+from relaynat.client import ClientEnd, LocalHalf, TunnelFactory, listServers
+from relaynat.skeleton import FrontedServer, RelayEnd, Skeleton, SkeletonControl
+from relaynat.splice import READ_SIZE
 from relaynat.test.loopback import Stack
-from relaynat.test.net import endpointOf, listen, openConnections, pollUntil, runAsync
+from relaynat.test.net import endpointOf, listen, openConnections, pollUntil, runAsync, waitStalled
 from relaynat.test.streams import (
     Bulk,
     BulkFactory,
@@ -29,7 +30,7 @@ from relaynat.test.streams import (
     StalledFactory,
     expectedDigest,
 )
-from relaynat.wire import DuplicateServer, ServerOffline, TargetRefused, UnknownServer
+from relaynat.wire import DuplicateServer, ServerOffline, UnknownServer
 
 MB = 1024 * 1024
 
@@ -41,38 +42,46 @@ def tcpUnder(transport: Any) -> Any:
     return transport
 
 
-async def waitStalled(sender: Bulk) -> None:
-    """Wait until C{sender} is paused by flow control and makes no progress."""
-    last = [-1]
+def protocolOf(transport: Any) -> Any:
+    """The protocol of a TCP connection, under an endpoint's wrapper."""
+    protocol = transport.protocol
+    return getattr(protocol, "_wrappedProtocol", protocol)
 
-    def settled() -> bool:
-        stuck = sender.paused and sender.sentBytes == last[0]
-        last[0] = sender.sentBytes
-        return stuck
 
-    await pollUntil(settled, timeout=30, step=0.25)
+def logged(test: TestCase) -> list[dict[str, Any]]:
+    """Every log event from now to the end of C{test}."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
+    test.addCleanup(globalLogPublisher.removeObserver, cast(ILogObserver, events.append))
+    return events
 
 
 class IntegrationTests(TestCase):
-    """Real sockets, the real roles, one reactor."""
+    """Real sockets, the real roles, one reactor; tunnels sealed."""
+
+    sealed = True
 
     async def startStack(self, targets: dict, **kw) -> Stack:  # type: ignore[type-arg]
-        stack = await Stack().start(targets, **kw)
+        stack = await Stack().start(targets, sealed=self.sealed, **kw)
         self.addCleanup(stack.stop)
         return stack
 
     async def assertNoLeaks(self, stack: Stack) -> None:
         """
         Tunnels close on every hop, and what is left is the skeleton's and
-        the client's control connections, the skeleton's refilled pool and
-        the client's connections opened in advance (two sockets each, in
-        this process).
+        the client's control connections (two sockets each, in this
+        process), the skeleton's refilled pool (two) and the client's
+        connections kept ready (four: each is joined at the relay).
         """
-        await pollUntil(lambda: not stack.relay.tunnels)
+        ready = sum(f.readyCount for f in stack.tunnelFactories.values())
+        # The relay cannot tell a connection kept ready from a tunnel in use.
+        await pollUntil(lambda: len(stack.relay.tunnels) == ready)
         counts = stack.relay.registry.counts
         await pollUntil(lambda: (counts()["waiting"], counts()["requested"]) == (0, 0))
-        ready = sum(f.readyCount for f in stack.tunnelFactories.values())
-        expected = lambda: 2 * (2 + counts()["idle"] + ready)  # noqa: E731
+        await pollUntil(
+            lambda: all(f.readyNow() == f.readyCount for f in stack.tunnelFactories.values())
+        )
+        expected = lambda: 2 * 2 + 2 * counts()["idle"] + 4 * ready  # noqa: E731
         await pollUntil(lambda: len(openConnections()) == expected())
 
     @runAsync
@@ -170,29 +179,25 @@ class IntegrationTests(TestCase):
     @runAsync
     async def test_targetRefused(self) -> None:
         """
-        A registered server whose target refuses fails the join with a clear
-        error, and the client closes its local connection.
+        A registered server whose target refuses: the client resets the
+        local connection and logs why, in one line.
         """
         unused = await listen(Factory.forProtocol(Echo))
         deadPort = cast(IPv4Address, unused.getHost()).port
         await cast(Deferred[None], unused.stopListening())
         stack = await self.startStack({"web": deadPort})
-        half, _ = splicePair()
-        error = cast(
-            TargetRefused,
-            await self.assertFailure(
-                ensureDeferred(openTunnel(stack.clientLink, "web", stack.secrets["web"], half)),
-                TargetRefused,
-            ),
-        )
-        self.assertEqual(
-            str(error),
-            "server web is registered but its target refused the connection",
-        )
+        events = logged(self)
         collector = Collect(b"hello")
         await stack.connect("web", collector)
         self.assertEqual(await collector.finished, b"")
-        self.flushLoggedErrors()
+        assert collector.reason is not None
+        self.assertFalse(collector.reason.check(ConnectionDone))
+        await pollUntil(lambda: any("target refused" in formatEvent(e) for e in events))
+        lines = [formatEvent(e) for e in events if "tunnel to web failed" in formatEvent(e)]
+        self.assertEqual(
+            lines,
+            ["tunnel to web failed: server web is registered but its target refused the connection"],
+        )
         await self.assertNoLeaks(stack)
 
     @runAsync
@@ -204,22 +209,19 @@ class IntegrationTests(TestCase):
         stack = await self.startStack({"echo": Factory.forProtocol(Echo)})
         link = stack.clientLink
         self.assertEqual([s["id"] for s in await listServers(link)], ["echo"])
+        nowhere = TunnelFactory(link, "nope", b"s" * 32)
         error: Exception = cast(
             UnknownServer,
-            await self.assertFailure(
-                ensureDeferred(openTunnel(link, "nope", b"s" * 32, splicePair()[0])), UnknownServer
-            ),
+            await self.assertFailure(ensureDeferred(nowhere.openEnd()), UnknownServer),
         )
         self.assertIn("no server nope", str(error))
         await stack.stopSkeleton()
         await pollUntil(lambda: not stack.relay.registry.counts()["servers"])
         self.assertEqual(await listServers(link), [])
+        offline = TunnelFactory(link, "echo", stack.secrets["echo"])
         error = cast(
             ServerOffline,
-            await self.assertFailure(
-                ensureDeferred(openTunnel(link, "echo", stack.secrets["echo"], splicePair()[0])),
-                ServerOffline,
-            ),
+            await self.assertFailure(ensureDeferred(offline.openEnd()), ServerOffline),
         )
         self.assertIn("server echo is offline", str(error))
 
@@ -239,26 +241,29 @@ class IntegrationTests(TestCase):
         await self.assertNoLeaks(stack)
 
 
+class UnsealedIntegrationTests(IntegrationTests):
+    """The same with the server not sealed: the ends splice in the kernel too."""
+
+    sealed = False
+
+
 class ReadSizeTests(TestCase):
     @runAsync
     async def test_tunnelsReadLarge(self) -> None:
         """
-        Every TCP connection a tunnel's bytes cross, under TLS or not, reads
-        and buffers L{READ_SIZE} at a time; control connections keep
-        Twisted's default.
+        Every TCP connection a tunnel's bytes cross at the ends reads and
+        buffers L{READ_SIZE} at a time; control connections keep Twisted's
+        default.
         """
         stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
         self.addCleanup(stack.stop)
         collector = Collect(b"x")
         await stack.connect("echo", collector)
         await pollUntil(lambda: collector.received == [b"x"])
-        [record] = stack.relay.tunnels
-        [joined] = [c for c in stack.skeleton.dataChannels if c.innerProtocol is not None]
-        relayFacing = joined.innerProtocol
-        assert isinstance(relayFacing, SpliceHalf)
-        # Its peer is the skeleton's connection to the target.
-        halves = [record.client, record.serverHalf, relayFacing, relayFacing.peer]
-        self.assertEqual({tcpUnder(h.transport).bufferSize for h in halves}, {READ_SIZE})
+        kinds = (LocalHalf, ClientEnd, RelayEnd)
+        ends = [c for c in openConnections() if isinstance(protocolOf(c), kinds)]
+        self.assertEqual({type(protocolOf(c)) for c in ends}, set(kinds))
+        self.assertEqual({c.bufferSize for c in ends}, {READ_SIZE})
         [control] = stack.relay.skeletons.values()
         self.assertEqual(tcpUnder(control.transport).bufferSize, 2**16)
         assert collector.transport is not None
@@ -283,13 +288,14 @@ class RelayBooksTests(TestCase):
         collector = Collect(b"q" * 123, halfClose=True)
         await stack.connect("rae", collector)
         await collector.finished
-        await pollUntil(lambda: not stack.relay.tunnels)
+        await pollUntil(lambda: any("ended" in e.get("log_format", "") for e in events))
         [end] = [e for e in events if "ended" in e.get("log_format", "")]
-        # Bytes on the wire: the payload plus 4 bytes a frame, with one frame
-        # for each read and one for the end-of-stream.
-        self.assertEqual((end["server"], end["user"], end["up"]), ("rae", "alice", 123 + 4 + 4))
-        self.assertGreaterEqual(end["down"], 1004 + 4 + 4)
-        self.assertEqual((end["down"] - 1004) % 4, 0)
+        # Bytes on the wire, sealed: the handshake message (51 bytes), then
+        # records of 19 bytes and their body each: BEGIN, the payload in one
+        # read, END.  Down: message 2 (51), BEGIN, the reply in one or more
+        # reads, END.
+        self.assertEqual((end["server"], end["user"], end["up"]), ("rae", "alice", 51 + 19 + (19 + 123) + 19))
+        self.assertGreaterEqual(end["down"], 51 + 19 + (19 + 1004) + 19)
         # Each end closes once both ways are done; either may come first.
         self.assertIn(end["how"], ["closed by server", "closed by client"])
         self.assertGreaterEqual(end["duration"], 0)
@@ -311,9 +317,13 @@ class RelayBooksTests(TestCase):
         collector = Collect(b"q", halfClose=True)
         await stack.connect("rae", collector)
         await collector.finished
-        await pollUntil(lambda: not stack.relay.tunnels)
+        factory = stack.tunnelFactories["rae"]
+        await pollUntil(lambda: len(stack.relay.tunnels) == factory.readyCount)
+        await pollUntil(lambda: factory.readyNow() == factory.readyCount)
         await pollUntil(lambda: stack.relay.registry.counts()["idle"] == 1)
         lines = sorted(formatEvent(e) for e in events)
+        # The tunnel's end at the relay, its start at the skeleton, and the
+        # join of the connection kept ready that replaces it.
         self.assertEqual(len(lines), 3, lines)
         self.assertFalse([line for line in lines if "factory" in line.lower()])
 
@@ -358,13 +368,13 @@ class ReadyConnectionTests(TestCase):
         stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
         self.addCleanup(stack.stop)
         factory = stack.tunnelFactories["echo"]
-        oldest = factory.readyChannels()[0]
+        oldest = factory.readyEnds()[0]
         collector = Collect(b"ready", halfClose=True)
         await stack.connect("echo", collector)
         self.assertEqual(await collector.finished, b"ready")
-        self.assertIsNotNone(oldest.innerProtocol)
+        self.assertIsNotNone(oldest.splice)
         await pollUntil(lambda: factory.readyNow() == factory.readyCount)
-        self.assertNotIn(oldest, factory.readyChannels())
+        self.assertNotIn(oldest, factory.readyEnds())
 
     @runAsync
     async def test_readyConnectionsClosedWithListener(self) -> None:
@@ -372,7 +382,7 @@ class ReadyConnectionTests(TestCase):
         stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
         self.addCleanup(stack.stop)
         factory = stack.tunnelFactories["echo"]
-        channels = factory.readyChannels()
+        channels = factory.readyEnds()
         self.assertEqual(len(channels), 2)
         port = stack.locals["echo"]
         stack.ports.remove(port)
