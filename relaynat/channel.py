@@ -41,7 +41,7 @@ def keepAlive(transport: object) -> None:
     if tcp is None:
         return
     tcp.setTcpKeepAlive(True)
-    handle = tcp.getHandle()
+    handle = getattr(tcp, "getHandle", lambda: None)()
     if isinstance(handle, socket.socket) and hasattr(socket, "TCP_KEEPIDLE"):
         handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
         handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)

@@ -19,7 +19,8 @@ from scramp import ScramClient, ScramException
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import clientFromString, wrapClientTLS
-from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -212,7 +213,7 @@ class RelayLink:
             else:
                 d.callback(None)
 
-    def connectData(self, protocol: IProtocol) -> Deferred[Any]:
+    def connectData(self, protocol: Protocol) -> Deferred[Any]:
         """Open a data connection (plain TCP to the relay's port) for C{protocol}."""
         return self.raw.connect(OneProtocolFactory(protocol))
 

@@ -201,12 +201,11 @@ class Registry:
         A data connection of C{serverId} for a client: an idle one at once,
         else a new one from the skeleton within C{joinTimeout} seconds.
         """
-        entry = self._servers.get(serverId)
-        if entry is None:
-            try:
-                self.checkOnline(serverId)
-            except Exception as e:
-                return fail(e)
+        try:
+            self.checkOnline(serverId)
+        except Exception as e:
+            return fail(e)
+        entry = self._servers[serverId]
         if entry.idle:
             connection = entry.idle.popleft()
             self._refill(entry)

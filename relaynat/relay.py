@@ -228,7 +228,7 @@ class PortFactory(Factory):
     def stopFactory(self) -> None:
         self.tls.doStop()
 
-    def buildProtocol(self, addr: IAddress) -> FirstBytes:
+    def buildProtocol(self, addr: IAddress | None) -> FirstBytes:
         return FirstBytes(self, addr)
 
 
@@ -240,7 +240,7 @@ class FirstBytes(Protocol):
     From then on every event goes to the protocol chosen.
     """
 
-    def __init__(self, factory: PortFactory, addr: IAddress) -> None:
+    def __init__(self, factory: PortFactory, addr: IAddress | None) -> None:
         self.portFactory = factory
         self.addr = addr
         self.inner: Protocol | None = None

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from relaynat import kernel
-from relaynat.splice import SpliceHalf, splice
+from relaynat.splice import OneProtocolFactory, SpliceHalf, splice
 from relaynat.test.net import endpointOf, listen, pollUntil, reactor, runAsync, waitStalled
 from relaynat.test.streams import (
     Bulk,
@@ -77,7 +77,7 @@ class Hop(Factory):
         self.outcomes: list[Any] = []
         self.ends: list[str] = []
 
-    def buildProtocol(self, addr: object) -> _Accepted:
+    def buildProtocol(self, addr: object) -> _Accepted:  # type: ignore[override]
         half = _Accepted("client")
         half.factory = self
         return half
@@ -134,7 +134,7 @@ class KernelSpliceTests(TestCase):
 
     kernelPath = True
 
-    def setUp(self) -> Deferred[None]:
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]
         self.pool = kernel.PipePool()
         self.patch(kernel, "_POOL", self.pool)
         self.addCleanup(self.pool.close)
@@ -146,7 +146,7 @@ class KernelSpliceTests(TestCase):
     def _countBaseline(self) -> None:
         self.baseline = openDescriptors()
 
-    async def hop(self, target: Factory) -> tuple[Hop, Any]:
+    async def hop(self, target: Factory[Any]) -> tuple[Hop, Any]:
         server = await listen(target)
         self.addCleanup(server.stopListening)
         hop = Hop(endpointOf(server))
@@ -210,9 +210,13 @@ class KernelSpliceTests(TestCase):
         server = BulkFactory(2 * MB, seed=7)
         hop, endpoint = await self.hop(server)
         # The client sends only after the server's end arrives.
-        client = ReplyAtEnd(1 * MB)
         done: Deferred[None] = Deferred()
-        client.connectionLost = lambda reason: done.callback(None)  # type: ignore[method-assign]
+
+        class Replier(ReplyAtEnd):
+            def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+                done.callback(None)
+
+        client = Replier(1 * MB)
         await endpoint.connect(Factory.forProtocol(lambda: client))
         await pollUntil(lambda: bool(server.made))
         far = server.made[0]
@@ -272,9 +276,7 @@ class KernelSpliceTests(TestCase):
         hop, endpoint = await self.hop(Factory.forProtocol(Echo))
         messages = [b"%03d:" % i + bytes([i % 256]) * 20_000 for i in range(200)]
         collectors = [Collect(m, halfClose=True) for m in messages]
-        await gatherResults(
-            [endpoint.connect(Factory.forProtocol(lambda c=c: c)) for c in collectors]
-        )
+        await gatherResults([endpoint.connect(OneProtocolFactory(c)) for c in collectors])
         self.assertEqual(await gatherResults([c.finished for c in collectors]), messages)
         await self.settled(hop, 200)
         self.assertEqual(set(hop.outcomes), {None})
