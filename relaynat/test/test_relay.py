@@ -1,16 +1,21 @@
 """
-The relay's AMP responders and the join, driven over L{twisted.test.iosim}:
-every connection is an in-memory pair on a L{MemoryReactorClock}, completed
-and pumped by hand until nothing moves, so no socket and no real time is
-involved.  The bytes are real TLS: the relay's factories are TLS-wrapped and
-every peer pins the relay's key, as a real skeleton or client does.  The real
-roles (L{Relay}, L{Skeleton}, the client's L{TunnelFactory}) talk to each
-other, or a bare AMP peer stands in for one side to send what a real one
-would not.
+The relay, driven over L{twisted.test.iosim}: every connection is an
+in-memory pair on a L{MemoryReactorClock}, completed and pumped by hand
+until nothing moves, so no socket and no real time is involved.
 
-Logins here are real SCRAM-SHA-256-PLUS logins through L{RelayLink.login};
-what can go wrong with a login itself (wrong passwords, throttling, replayed
-transcripts, expiry) is covered by test_security.
+Control connections are real TLS with the relay's key pinned, and logins
+real SCRAM-SHA-256-PLUS logins through L{RelayLink.login}.  Data
+connections are plain bytes: a ticket, then what the relay splices.  The
+real roles (L{Relay}, L{Skeleton}, the client's L{TunnelFactory}) talk to
+each other, or a bare AMP peer (L{StalledSkeleton}) or a raw protocol
+(L{Raw}) stands in for one side to send what a real one would not, and to
+see the bytes exactly as the relay passes them on.
+
+iosim's transports neither pause nor half-close, and splice only by their
+protocols (the kernel splice needs real sockets): backpressure, half-close
+and the kernel path are covered on real sockets by test_kernel and the
+integration tests.  What can go wrong with a login itself (wrong passwords,
+throttling, replayed transcripts, expiry) is covered by test_security.
 """
 
 from __future__ import annotations
@@ -18,40 +23,48 @@ from __future__ import annotations
 import os
 from typing import Any, TypeVar
 
+import attrs
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.protocols import amp, tls
-from twisted.test.iosim import ConnectionCompleter, IOPump
+from twisted.python.failure import Failure
+from twisted.test.iosim import ConnectionCompleter, FakeTransport, IOPump
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
+from relaynat.channel import Channel
 from relaynat.client import ClientControl, TunnelFactory
 from relaynat.identity import PinnedRelay
 from relaynat.link import Credentials, LoginSession, RelayLink
-from relaynat.relay import Relay, SkeletonChannel
-from relaynat.secret import joinProof
-from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
-from relaynat.splice import OneProtocolFactory, splicePair
+from relaynat.relay import FIRST_BYTES_WAIT, DataConnection, FirstBytes, Relay
+from relaynat.skeleton import FrontedServer, RelayEnd, Skeleton, SkeletonControl
 from relaynat.test.loopback import ANYTHING, PASSWORD, relayIdentity, writeUsers
 from relaynat.test.streams import Collect, Echo
+from relaynat.tickets import TICKET_LIFETIME
+from relaynat.users import Rights
 from relaynat.wire import (
+    JOIN_REFUSED,
+    TICKET_BATCH,
+    TICKET_BYTES,
+    TICKETS_PER_SESSION,
+    TLS_HANDSHAKE,
     BadRequest,
-    Channel,
     DuplicateServer,
-    Hello,
-    JoinTimeout,
     ListServers,
     LoginRequired,
-    Offer,
     OpenConnection,
+    PermissionDenied,
     Ping,
-    Prepare,
     Register,
+    ServerOffline,
     SessionRefused,
     SkeletonGone,
-    TargetRefused,
-    Tunnel,
+    Tickets,
     UnknownServer,
 )
 
@@ -64,20 +77,37 @@ CLIENTS, SKELETONS, TARGET, LOCAL, NOBODY = 7000, 7001, 8000, 8080, 9999
 #: Every fronted server's secret in these tests.
 SECRET = b"s" * 32
 
-#: A client's or a raw skeleton's half of a join's challenge.
-NONCE = b"n" * 16
+#: The refusal codes a client's data connection can read (L{wire.JOIN_REFUSALS}),
+#: spelled out so that a changed code fails here.  (Code 1, UnknownServer,
+#: cannot be had with a ticket: tickets are only issued for servers the
+#: relay has seen, which it never forgets.)
+SERVER_OFFLINE, JOIN_TIMEOUT, SKELETON_GONE, SESSION_REFUSED = 2, 3, 4, 5
+
+#: The most bytes a data connection may send after its ticket before it is
+#: joined (the relay's limit, which is private to it).
+EARLY_LIMIT = 4096
+
+#: Every byte value, in an order that is no protocol's: what the tests send
+#: through the relay to see that it arrives untouched.
+EVERY_BYTE = bytes(range(256))[::-1] + JOIN_REFUSED + bytes([TLS_HANDSHAKE])
 
 
 class Network:
     """
     A L{MemoryReactorClock} whose TCP connections are completed and pumped
-    by L{settle}, for as long as anything moves.
+    by L{settle}, for as long as anything moves.  It remembers every
+    connection, and which transports were aborted rather than closed.
     """
 
     def __init__(self) -> None:
         self.reactor = MemoryReactorClock()
         self.completer = ConnectionCompleter(self.reactor)
+        #: Connections still open on at least one side.
         self.pumps: list[IOPump] = []
+        #: Every connection ever completed.
+        self.connections: list[IOPump] = []
+        #: Transports whose protocol called abortConnection.
+        self.aborted: list[FakeTransport] = []
 
     def endpoint(self, port: int) -> TCP4ClientEndpoint:
         return TCP4ClientEndpoint(self.reactor, "192.0.2.1", port)
@@ -88,9 +118,13 @@ class Network:
             moved = False
             while (pump := self.completer.succeedOnce()) is not None:
                 self.pumps.append(pump)
+                self.connections.append(pump)
                 moved = True
             for pump in self.pumps:
                 moved = pump.flush() or moved
+            self.pumps = [
+                p for p in self.pumps if not (p.clientIO.disconnected and p.serverIO.disconnected)
+            ]
             if not moved:
                 return
         raise AssertionError("the network never settled")
@@ -99,52 +133,138 @@ class Network:
         """Ports of the connection attempts nobody has completed."""
         return [port for _, port, _, _, _ in self.reactor.tcpClients]
 
+    def pumpOf(self, protocol: Protocol) -> IOPump:
+        """The connection whose connecting side C{protocol} is."""
+        for pump in self.connections:
+            if pump.clientIO is protocol.transport:
+                return pump
+        raise AssertionError(f"{protocol!r} is not connected")
 
-class StalledSkeleton(Channel):
-    """
-    A skeleton's control connection that registers like a real one but
-    answers L{OpenConnection} only when the test fires the Deferreds it
-    keeps in C{asked}: the test decides when, and whether, it succeeds.
-    """
+    def relaySide(self, protocol: Protocol) -> FirstBytes:
+        """The relay's protocol for C{protocol}'s connection to it."""
+        server = self.pumpOf(protocol).server
+        assert isinstance(server, FirstBytes)
+        return server
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked: list[Deferred[dict[str, object]]] = []
+    def abortedByRelay(self, protocol: Protocol) -> bool:
+        """Did the relay abort (reset) C{protocol}'s connection to it?"""
+        return self.pumpOf(protocol).serverIO in self.aborted
 
-    @OpenConnection.responder
-    def openConnection(self, server: str) -> Deferred[dict[str, object]]:
-        d: Deferred[dict[str, object]] = Deferred()
-        self.asked.append(d)
-        return d
-
-
-class Deaf(Channel):
-    """A data connection that never answers the relay's pings."""
-
-    @Ping.responder
-    def _ping(self) -> Deferred[dict[str, object]]:  # type: ignore[override]
-        return Deferred()
+    def relayData(self, kind: str) -> list[DataConnection]:
+        """The relay's data connections of C{kind} ("client" or "skeleton"), oldest first."""
+        found = []
+        for pump in self.connections:
+            inner = getattr(pump.server, "inner", None)
+            if isinstance(inner, DataConnection) and inner.kind == kind:
+                found.append(inner)
+        return found
 
 
 class Raw(Protocol):
-    """A peer that writes what it is told and keeps what it receives."""
+    """
+    A peer that writes C{greeting} when connected, and then what it is
+    told; it keeps what it receives and how its connection ended.
+    """
 
-    def __init__(self) -> None:
+    transport: Any
+
+    def __init__(self, greeting: bytes = b"") -> None:
+        self.greeting = greeting
         self.received = b""
+        self.reason: Failure | None = None
+
+    def connectionMade(self) -> None:
+        if self.greeting:
+            self.transport.write(self.greeting)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
 
-    def take(self) -> list[amp.AmpBox]:
-        """The AMP boxes received since the last call (only before a switch)."""
-        boxes, self.received = amp.parseString(self.received), b""
-        return boxes  # type: ignore[no-any-return]
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.reason = reason
+
+    @property
+    def closed(self) -> bool:
+        return self.reason is not None
+
+
+@attrs.define
+class Request:
+    """One L{OpenConnection} a L{StalledSkeleton} was sent, not answered yet."""
+
+    server: str
+    ticket: bytes
+    answer: Deferred[dict[str, object]]
+
+
+class StalledSkeleton(Channel):
+    """
+    A skeleton's control connection that registers like a real one but
+    only keeps the relay's L{OpenConnection} requests in C{asked}: the test
+    decides when, whether and how each is answered, and what its data
+    connection sends.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[Request] = []
+
+    @OpenConnection.responder
+    def openConnection(self, server: str, ticket: bytes) -> Deferred[dict[str, object]]:
+        d: Deferred[dict[str, object]] = Deferred()
+        self.asked.append(Request(server, ticket, d))
+        return d
+
+    def unanswered(self) -> list[Request]:
+        return [r for r in self.asked if not r.answer.called]
+
+
+@implementer(ILogObserver)
+class EventList:
+    """A log observer that keeps every event."""
+
+    def __init__(self) -> None:
+        self.events: list[LogEvent] = []
+
+    def __call__(self, event: LogEvent) -> None:
+        self.events.append(event)
+
+
+@implementer(ITCPTransport)
+class TCPStringTransport(StringTransport):
+    """A L{StringTransport} that says it is TCP and records its socket options."""
+
+    keepAlive = False
+    noDelay = False
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        self.keepAlive = bool(enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        return self.keepAlive
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.noDelay = bool(enabled)
+
+    def getTcpNoDelay(self) -> bool:
+        return self.noDelay
+
+    def loseWriteConnection(self) -> None:
+        pass
+
+    def getHandle(self) -> None:
+        # No socket: keepAlive sets the options it can set through the transport.
+        return None
 
 
 class RelayTestCase(SynchronousTestCase):
     """
-    A TLS relay on a memory network, with user alice (who may do anything)
-    and an echo server as the target.
+    A TLS relay on a memory network, with user alice (who may do anything),
+    bob (who may register and join only "web"), and an echo server as the
+    target.
     """
 
     joinTimeout = 5.0
@@ -154,14 +274,25 @@ class RelayTestCase(SynchronousTestCase):
         self.net = Network()
         self.reactor = self.net.reactor
         # TLS holds small writes back until the next reactor turn, on the
-        # global reactor unless told otherwise; neither the relay nor
-        # wrapClientTLS takes a clock, so point Twisted's documented test
-        # hook at the memory reactor, which the pumps advance.
+        # global reactor unless told otherwise.  The relay's TLS factory
+        # could be given the clock, but wrapClientTLS (in RelayLink) takes
+        # none, so point Twisted's documented test hook at the memory
+        # reactor, which the pumps advance.
         self.patch(tls, "_get_default_clock", lambda: self.reactor)
+        # iosim's abortConnection only closes; remember who called it, to
+        # tell the relay's resets from its orderly closes.
+        abort = FakeTransport.abortConnection
+
+        def recordAbort(transport: FakeTransport) -> None:
+            self.net.aborted.append(transport)
+            abort(transport)
+
+        self.patch(FakeTransport, "abortConnection", recordAbort)
         directory = self.mktemp()
         os.makedirs(directory)
         self.identity = relayIdentity(directory)
-        users = writeUsers(os.path.join(directory, "users"), {"alice": ANYTHING})
+        self.usersPath = os.path.join(directory, "users")
+        users = writeUsers(self.usersPath, self.everyone())
         self.relay = Relay(
             self.reactor,
             self.identity,
@@ -174,17 +305,34 @@ class RelayTestCase(SynchronousTestCase):
         self.echoes: list[Echo] = []
         self.reactor.listenTCP(TARGET, Factory.forProtocol(self.makeEcho))
 
+    @staticmethod
+    def everyone(**changed: Rights | None) -> dict[str, Rights]:
+        """The users and their rights, with C{changed} ones replaced (None: deleted)."""
+        users: dict[str, Rights | None] = {
+            "alice": ANYTHING,
+            "bob": Rights(register=frozenset({"web"}), join=frozenset({"web"})),
+        }
+        users.update(changed)
+        return {name: rights for name, rights in users.items() if rights is not None}
+
+    def changeUsers(self, **changed: Rights | None) -> None:
+        """Rewrite the users file with C{changed} and have the relay reload it."""
+        writeUsers(self.usersPath, self.everyone(**changed))
+        self.assertTrue(self.relay.users.reload())
+
     def makeEcho(self) -> Echo:
         echo = Echo()
         self.echoes.append(echo)
         return echo
 
-    def link(self, port: int) -> RelayLink:
-        """Alice's way to the relay's C{port}, pinning the relay's key."""
+    # Control connections.
+
+    def link(self, port: int, user: str = "alice") -> RelayLink:
+        """C{user}'s way to the relay's C{port}, pinning the relay's key."""
         return RelayLink(
             self.net.endpoint(port),
             PinnedRelay(self.identity.fingerprint),
-            Credentials("alice", PASSWORD),
+            Credentials(user, PASSWORD),
             self.reactor,
         )
 
@@ -197,46 +345,66 @@ class RelayTestCase(SynchronousTestCase):
     def connect(self, port: int, channel: C) -> C:
         return self.connectVia(self.link(port), channel)
 
-    def login(self, channel: Channel) -> LoginSession:
-        """Log in as alice on C{channel}; the session the relay issued."""
+    def login(self, channel: Channel, user: str = "alice") -> LoginSession:
+        """Log in as C{user} on C{channel}; the session the relay issued."""
         # The link only lends its credentials: the login runs on C{channel},
         # whatever port that is connected to.
-        d = Deferred.fromCoroutine(self.link(CLIENTS).login(channel))
+        d = Deferred.fromCoroutine(self.link(CLIENTS, user).login(channel))
         self.net.settle()
         return self.successResultOf(d)
 
-    def loggedIn(self, port: int, channel: C) -> tuple[C, LoginSession]:
-        """C{channel} connected to C{port} and logged in."""
+    def loggedIn(self, port: int, channel: C, user: str = "alice") -> tuple[C, LoginSession]:
+        """C{channel} connected to C{port} and logged in as C{user}."""
         channel = self.connect(port, channel)
-        return channel, self.login(channel)
+        return channel, self.login(channel, user)
 
-    def call(self, channel: amp.AMP, command: type[amp.Command], **kw: object) -> Deferred:
+    def call(self, channel: amp.AMP, command: type[amp.Command], **kw: object) -> Deferred[Any]:
         """
         Send C{command} and settle the network; a Deferred with the answer.
         The answer is taken before the network moves: AMP hands an error
         nobody has taken yet to its unhandled-error handler.
         """
-        answer: Deferred = Deferred()
+        answer: Deferred[Any] = Deferred()
         channel.callRemote(command, **kw).chainDeferred(answer)
         self.net.settle()
         return answer
 
-    def proof(self, channel: Channel, session: LoginSession) -> bytes:
-        """Ask C{channel} for a challenge and answer it with C{session}'s key."""
-        hello = self.successResultOf(self.call(channel, Hello))
-        return session.proof(hello["challenge"])
+    def register(
+        self, channel: amp.AMP, servers: list[str], pool: int = 0, name: str = "raw"
+    ) -> Deferred[Any]:
+        return self.call(
+            channel,
+            Register,
+            name=name,
+            servers=[{"id": s, "description": ""} for s in servers],
+            pool=pool,
+        )
+
+    def askTickets(self, channel: amp.AMP, server: str = "web", count: int = 1) -> Deferred[Any]:
+        return self.call(channel, Tickets, server=server, count=count)
+
+    def clientTickets(
+        self, server: str = "web", count: int = 1, user: str = "alice"
+    ) -> tuple[Channel, list[bytes]]:
+        """A client's logged-in control connection and C{count} tickets for C{server}."""
+        channel, _ = self.loggedIn(CLIENTS, Channel(), user)
+        answer = self.successResultOf(self.askTickets(channel, server, count))
+        return channel, answer["tickets"]
+
+    # Skeletons.
 
     def startSkeleton(
         self,
         servers: dict[str, int] | None = None,
         pool: int = 1,
         name: str = "test-skeleton",
+        sealed: bool = True,
     ) -> tuple[Skeleton, SkeletonControl]:
         """A real skeleton fronting C{servers} (id to target port), registered."""
         servers = {"web": TARGET} if servers is None else servers
         fronted = {
             serverId: FrontedServer(
-                serverId, f"{serverId} server", self.net.endpoint(port), SECRET
+                serverId, f"{serverId} server", self.net.endpoint(port), SECRET, sealed
             )
             for serverId, port in servers.items()
         }
@@ -247,83 +415,70 @@ class RelayTestCase(SynchronousTestCase):
         self.successResultOf(d)
         return skeleton, control
 
-    def startClient(self, server: str = "web", secret: bytes = SECRET) -> RelayLink:
+    def stalledSkeleton(
+        self, servers: list[str] | None = None, pool: int = 0, user: str = "alice"
+    ) -> StalledSkeleton:
+        """A logged-in, registered L{StalledSkeleton}."""
+        control, _ = self.loggedIn(SKELETONS, StalledSkeleton(), user)
+        self.successResultOf(self.register(control, servers or ["web"], pool=pool))
+        return control
+
+    def offer(self, request: Request, answer: bool = True) -> Raw:
+        """
+        What a skeleton does for C{request}: a data connection to the
+        skeleton port that sends its ticket, and (if C{answer}) the answer.
+        """
+        raw = self.data(SKELETONS, request.ticket)
+        if answer:
+            request.answer.callback({})
+            self.net.settle()
+        return raw
+
+    def pooled(
+        self, pool: int = 1, servers: list[str] | None = None
+    ) -> tuple[StalledSkeleton, list[Raw]]:
+        """A L{StalledSkeleton} whose pool of C{pool} is filled with L{Raw} connections."""
+        control = self.stalledSkeleton(servers, pool)
+        raws = [self.offer(r) for r in control.unanswered()]
+        self.assertEqual(self.relay.registry.counts()["idle"], pool * len(servers or ["web"]))
+        return control, raws
+
+    # Data connections.
+
+    def data(self, port: int, greeting: bytes) -> Raw:
+        """A raw data connection to C{port} that sends C{greeting} first."""
+        raw = Raw(greeting)
+        connectProtocol(self.net.endpoint(port), raw)
+        self.net.settle()
+        return raw
+
+    def assertRefused(self, raw: Raw, code: int) -> None:
+        """The relay wrote C{raw} the refusal with C{code} and nothing else, and closed."""
+        self.assertEqual(raw.received, JOIN_REFUSED + bytes([code]))
+        self.assertTrue(raw.closed)
+
+    # Clients.
+
+    def startClient(
+        self, server: str = "web", secret: bytes = SECRET, ready: int = 0
+    ) -> TunnelFactory:
         """
         A real client, logged in, with a local listener on L{LOCAL} whose
-        connections are carried to C{server}.
+        connections are carried to C{server}, keeping C{ready} connections
+        ready (the memory reactor does not start factories: this does).
         """
         link = self.link(CLIENTS)
         control = self.connectVia(link, ClientControl(link))
         d = Deferred.fromCoroutine(control.start())
         self.net.settle()
         self.successResultOf(d)
-        self.reactor.listenTCP(LOCAL, TunnelFactory(link, server, secret))
-        return link
-
-    def stalledSkeleton(
-        self, servers: list[str], pool: int
-    ) -> tuple[StalledSkeleton, LoginSession]:
-        """A logged-in, registered L{StalledSkeleton} and its session."""
-        control, session = self.loggedIn(SKELETONS, StalledSkeleton())
-        self.successResultOf(self.register(control, servers, pool=pool))
-        return control, session
-
-    def register(
-        self, channel: amp.AMP, servers: list[str], pool: int = 0, name: str = "raw"
-    ) -> Deferred:
-        return self.call(
-            channel,
-            Register,
-            name=name,
-            servers=[{"id": s, "description": ""} for s in servers],
-            pool=pool,
-        )
-
-    def offer(
-        self, channel: Channel, session: LoginSession, server: str, nonce: bytes = NONCE
-    ) -> Deferred:
-        """Offer C{channel} for C{server}, proving C{session}."""
-        return self.call(
-            channel,
-            Offer,
-            session=session.id,
-            proof=self.proof(channel, session),
-            server=server,
-            nonce=nonce,
-        )
-
-    def prepare(self, server: str, nonce: bytes = NONCE) -> tuple[Channel, Deferred]:
-        """
-        A client's data connection (its login on a control connection that
-        stays open) and the Deferred answer to its L{Prepare} for C{server}.
-        """
-        _, session = self.loggedIn(CLIENTS, Channel())
-        channel = self.connect(CLIENTS, Channel())
-        d = self.call(
-            channel,
-            Prepare,
-            session=session.id,
-            proof=self.proof(channel, session),
-            server=server,
-            nonce=nonce,
-        )
-        return channel, d
-
-    def tunnel(
-        self,
-        channel: Channel,
-        prepared: dict[str, Any],
-        nonce: bytes = NONCE,
-        secret: bytes = SECRET,
-    ) -> Deferred:
-        """Send L{Tunnel} for a prepared join, proving C{secret}."""
-        return self.call(
-            channel,
-            Tunnel,
-            join=prepared["join"],
-            proof=joinProof(secret, nonce, prepared["nonce"], prepared["join"]),
-            _protoToSwitchToFactory=OneProtocolFactory(splicePair()[0]),
-        )
+        factory = TunnelFactory(link, server, secret, ready=ready)
+        self.reactor.listenTCP(LOCAL, factory)
+        if ready:
+            factory.doStart()
+            self.addCleanup(factory.doStop)
+            self.net.settle()
+        return factory
 
     def collect(self, message: bytes) -> Collect:
         """A local connection to the client's listener, sending C{message}."""
@@ -333,6 +488,136 @@ class RelayTestCase(SynchronousTestCase):
         return collector
 
 
+class FirstBytesTests(RelayTestCase):
+    """How the relay tells a control connection from a data connection."""
+
+    def test_tlsIsControl(self) -> None:
+        """
+        A connection whose first byte is a TLS handshake record's is a
+        control connection, on either port: TLS with the relay's key, then
+        AMP, which answers L{Ping} before any login.
+        """
+        for port in (CLIENTS, SKELETONS):
+            channel = self.connect(port, Channel())
+            self.assertEqual(self.successResultOf(self.call(channel, Ping)), {})
+        self.assertEqual(self.net.relayData("client") + self.net.relayData("skeleton"), [])
+
+    def test_otherIsData(self) -> None:
+        """
+        A connection whose first byte is anything else is a data connection
+        of its port's kind, from that byte on: even one byte is enough to
+        decide, and nothing is written back while its ticket is incomplete.
+        """
+        for port, kind in ((CLIENTS, "client"), (SKELETONS, "skeleton")):
+            raw = self.data(port, b"\x17")
+            inner = self.net.relaySide(raw).inner
+            self.assertIsInstance(inner, DataConnection)
+            assert isinstance(inner, DataConnection)
+            self.assertEqual(inner.kind, kind)
+            self.assertEqual(raw.received, b"")
+            self.assertFalse(raw.closed)
+
+    def test_ticketInPieces(self) -> None:
+        """
+        A ticket may arrive in pieces, the first one a single byte: the
+        relay reads the whole ticket before it looks it up.
+        """
+        control = self.stalledSkeleton(pool=1)
+        [request] = control.asked
+        raw = self.data(SKELETONS, request.ticket[:1])
+        for i in range(1, TICKET_BYTES, 5):
+            self.assertEqual(self.relay.registry.counts()["idle"], 0)
+            raw.transport.write(request.ticket[i : i + 5])
+            self.net.settle()
+        self.assertEqual(self.relay.registry.counts()["idle"], 1)
+        self.assertFalse(raw.closed)
+
+    def test_silentConnectionAborted(self) -> None:
+        """
+        A connection that sends nothing is aborted after L{FIRST_BYTES_WAIT}
+        seconds, and not before.
+        """
+        for port in (CLIENTS, SKELETONS):
+            raw = self.data(port, b"")
+            self.reactor.advance(FIRST_BYTES_WAIT - 0.1)
+            self.net.settle()
+            self.assertFalse(raw.closed)
+            self.reactor.advance(0.2)
+            self.net.settle()
+            self.assertTrue(raw.closed)
+            self.assertTrue(self.net.abortedByRelay(raw))
+            self.assertEqual(raw.received, b"")
+
+    def test_partialTicketAborted(self) -> None:
+        """
+        A data connection that sends part of a ticket is aborted
+        L{FIRST_BYTES_WAIT} seconds after its first byte, and not before;
+        the ticket it was part of stays good for a connection that sends
+        all of it.
+        """
+        self.stalledSkeleton(pool=0)
+        _, [ticket] = self.clientTickets()
+        raw = self.data(CLIENTS, ticket[: TICKET_BYTES - 1])
+        self.reactor.advance(FIRST_BYTES_WAIT - 0.1)
+        self.net.settle()
+        self.assertFalse(raw.closed)
+        self.reactor.advance(0.2)
+        self.net.settle()
+        self.assertTrue(raw.closed)
+        self.assertTrue(self.net.abortedByRelay(raw))
+        self.assertEqual(raw.received, b"")
+        whole = self.data(CLIENTS, ticket)
+        self.assertFalse(whole.closed)
+        self.assertEqual(self.relay.registry.counts()["waiting"], 1)
+
+    def test_wholeTicketStopsTheClock(self) -> None:
+        """
+        A data connection that sent its whole ticket is not aborted at
+        L{FIRST_BYTES_WAIT}: from then on the join's own timeout (or the
+        pool) decides.
+        """
+        self.pooled(pool=1)
+        [pooled] = self.net.relayData("skeleton")
+        self.reactor.advance(FIRST_BYTES_WAIT * 3)
+        self.net.settle()
+        self.assertEqual(self.relay.registry.idleConnections(), [pooled])
+
+    def test_tlsGarbageDropped(self) -> None:
+        """
+        A connection that starts like TLS and then is not TLS is closed,
+        and the relay goes on serving the next control connection.
+        """
+        raw = self.data(CLIENTS, bytes([TLS_HANDSHAKE]) + b"\x03\x01\x00\x05hello" * 10)
+        self.assertTrue(raw.closed)
+        self.assertEqual(self.net.relayData("client"), [])
+        channel = self.connect(CLIENTS, Channel())
+        self.assertEqual(self.successResultOf(self.call(channel, Ping)), {})
+
+    def test_dataConnectionKeepAlive(self) -> None:
+        """
+        The relay turns TCP keepalive on for every data connection, on
+        either port: it is what watches a pooled connection, on which
+        nothing may be written.  Control connections are watched by their
+        pings instead.  (That keepAlive sets the socket's probe times is
+        seen on real sockets, by the integration tests.)
+        """
+        for factory in (self.relay.clientFactory(), self.relay.skeletonFactory()):
+            data = TCPStringTransport()
+            protocol = factory.buildProtocol(data.getPeer())
+            protocol.makeConnection(data)
+            self.assertFalse(data.keepAlive)
+            protocol.dataReceived(b"\x00")
+            self.assertTrue(data.keepAlive)
+            self.assertTrue(data.noDelay)
+            control = TCPStringTransport()
+            protocol = factory.buildProtocol(control.getPeer())
+            protocol.makeConnection(control)
+            protocol.dataReceived(bytes([TLS_HANDSHAKE]))
+            self.assertFalse(control.keepAlive)
+            protocol.connectionLost(Failure(Exception("test over")))
+            self.reactor.advance(FIRST_BYTES_WAIT * 2)
+
+
 class RegisterTests(RelayTestCase):
     """L{Register} on the relay's skeleton port."""
 
@@ -340,19 +625,27 @@ class RegisterTests(RelayTestCase):
         """
         A skeleton that logs in and registers is known by its login's
         session, and the relay asks it for its pool, which it fills with
-        connections offered under that session.
+        data connections that bring tickets of that session.
         """
         skeleton, control = self.startSkeleton(pool=2)
         session = skeleton.link.session
         assert session is not None
         self.assertEqual(list(self.relay.skeletons), [session.id])
         channel = self.relay.skeletons[session.id]
-        self.assertEqual(channel.role, "control")
         self.assertEqual(channel.name, "test-skeleton")
         self.assertEqual(
             self.relay.registry.counts(),
             {"servers": 1, "idle": 2, "waiting": 0, "requested": 0},
         )
+        pooled = self.relay.registry.idleConnections()
+        self.assertEqual(sorted(map(id, pooled)), sorted(map(id, self.net.relayData("skeleton"))))
+        for connection in pooled:
+            assert isinstance(connection, DataConnection) and connection.grant is not None
+            self.assertEqual(connection.grant.session, session.id)
+            self.assertEqual(connection.grant.server, "web")
+        self.assertEqual(len(skeleton.dataConnections), 2)
+        # Every ticket was used: none is left over.
+        self.assertEqual(self.relay.tickets.outstanding(session.id), 0)
 
     def test_sessionsDiffer(self) -> None:
         """Two skeletons of one user log in with two different sessions."""
@@ -360,9 +653,7 @@ class RegisterTests(RelayTestCase):
         two, _ = self.startSkeleton({"b": TARGET}, pool=0)
         assert one.link.session is not None and two.link.session is not None
         self.assertNotEqual(one.link.session.id, two.link.session.id)
-        self.assertEqual(
-            set(self.relay.skeletons), {one.link.session.id, two.link.session.id}
-        )
+        self.assertEqual(set(self.relay.skeletons), {one.link.session.id, two.link.session.id})
 
     def test_registerNeedsLogin(self) -> None:
         """
@@ -400,9 +691,7 @@ class RegisterTests(RelayTestCase):
         """A registration without servers is refused with L{BadRequest}."""
         channel, _ = self.loggedIn(SKELETONS, Channel())
         failure = self.failureResultOf(self.register(channel, []), BadRequest)
-        self.assertEqual(
-            failure.getErrorMessage(), "a skeleton must register at least one server"
-        )
+        self.assertEqual(failure.getErrorMessage(), "a skeleton must register at least one server")
         self.assertEqual(self.relay.skeletons, {})
 
     def test_registerBadId(self) -> None:
@@ -411,6 +700,23 @@ class RegisterTests(RelayTestCase):
         failure = self.failureResultOf(self.register(channel, ["no/slashes"]), BadRequest)
         self.assertIn("bad server id 'no/slashes'", failure.getErrorMessage())
         self.assertEqual(self.relay.registry.listing(), [])
+
+    def test_registerNotPermitted(self) -> None:
+        """
+        A user may register only the ids its rights list: bob's skeleton
+        registering "web" and "db" is refused with L{PermissionDenied} for
+        "db", registers neither, and is asked for no connection.
+        """
+        channel, _ = self.loggedIn(SKELETONS, StalledSkeleton(), user="bob")
+        failure = self.failureResultOf(
+            self.register(channel, ["web", "db"], pool=1), PermissionDenied
+        )
+        self.assertEqual(failure.getErrorMessage(), "user bob may not register server db")
+        self.assertEqual(self.relay.registry.listing(), [])
+        self.assertEqual(self.relay.skeletons, {})
+        self.assertEqual(channel.asked, [])
+        self.successResultOf(self.register(channel, ["web"]))
+        self.assertEqual([s["id"] for s in self.relay.registry.listing()], ["web"])
 
     def test_registerDuplicate(self) -> None:
         """
@@ -427,218 +733,49 @@ class RegisterTests(RelayTestCase):
             " one another id or stop the other skeleton",
         )
         self.successResultOf(self.register(channel, ["web2"]))
-        self.assertEqual(
-            [s["id"] for s in self.relay.registry.listing()], ["web", "web2"]
-        )
+        self.assertEqual([s["id"] for s in self.relay.registry.listing()], ["web", "web2"])
 
     def test_disconnectUnregisters(self) -> None:
         """
         When a skeleton's control connection closes, the relay forgets it
-        and revokes its session, its servers go offline and its idle
+        and ends its session, its servers go offline and its pooled data
         connections close.
         """
         skeleton, control = self.startSkeleton(pool=2)
         session = skeleton.link.session
         assert session is not None
-        pooled = self.relay.registry.idleConnections()
+        pooled = self.net.relayData("skeleton")
         self.assertEqual(len(pooled), 2)
         control.transport.loseConnection()
         self.net.settle()
         self.assertEqual(self.relay.skeletons, {})
-        self.assertIsNone(self.relay.sessions.check(session.id, b"c", session.proof(b"c")))
+        self.assertIsNone(self.relay.sessions.get(session.id))
         self.assertEqual(self.relay.registry.counts()["servers"], 0)
-        self.assertTrue(all(not c.connected for c in pooled))  # type: ignore[attr-defined]
+        self.assertTrue(all(c.lost is not None for c in pooled))
+        self.assertEqual(skeleton.dataConnections, set())
         client, _ = self.loggedIn(CLIENTS, Channel())
         self.assertEqual(self.successResultOf(self.call(client, ListServers)), {"servers": []})
 
-    def test_ping(self) -> None:
-        """Both ports answer L{Ping}, before any login."""
-        for port in (CLIENTS, SKELETONS):
-            channel = self.connect(port, Channel())
-            self.assertEqual(self.successResultOf(self.call(channel, Ping)), {})
-
-
-class OfferTests(RelayTestCase):
-    """L{Offer}, the command of a skeleton's data connection after L{Hello}."""
-
-    def test_offerPoolsTheConnection(self) -> None:
+    def test_openConnectionForUnknownServer(self) -> None:
         """
-        An offer proving the registered skeleton's session puts the
-        connection in its server's pool.
+        A real skeleton asked to open a connection for a server it does not
+        front answers L{UnknownServer}; one asked with a ticket of the
+        wrong length answers L{BadRequest}; neither opens a connection.
         """
-        _, session = self.stalledSkeleton(["web"], pool=1)
-        data = self.connect(SKELETONS, Channel())
-        self.assertEqual(self.successResultOf(self.offer(data, session, "web")), {})
-        self.assertEqual(self.relay.registry.listing()[0]["idle"], 1)
-        self.assertTrue(data.connected)
-
-    def test_unknownSession(self) -> None:
-        """
-        An offer naming a session the relay never issued fails with
-        L{SessionRefused}, and nothing is pooled.
-        """
-        _, session = self.stalledSkeleton(["web"], pool=1)
-        data = self.connect(SKELETONS, Channel())
+        skeleton, _ = self.startSkeleton(pool=0)
+        assert skeleton.link.session is not None
+        relaySide = self.relay.skeletons[skeleton.link.session.id]
         failure = self.failureResultOf(
-            self.offer(data, LoginSession("guessed", session.key, session.expires), "web"),
-            SessionRefused,
+            self.call(relaySide, OpenConnection, server="db", ticket=b"t" * TICKET_BYTES),
+            UnknownServer,
         )
-        self.assertEqual(
-            failure.getErrorMessage(),
-            "session refused (expired, or not this relay's): log in again",
-        )
-        self.assertEqual(self.relay.registry.counts()["idle"], 0)
-
-    def test_wrongProof(self) -> None:
-        """
-        An offer naming the right session but proving another key fails
-        with L{SessionRefused}: the session id alone is worth nothing.
-        """
-        _, session = self.stalledSkeleton(["web"], pool=1)
-        data = self.connect(SKELETONS, Channel())
-        forged = LoginSession(session.id, b"k" * 32, session.expires)
-        self.failureResultOf(self.offer(data, forged, "web"), SessionRefused)
-        self.assertEqual(self.relay.registry.counts()["idle"], 0)
-
-    def test_proofIsForOneChallenge(self) -> None:
-        """
-        A proof answers one challenge on one connection: replayed after a
-        new L{Hello}, it is refused.
-        """
-        _, session = self.stalledSkeleton(["web"], pool=1)
-        data = self.connect(SKELETONS, Channel())
-        old = self.proof(data, session)
-        self.successResultOf(self.call(data, Hello))
-        self.failureResultOf(
-            self.call(data, Offer, session=session.id, proof=old, server="web", nonce=NONCE),
-            SessionRefused,
-        )
-
-    def test_serverOfAnotherSkeleton(self) -> None:
-        """
-        A skeleton cannot offer connections for another skeleton's server:
-        L{UnknownServer}, and the other server's pool is unchanged.
-        """
-        self.stalledSkeleton(["web"], pool=1)
-        _, mine = self.stalledSkeleton(["db"], pool=1)
-        data = self.connect(SKELETONS, Channel())
-        failure = self.failureResultOf(self.offer(data, mine, "web"), UnknownServer)
-        self.assertEqual(
-            failure.getErrorMessage(), "server web is not registered by this skeleton"
-        )
-        self.assertEqual(self.relay.registry.counts()["idle"], 0)
-
-    def test_sessionWithoutSkeleton(self) -> None:
-        """
-        A valid session whose login registered no skeleton (a client's, say)
-        cannot offer connections: L{UnknownServer}.
-        """
-        self.stalledSkeleton(["web"], pool=1)
-        _, clientSession = self.loggedIn(CLIENTS, Channel())
-        data = self.connect(SKELETONS, Channel())
-        self.failureResultOf(self.offer(data, clientSession, "web"), UnknownServer)
-        self.assertEqual(self.relay.registry.counts()["idle"], 0)
-
-    def test_badNonce(self) -> None:
-        """A nonce shorter than 16 bytes is refused with L{BadRequest}."""
-        _, session = self.stalledSkeleton(["web"], pool=1)
-        data = self.connect(SKELETONS, Channel())
+        self.assertEqual(failure.getErrorMessage(), "this skeleton does not front db")
         failure = self.failureResultOf(
-            self.offer(data, session, "web", nonce=b"short"), BadRequest
+            self.call(relaySide, OpenConnection, server="web", ticket=b"short"), BadRequest
         )
-        self.assertEqual(failure.getErrorMessage(), "the nonce must be 16 to 64 bytes")
-        self.assertEqual(self.relay.registry.counts()["idle"], 0)
-
-    def test_unaskedOfferClosed(self) -> None:
-        """
-        An offer nobody asked for (the pool is full and no client waits) is
-        accepted and then closed by the relay.
-        """
-        _, session = self.stalledSkeleton(["web"], pool=0)
-        data = self.connect(SKELETONS, Channel())
-        self.successResultOf(self.offer(data, session, "web"))
-        self.assertEqual(self.relay.registry.listing()[0]["idle"], 0)
-        self.assertFalse(data.connected)
-
-    def test_secondOfferOnOneConnection(self) -> None:
-        """
-        A data connection offers itself once: a second L{Offer} fails with
-        L{BadRequest}, a L{Register} too even after a login on it, and it
-        stays pooled.
-        """
-        _, session = self.stalledSkeleton(["web"], pool=1)
-        data = self.connect(SKELETONS, Channel())
-        self.successResultOf(self.offer(data, session, "web"))
-        failure = self.failureResultOf(self.offer(data, session, "web"), BadRequest)
-        self.assertEqual(failure.getErrorMessage(), "this connection is already in use")
-        self.failureResultOf(self.register(data, ["other"]), LoginRequired)
-        self.login(data)
-        failure = self.failureResultOf(self.register(data, ["other"]), BadRequest)
-        self.assertEqual(failure.getErrorMessage(), "this connection is already in use")
-        self.assertEqual(self.relay.registry.counts()["idle"], 1)
-
-    def test_offerLostBeforePooled(self) -> None:
-        """
-        A data connection that goes away right after its offer, before the
-        relay pools it, is asked for again while a client still waits; the
-        skeleton's answer to the first request changes nothing.
-        """
-        control, session = self.stalledSkeleton(["web"], pool=0)
-        _, prepared = self.prepare("web")
-        self.assertEqual(len(control.asked), 1)
-        # Hold the pooling back until the connection is gone, as a busy
-        # relay's next turn may.
-        pool = SkeletonChannel._pool
-        held: list[SkeletonChannel] = []
-        self.patch(SkeletonChannel, "_pool", lambda channel: held.append(channel))
-        data = self.connect(SKELETONS, Channel())
-        self.successResultOf(self.offer(data, session, "web"))
-        data.transport.loseConnection()
-        self.net.settle()
-        [channel] = held
-        pool(channel)
-        self.net.settle()
-        self.assertNoResult(prepared)
-        control.asked[0].callback({})
-        self.net.settle()
-        self.assertEqual(len(control.asked), 2)
-        self.assertEqual(self.relay.registry.counts()["requested"], 1)
-
-    def test_offerOnControlConnection(self) -> None:
-        """A control connection cannot offer itself as a data connection."""
-        control, session = self.stalledSkeleton(["web"], pool=0)
-        failure = self.failureResultOf(self.offer(control, session, "web"), BadRequest)
-        self.assertEqual(failure.getErrorMessage(), "this connection is already in use")
-
-    def test_skeletonGoneClosesPool(self) -> None:
-        """
-        Pooled connections are closed when their skeleton's control
-        connection goes.
-        """
-        control, session = self.stalledSkeleton(["web"], pool=1)
-        data = self.connect(SKELETONS, Channel())
-        self.successResultOf(self.offer(data, session, "web"))
-        control.transport.loseConnection()
-        self.net.settle()
-        self.assertFalse(data.connected)
-        self.assertEqual(self.relay.registry.counts()["servers"], 0)
-
-    def test_offerWithoutHello(self) -> None:
-        """
-        An offer with no challenge asked for on its connection is refused
-        with L{LoginRequired} (the error the wire has for a proof that came
-        too early), and nothing is pooled.
-        """
-        _, session = self.stalledSkeleton(["web"], pool=1)
-        data = self.connect(SKELETONS, Channel())
-        d = self.call(
-            data, Offer, session=session.id, proof=session.proof(b""), server="web", nonce=NONCE
-        )
-        logged = self.flushLoggedErrors(LoginRequired)
-        self.failureResultOf(d, LoginRequired)
-        self.assertEqual(logged, [])
-        self.assertEqual(self.relay.registry.counts()["idle"], 0)
-
+        self.assertEqual(failure.getErrorMessage(), "a ticket is 32 bytes")
+        self.assertEqual(self.net.relayData("skeleton"), [])
+        self.assertEqual(self.net.pending(), [])
 
 
 class ListServersTests(RelayTestCase):
@@ -667,6 +804,13 @@ class ListServersTests(RelayTestCase):
             },
         )
 
+    def test_onlyWhatTheUserMayJoin(self) -> None:
+        """A user sees only the servers its rights let it join."""
+        self.startSkeleton({"web": TARGET, "db": TARGET}, pool=0)
+        client, _ = self.loggedIn(CLIENTS, Channel(), user="bob")
+        listed = self.successResultOf(self.call(client, ListServers))["servers"]
+        self.assertEqual([s["id"] for s in listed], ["web"])
+
     def test_needsLogin(self) -> None:
         """
         Without a login on the same connection the list is refused with
@@ -690,38 +834,768 @@ class ListServersTests(RelayTestCase):
     def test_deletedUser(self) -> None:
         """
         A user deleted from the users file since its login is refused with
-        L{SessionRefused}, said over the wire.
+        L{SessionRefused}, said over the wire, and its session is ended.
         """
-        client, _ = self.loggedIn(CLIENTS, Channel())
-        writeUsers(self.relay.users.path, {})
-        self.assertTrue(self.relay.users.reload())
+        client, session = self.loggedIn(CLIENTS, Channel())
+        self.changeUsers(alice=None)
         d = self.call(client, ListServers)
         logged = self.flushLoggedErrors(SessionRefused)
         failure = self.failureResultOf(d, SessionRefused)
         self.assertEqual(failure.getErrorMessage(), "user alice no longer exists")
         self.assertEqual(logged, [])
+        self.assertIsNone(self.relay.sessions.get(session.id))
 
 
+class TicketsTests(RelayTestCase):
+    """L{Tickets}: a logged-in client asks for one-time tickets."""
 
-class TunnelTests(RelayTestCase):
-    """L{Prepare} and L{Tunnel}: a client joined to a server through the skeleton."""
-
-    def test_tunnelEndToEnd(self) -> None:
+    def test_tickets(self) -> None:
         """
-        A real client's tunnel reaches the target through a pooled
-        connection: the bytes it sends come back from the echo server, the
-        relay books one tunnel, and the pool is filled again.
+        A logged-in client gets as many tickets as it asked for: distinct,
+        L{TICKET_BYTES} long, none starting like TLS, all counted against
+        its session.
         """
-        self.startSkeleton(pool=1)
-        self.startClient()
-        collector = self.collect(b"hello through the relay")
-        self.assertEqual(b"".join(collector.received), b"hello through the relay")
-        self.assertEqual(len(self.echoes), 1)
-        self.assertEqual([t.server for t in self.relay.tunnels], ["web"])
-        self.assertEqual([t.user for t in self.relay.tunnels], ["alice"])
+        self.stalledSkeleton()
+        channel, session = self.loggedIn(CLIENTS, Channel())
+        tickets = self.successResultOf(self.askTickets(channel, count=3))["tickets"]
+        self.assertEqual(len(set(tickets)), 3)
+        self.assertEqual({len(t) for t in tickets}, {TICKET_BYTES})
+        self.assertNotIn(TLS_HANDSHAKE, {t[0] for t in tickets})
+        self.assertEqual(self.relay.tickets.outstanding(session.id), 3)
+
+    def test_countBounds(self) -> None:
+        """
+        A client may ask for 1 to L{TICKET_BATCH} tickets at a time; 0, a
+        negative count or one more than the batch are refused with
+        L{BadRequest}, and hand out nothing.
+        """
+        self.stalledSkeleton()
+        channel, session = self.loggedIn(CLIENTS, Channel())
+        for count in (0, -1, TICKET_BATCH + 1):
+            failure = self.failureResultOf(self.askTickets(channel, count=count), BadRequest)
+            self.assertEqual(
+                failure.getErrorMessage(), f"ask for 1 to {TICKET_BATCH} tickets at a time"
+            )
+        self.assertEqual(self.relay.tickets.outstanding(session.id), 0)
+        answer = self.successResultOf(self.askTickets(channel, count=TICKET_BATCH))
+        self.assertEqual(len(answer["tickets"]), TICKET_BATCH)
+
+    def test_sessionCap(self) -> None:
+        """
+        A session holds at most L{TICKETS_PER_SESSION} unused tickets: the
+        request that would pass the cap is refused with L{BadRequest}; once
+        one is used, one more may be had.
+        """
+        self.pooled(pool=1)
+        channel, session = self.loggedIn(CLIENTS, Channel())
+        held: list[bytes] = []
+        for _ in range(TICKETS_PER_SESSION // TICKET_BATCH):
+            held += self.successResultOf(self.askTickets(channel, count=TICKET_BATCH))["tickets"]
+        self.assertEqual(self.relay.tickets.outstanding(session.id), TICKETS_PER_SESSION)
+        failure = self.failureResultOf(self.askTickets(channel, count=1), BadRequest)
+        self.assertEqual(
+            failure.getErrorMessage(),
+            f"this login holds {TICKETS_PER_SESSION} unused tickets;"
+            " use them before asking for more",
+        )
+        self.assertEqual(self.relay.tickets.outstanding(session.id), TICKETS_PER_SESSION)
+        self.data(CLIENTS, held[0])
+        self.assertEqual(len(self.relay.tunnels), 1)
+        self.successResultOf(self.askTickets(channel, count=1))
+        self.failureResultOf(self.askTickets(channel, count=1), BadRequest)
+
+    def test_capIsPerSession(self) -> None:
+        """Another login of the same user has its own cap."""
+        self.stalledSkeleton()
+        one, _ = self.loggedIn(CLIENTS, Channel())
+        for _ in range(TICKETS_PER_SESSION // TICKET_BATCH):
+            self.successResultOf(self.askTickets(one, count=TICKET_BATCH))
+        two, _ = self.loggedIn(CLIENTS, Channel())
+        self.successResultOf(self.askTickets(two, count=TICKET_BATCH))
+
+    def test_unknownServer(self) -> None:
+        """Tickets for an id nobody registered are refused with L{UnknownServer}."""
+        channel, session = self.loggedIn(CLIENTS, Channel())
+        failure = self.failureResultOf(self.askTickets(channel, "nope"), UnknownServer)
+        self.assertEqual(
+            failure.getErrorMessage(),
+            "no server nope is registered at this relay; 'relaynat list' shows the ones that are",
+        )
+        self.assertEqual(self.relay.tickets.outstanding(session.id), 0)
+
+    def test_notPermitted(self) -> None:
+        """
+        Tickets for a server the user may not join are refused with
+        L{UnknownServer}, in the very words used for an id nobody
+        registered: what it may not join, it does not learn about either.
+        """
+        self.stalledSkeleton(["web", "db"])
+        channel, session = self.loggedIn(CLIENTS, Channel(), user="bob")
+        hidden = self.failureResultOf(self.askTickets(channel, "db"), UnknownServer)
+        unknown = self.failureResultOf(self.askTickets(channel, "dc"), UnknownServer)
+        self.assertEqual(hidden.getErrorMessage(), unknown.getErrorMessage().replace("dc", "db"))
+        self.assertEqual(self.relay.tickets.outstanding(session.id), 0)
+        self.successResultOf(self.askTickets(channel, "web"))
+
+    def test_serverOffline(self) -> None:
+        """
+        Tickets for a server whose skeleton is gone are refused with
+        L{ServerOffline}, which tells it from one never registered.
+        """
+        control = self.stalledSkeleton()
+        control.transport.loseConnection()
+        self.net.settle()
+        channel, session = self.loggedIn(CLIENTS, Channel())
+        failure = self.failureResultOf(self.askTickets(channel), ServerOffline)
+        self.assertEqual(
+            failure.getErrorMessage(), "server web is offline: its skeleton is not connected"
+        )
+        self.assertEqual(self.relay.tickets.outstanding(session.id), 0)
+
+    def test_needsLogin(self) -> None:
+        """
+        Tickets asked for before a login on the same connection are refused
+        with L{LoginRequired}, and none is issued.
+        """
+        self.stalledSkeleton()
+        self.loggedIn(CLIENTS, Channel())
+        channel = self.connect(CLIENTS, Channel())
+        failure = self.failureResultOf(self.askTickets(channel), LoginRequired)
+        self.assertEqual(failure.getErrorMessage(), "log in first")
+        self.assertEqual(len(self.relay.tickets), 0)
+
+    def test_badServerId(self) -> None:
+        """Tickets for a malformed id are refused with L{BadRequest}."""
+        channel, _ = self.loggedIn(CLIENTS, Channel())
+        failure = self.failureResultOf(self.askTickets(channel, "a b"), BadRequest)
+        self.assertIn("bad server id 'a b'", failure.getErrorMessage())
+
+    def test_deletedUser(self) -> None:
+        """
+        A user deleted since its login gets no tickets: L{SessionRefused},
+        and the tickets it already held are worthless.
+        """
+        self.stalledSkeleton()
+        channel, [ticket] = self.clientTickets()
+        self.changeUsers(alice=None)
+        failure = self.failureResultOf(self.askTickets(channel), SessionRefused)
+        self.assertEqual(failure.getErrorMessage(), "user alice no longer exists")
+        self.assertEqual(len(self.relay.tickets), 0)
+
+    def test_notOnSkeletonPort(self) -> None:
+        """The skeleton port hands out no client tickets, even logged in."""
+        self.stalledSkeleton()
+        channel, _ = self.loggedIn(SKELETONS, Channel())
+        failure = self.failureResultOf(self.askTickets(channel), amp.UnhandledCommand)
+        self.assertIn("Tickets", failure.getErrorMessage())
+        self.assertEqual(len(self.relay.tickets), 0)
+
+
+class TicketUseTests(RelayTestCase):
+    """What the relay does with the ticket a data connection starts with."""
+
+    def test_clientTicketOnce(self) -> None:
+        """
+        A client's ticket admits one data connection: the second connection
+        with it is refused with L{SessionRefused}'s code and closed, and
+        takes no pooled connection.
+        """
+        self.pooled(pool=2)
+        _, [ticket] = self.clientTickets()
+        first = self.data(CLIENTS, ticket)
+        self.assertEqual(len(self.relay.tunnels), 1)
+        self.assertFalse(first.closed)
+        second = self.data(CLIENTS, ticket)
+        self.assertRefused(second, SESSION_REFUSED)
+        self.assertEqual(len(self.relay.tunnels), 1)
         self.assertEqual(self.relay.registry.counts()["idle"], 1)
 
-    def test_tunnelOnDemand(self) -> None:
+    def test_unknownTicket(self) -> None:
+        """
+        A client data connection with a ticket the relay never issued is
+        refused with L{SessionRefused}'s code and closed; one at the
+        skeleton port is closed with nothing said; nothing is joined or
+        pooled.
+        """
+        self.pooled(pool=1)
+        made = b"\x01" * TICKET_BYTES
+        client = self.data(CLIENTS, made + b"and more")
+        self.assertRefused(client, SESSION_REFUSED)
+        skeleton = self.data(SKELETONS, made)
+        self.assertTrue(skeleton.closed)
+        self.assertEqual(skeleton.received, b"")
+        self.assertEqual(self.relay.tunnels, set())
+        self.assertEqual(self.relay.registry.counts()["idle"], 1)
+
+    def test_clientTicketAtSkeletonPort(self) -> None:
+        """
+        A client's ticket shown at the skeleton port is refused (it is the
+        wrong kind): the connection is closed with nothing said and not
+        pooled, and the ticket is spent, refused at the client port too.
+        """
+        self.stalledSkeleton(pool=0)
+        _, [ticket] = self.clientTickets()
+        wrongPort = self.data(SKELETONS, ticket)
+        self.assertTrue(wrongPort.closed)
+        self.assertEqual(wrongPort.received, b"")
+        self.assertEqual(self.relay.registry.counts()["idle"], 0)
+        self.assertRefused(self.data(CLIENTS, ticket), SESSION_REFUSED)
+        self.assertEqual(self.relay.registry.counts()["waiting"], 0)
+
+    def test_skeletonTicketOnce(self) -> None:
+        """
+        A skeleton's ticket (from L{OpenConnection}) pools one connection:
+        a second connection with it is closed, and the pool's books are
+        unchanged by it.
+        """
+        control = self.stalledSkeleton(pool=1)
+        [request] = control.asked
+        self.offer(request)
+        again = self.data(SKELETONS, request.ticket)
+        self.assertTrue(again.closed)
+        self.assertEqual(
+            self.relay.registry.counts(),
+            {"servers": 1, "idle": 1, "waiting": 0, "requested": 0},
+        )
+        self.assertEqual(len(control.asked), 1)
+
+    def test_skeletonTicketAfterSkeletonLeft(self) -> None:
+        """
+        A skeleton's ticket is worthless once its control connection has
+        closed: the data connection it brings is closed, not pooled.
+        """
+        control = self.stalledSkeleton(pool=1)
+        [request] = control.asked
+        control.transport.loseConnection()
+        self.net.settle()
+        late = self.data(SKELETONS, request.ticket)
+        self.assertTrue(late.closed)
+        self.assertEqual(self.relay.registry.idleConnections(), [])
+
+    def test_ticketsDieWithTheLogin(self) -> None:
+        """
+        A client's tickets are revoked when the control connection of its
+        login closes: a data connection with one is refused.
+        """
+        self.pooled(pool=1)
+        channel, [ticket] = self.clientTickets()
+        channel.transport.loseConnection()
+        self.net.settle()
+        self.assertEqual(len(self.relay.tickets), 0)
+        self.assertRefused(self.data(CLIENTS, ticket), SESSION_REFUSED)
+        self.assertEqual(self.relay.registry.counts()["idle"], 1)
+
+    def test_ticketsDieWithARenewedLogin(self) -> None:
+        """
+        A client that logs in again on its control connection gets a new
+        session, and the old one's tickets are revoked; the new one's work.
+        """
+        self.pooled(pool=1)
+        channel, [old] = self.clientTickets()
+        self.login(channel)
+        [new] = self.successResultOf(self.askTickets(channel))["tickets"]
+        self.assertRefused(self.data(CLIENTS, old), SESSION_REFUSED)
+        self.data(CLIENTS, new)
+        self.assertEqual(len(self.relay.tunnels), 1)
+
+    def test_expiredTicket(self) -> None:
+        """
+        A ticket is good for L{TICKET_LIFETIME} seconds after it was
+        issued: used just before, it is joined; just after, refused.
+        """
+        self.pooled(pool=2)
+        _, [early, late] = self.clientTickets(count=2)
+        self.reactor.advance(TICKET_LIFETIME - 0.1)
+        self.data(CLIENTS, early)
+        self.assertEqual(len(self.relay.tunnels), 1)
+        self.reactor.advance(0.1)
+        self.assertRefused(self.data(CLIENTS, late), SESSION_REFUSED)
+        self.assertEqual(len(self.relay.tunnels), 1)
+
+    def test_joinRightRemoved(self) -> None:
+        """
+        A user whose right to join the server was taken away (the users
+        file changed and reloaded) after it got its tickets is refused when
+        it uses one, and the pooled connection stays pooled, untouched.
+        """
+        _, [skeleton] = self.pooled(pool=1)
+        _, [ticket] = self.clientTickets()
+        self.changeUsers(alice=Rights(register=None, join=frozenset({"other"})))
+        self.assertRefused(self.data(CLIENTS, ticket + b"hello"), SESSION_REFUSED)
+        self.assertEqual(self.relay.registry.counts()["idle"], 1)
+        self.assertEqual(skeleton.received, b"")
+        self.assertFalse(skeleton.closed)
+
+    def test_userDeleted(self) -> None:
+        """A user deleted since it got its tickets is refused when it uses one."""
+        self.stalledSkeleton(pool=0, user="bob")
+        _, [ticket] = self.clientTickets()
+        self.changeUsers(alice=None)
+        self.assertRefused(self.data(CLIENTS, ticket), SESSION_REFUSED)
+        self.assertEqual(self.relay.registry.counts()["waiting"], 0)
+
+    def test_serverWentOffline(self) -> None:
+        """
+        A good ticket for a server whose skeleton left since is refused
+        with L{ServerOffline}'s code.
+        """
+        control = self.stalledSkeleton()
+        _, [ticket] = self.clientTickets()
+        control.transport.loseConnection()
+        self.net.settle()
+        self.assertRefused(self.data(CLIENTS, ticket), SERVER_OFFLINE)
+
+    def test_ticketIsForTheServerNotTheSkeleton(self) -> None:
+        """
+        A ticket names a server id, not a skeleton: if the server's
+        skeleton is replaced by another one meanwhile, the ticket joins the
+        new one.
+        """
+        first = self.stalledSkeleton()
+        _, [ticket] = self.clientTickets()
+        first.transport.loseConnection()
+        self.net.settle()
+        second, [pooled] = self.pooled(pool=1)
+        self.data(CLIENTS, ticket + b"to the second")
+        self.assertEqual(pooled.received, b"to the second")
+
+
+class JoinTests(RelayTestCase):
+    """A client's data connection joined to one of the skeleton's, and spliced."""
+
+    def test_joinedToPooled(self) -> None:
+        """
+        A client data connection with a good ticket is joined to a pooled
+        skeleton connection at once, and the relay only splices: what the
+        client sends after its ticket arrives at the skeleton's data
+        connection byte for byte, and what that sends back arrives at the
+        client.  The pool is asked to fill up again.
+        """
+        control, [skeleton] = self.pooled(pool=1)
+        _, [ticket] = self.clientTickets()
+        client = self.data(CLIENTS, ticket + EVERY_BYTE)
+        self.assertEqual(skeleton.received, EVERY_BYTE)
+        skeleton.transport.write(EVERY_BYTE * 3)
+        self.net.settle()
+        self.assertEqual(client.received, EVERY_BYTE * 3)
+        client.transport.write(b"more")
+        self.net.settle()
+        self.assertEqual(skeleton.received, EVERY_BYTE + b"more")
+        [tunnel] = self.relay.tunnels
+        self.assertEqual((tunnel.user, tunnel.server), ("alice", "web"))
+        self.assertEqual(len(control.asked), 2)
+        self.assertEqual(
+            self.relay.registry.counts(),
+            {"servers": 1, "idle": 0, "waiting": 0, "requested": 1},
+        )
+
+    def test_closeIsPassedOn(self) -> None:
+        """
+        When either end of a spliced tunnel closes, the relay closes the
+        other (after what it was still owed), and forgets the tunnel.
+        """
+        _, skeletons = self.pooled(pool=2)
+        _, tickets = self.clientTickets(count=2)
+        client = self.data(CLIENTS, tickets[0])
+        skeletons[0].transport.write(b"last words")
+        skeletons[0].transport.loseConnection()
+        self.net.settle()
+        self.assertEqual(client.received, b"last words")
+        self.assertTrue(client.closed)
+        client = self.data(CLIENTS, tickets[1] + b"bye")
+        client.transport.loseConnection()
+        self.net.settle()
+        self.assertEqual(skeletons[1].received, b"bye")
+        self.assertTrue(skeletons[1].closed)
+        self.assertEqual(self.relay.tunnels, set())
+
+    def test_onDemand(self) -> None:
+        """
+        With the pool empty, the relay sends the skeleton L{OpenConnection}
+        with a new skeleton ticket for the server; the data connection that
+        brings it is joined to the waiting client, and gets what the client
+        sent while it waited.
+        """
+        control = self.stalledSkeleton(pool=0)
+        _, [ticket] = self.clientTickets()
+        client = self.data(CLIENTS, ticket + b"sent early")
+        self.assertEqual(self.relay.registry.counts()["waiting"], 1)
+        [request] = control.asked
+        self.assertEqual(request.server, "web")
+        self.assertEqual(len(request.ticket), TICKET_BYTES)
+        self.assertNotEqual(request.ticket, ticket)
+        self.assertEqual(client.received, b"")
+        skeleton = self.offer(request)
+        self.assertEqual(skeleton.received, b"sent early")
+        skeleton.transport.write(b"answer")
+        self.net.settle()
+        self.assertEqual(client.received, b"answer")
+        self.assertEqual(
+            self.relay.registry.counts(),
+            {"servers": 1, "idle": 0, "waiting": 0, "requested": 0},
+        )
+
+    def test_offerBeforeAnswer(self) -> None:
+        """
+        The skeleton's data connection may arrive before its answer to
+        L{OpenConnection} (they travel on different connections): it is
+        joined all the same, and the late answer changes nothing.
+        """
+        control = self.stalledSkeleton(pool=0)
+        _, [ticket] = self.clientTickets()
+        self.data(CLIENTS, ticket)
+        [request] = control.asked
+        skeleton = self.offer(request, answer=False)
+        self.assertEqual(len(self.relay.tunnels), 1)
+        request.answer.callback({})
+        self.net.settle()
+        self.assertEqual(self.relay.registry.counts()["requested"], 0)
+        self.assertEqual(len(control.asked), 1)
+        self.assertFalse(skeleton.closed)
+
+    def test_joinTimeout(self) -> None:
+        """
+        A skeleton that never provides a connection makes the relay refuse
+        the waiting client with L{JoinTimeout}'s code after the join
+        timeout, not before, and close it.
+        """
+        control = self.stalledSkeleton(pool=0)
+        _, [ticket] = self.clientTickets()
+        client = self.data(CLIENTS, ticket)
+        self.assertEqual(len(control.asked), 1)
+        self.reactor.advance(self.joinTimeout - 0.1)
+        self.net.settle()
+        self.assertEqual(client.received, b"")
+        self.assertFalse(client.closed)
+        self.reactor.advance(0.2)
+        self.net.settle()
+        self.assertRefused(client, JOIN_TIMEOUT)
+        self.assertEqual(self.relay.registry.counts()["waiting"], 0)
+
+    def test_lateConnectionClosed(self) -> None:
+        """
+        A skeleton connection that comes after its client gave up (pool
+        size zero, nobody waiting) is closed, not pooled or joined.
+        """
+        control = self.stalledSkeleton(pool=0)
+        _, [ticket] = self.clientTickets()
+        self.data(CLIENTS, ticket)
+        self.reactor.advance(self.joinTimeout)
+        self.net.settle()
+        late = self.offer(control.asked[0])
+        self.assertTrue(late.closed)
+        self.assertEqual(late.received, b"")
+        self.assertEqual(self.relay.registry.counts()["idle"], 0)
+        self.assertEqual(self.relay.tunnels, set())
+
+    def test_skeletonCannotOpen(self) -> None:
+        """
+        A skeleton that answers L{OpenConnection} with an error makes the
+        relay refuse the waiting client at once with L{SkeletonGone}'s code.
+        """
+        control = self.stalledSkeleton(pool=0)
+        _, [ticket] = self.clientTickets()
+        client = self.data(CLIENTS, ticket)
+        control.asked[0].answer.errback(SkeletonGone("the skeleton could not reach the relay"))
+        self.net.settle()
+        self.assertRefused(client, SKELETON_GONE)
+        self.assertEqual(self.relay.registry.counts()["waiting"], 0)
+
+    def test_skeletonLeavesWhileWaiting(self) -> None:
+        """
+        A skeleton that disconnects while a client waits for one of its
+        connections makes the relay refuse the client with
+        L{SkeletonGone}'s code.
+        """
+        control = self.stalledSkeleton(pool=0)
+        _, [ticket] = self.clientTickets()
+        client = self.data(CLIENTS, ticket)
+        control.transport.loseConnection()
+        self.net.settle()
+        self.assertRefused(client, SKELETON_GONE)
+        self.assertEqual(self.relay.registry.counts()["servers"], 0)
+
+    def test_clientLeavesWhileWaiting(self) -> None:
+        """
+        A client that disconnects while its join waits is forgotten by the
+        registry at once, not at the join timeout; the connection asked for
+        it, when it comes, is not joined to anything.
+        """
+        control = self.stalledSkeleton(pool=0)
+        _, [ticket] = self.clientTickets()
+        client = self.data(CLIENTS, ticket)
+        self.assertEqual(self.relay.registry.counts()["waiting"], 1)
+        client.transport.loseConnection()
+        self.net.settle()
+        self.assertEqual(self.relay.registry.counts()["waiting"], 0)
+        late = self.offer(control.asked[0])
+        self.assertTrue(late.closed)
+        self.assertEqual(self.relay.tunnels, set())
+
+    def test_clientSendsTooMuchBeforeJoin(self) -> None:
+        """
+        A client data connection may send 4096 bytes after its ticket while
+        it waits to be joined; one byte more and it is aborted, and no
+        longer waits.
+        """
+        self.stalledSkeleton(pool=0)
+        _, [ticket] = self.clientTickets()
+        client = self.data(CLIENTS, ticket + b"x" * (EARLY_LIMIT - 1))
+        client.transport.write(b"x")
+        self.net.settle()
+        self.assertFalse(client.closed)
+        self.assertEqual(self.relay.registry.counts()["waiting"], 1)
+        client.transport.write(b"x")
+        self.net.settle()
+        self.assertTrue(client.closed)
+        self.assertTrue(self.net.abortedByRelay(client))
+        self.assertEqual(self.relay.registry.counts()["waiting"], 0)
+
+    def test_earlyLimitCountsTheFirstRead(self) -> None:
+        """
+        The 4096 bytes count from the end of the ticket even when they come
+        in the same read as the ticket.
+        """
+        self.stalledSkeleton(pool=0)
+        _, [ticket] = self.clientTickets()
+        client = self.data(CLIENTS, ticket + b"x" * (EARLY_LIMIT + 1))
+        self.assertTrue(client.closed)
+        self.assertTrue(self.net.abortedByRelay(client))
+        self.assertEqual(self.relay.registry.counts()["waiting"], 0)
+
+    def test_pooledSendsTooMuch(self) -> None:
+        """
+        A pooled skeleton connection that sends more than 4096 bytes before
+        it is joined is aborted, dropped from the pool and replaced.
+        """
+        control, [skeleton] = self.pooled(pool=1)
+        skeleton.transport.write(b"y" * (EARLY_LIMIT + 1))
+        self.net.settle()
+        self.assertTrue(self.net.abortedByRelay(skeleton))
+        self.assertEqual(self.relay.registry.counts()["idle"], 0)
+        self.assertEqual(len(control.asked), 2)
+
+    def test_pooledConnectionClosedReplaced(self) -> None:
+        """
+        A pooled skeleton connection that closes is dropped from the pool,
+        and a replacement is asked for at once.
+        """
+        control, [skeleton] = self.pooled(pool=1)
+        skeleton.transport.loseConnection()
+        self.net.settle()
+        self.assertEqual(
+            self.relay.registry.counts(),
+            {"servers": 1, "idle": 0, "waiting": 0, "requested": 1},
+        )
+        self.assertEqual(len(control.asked), 2)
+        self.offer(control.asked[1])
+        self.assertEqual(self.relay.registry.counts()["idle"], 1)
+
+    def test_pooledConnectionsCloseWithSkeleton(self) -> None:
+        """Pooled connections are closed when their skeleton's control connection goes."""
+        control, raws = self.pooled(pool=2)
+        control.transport.loseConnection()
+        self.net.settle()
+        self.assertTrue(all(raw.closed for raw in raws))
+        self.assertEqual(self.relay.registry.counts()["servers"], 0)
+
+    def test_eachServerItsOwnPool(self) -> None:
+        """
+        A ticket for one server is joined to a connection of that server's
+        pool, never another's.
+        """
+        control = self.stalledSkeleton(["web", "db"], pool=1)
+        byServer = {r.server: self.offer(r) for r in control.unanswered()}
+        _, [ticket] = self.clientTickets("db")
+        self.data(CLIENTS, ticket + b"for db")
+        self.assertEqual(byServer["db"].received, b"for db")
+        self.assertEqual(byServer["web"].received, b"")
+
+    def test_registerRightRemoved(self) -> None:
+        """
+        A skeleton whose user may no longer register its server (the users
+        file changed and was reloaded) is not asked for connection after
+        connection, each of them refused: the relay and the skeleton settle.
+        """
+        self.startSkeleton(pool=1)
+        self.changeUsers(alice=Rights(register=frozenset(), join=None))
+        _, [ticket] = self.clientTickets()
+        before = len(self.net.connections)
+        self.data(CLIENTS, ticket)
+        self.assertLess(len(self.net.connections) - before, 10)
+
+    test_registerRightRemoved.todo = (  # type: ignore[attr-defined]
+        "relay bug: Relay.admit refuses the skeleton's data connection and calls"
+        " Registry.lost, which asks the skeleton for another at once, refused the"
+        " same way: relay and skeleton loop for as long as it stays registered"
+        " (the same for a user deleted from the users file)"
+    )
+
+    def test_requestLostBeforeItsTicket(self) -> None:
+        """
+        A requested connection that never brings its ticket (the skeleton
+        answered, but the connection died on the way) stops counting as on
+        its way once its ticket has expired, and another is asked for: the
+        pool does not stay one short for good.
+        """
+        control = self.stalledSkeleton(pool=1)
+        control.asked[0].answer.callback({})
+        self.net.settle()
+        self.reactor.advance(TICKET_LIFETIME + 1)
+        # Heard from just now: the heartbeat does not drop it as silent.
+        self.successResultOf(self.call(control, Ping))
+        self.relay.heartbeat()
+        self.net.settle()
+        self.assertEqual(len(control.asked), 2)
+
+    test_requestLostBeforeItsTicket.todo = (  # type: ignore[attr-defined]
+        "relay bug: nothing tells the registry that a requested connection will never"
+        " come; TicketBook.prune forgets the skeleton ticket but Registry.requested"
+        " keeps counting it, so the pool stays one short for as long as it is registered"
+    )
+
+    def test_requestInFlightAtRenewal(self) -> None:
+        """
+        A skeleton's login renewed while one of its requested connections is
+        on its way does not leave the pool one short: that connection is
+        pooled, or another is asked for.
+        """
+        control = self.stalledSkeleton(pool=1)
+        [request] = control.asked
+        self.login(control)
+        self.offer(request)
+        # Pooled (one idle), or refused and asked for again (one new request).
+        self.assertEqual(self.relay.registry.counts()["idle"] + len(control.unanswered()), 1)
+
+    test_requestInFlightAtRenewal.todo = (  # type: ignore[attr-defined]
+        "relay bug: a renewal revokes the old session's tickets, the one in flight"
+        " included; its connection is refused as an unknown ticket, which does not"
+        " call Registry.lost, so the request counts as on its way for good"
+    )
+
+
+class TunnelRecordTests(RelayTestCase):
+    """The relay's books and logs of the tunnels it splices."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        observer = EventList()
+        self.events = observer.events
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def tunnelEvents(self) -> list[LogEvent]:
+        return [
+            e
+            for e in self.events
+            if e.get("log_namespace") == "relaynat.relay"
+            and str(e.get("log_format", "")).startswith("tunnel {tunnel}")
+        ]
+
+    def test_joinAndEndLogged(self) -> None:
+        """
+        A tunnel's join is logged with its id, user and server; its end
+        with the same id, the bytes carried up (client to skeleton, the
+        ticket not counted) and down, and its duration on the relay's clock.
+        """
+        _, [skeleton] = self.pooled(pool=1)
+        _, [ticket] = self.clientTickets()
+        client = self.data(CLIENTS, ticket + b"u" * 10)
+        [joined] = self.tunnelEvents()
+        self.assertEqual(joined["log_format"], "tunnel {tunnel} of {user} to {server} joined")
+        self.assertEqual((joined["user"], joined["server"]), ("alice", "web"))
+        self.reactor.advance(7)
+        skeleton.transport.write(b"d" * 25)
+        client.transport.write(b"u" * 5)
+        self.net.settle()
+        skeleton.transport.loseConnection()
+        self.net.settle()
+        [_, ended] = self.tunnelEvents()
+        self.assertEqual(ended["tunnel"], joined["tunnel"])
+        self.assertEqual((ended["user"], ended["server"]), ("alice", "web"))
+        self.assertEqual((ended["up"], ended["down"]), (15, 25))
+        self.assertEqual(ended["duration"], 7.0)
+        self.assertNotIn("cut", ended["how"])
+        self.assertEqual(self.relay.tunnels, set())
+
+    def test_tunnelIdsDiffer(self) -> None:
+        """Each tunnel has its own id, in the books and in the logs."""
+        self.pooled(pool=2)
+        _, tickets = self.clientTickets(count=2)
+        for ticket in tickets:
+            self.data(CLIENTS, ticket)
+        ids = {t.id for t in self.relay.tunnels}
+        self.assertEqual(len(ids), 2)
+        self.assertEqual({e["tunnel"] for e in self.tunnelEvents()}, ids)
+
+    def test_noTicketInTheLog(self) -> None:
+        """No log event of a tunnel's life carries its ticket, in any field."""
+        _, [skeleton] = self.pooled(pool=1)
+        _, [ticket] = self.clientTickets()
+        self.data(CLIENTS, ticket)
+        skeleton.transport.loseConnection()
+        self.net.settle()
+        for event in self.events:
+            for value in event.values():
+                self.assertNotIn(ticket, repr(value).encode("latin-1", "replace"))
+                self.assertNotEqual(value, ticket)
+
+
+class EndToEndTests(RelayTestCase):
+    """The real relay, skeleton and client: local bytes through the relay to an echo."""
+
+    def seenByRelay(self) -> list[bytes]:
+        """
+        Every byte the relay will read on its data connections from now on,
+        as it read them (kept by wrapping L{FirstBytes.dataReceived}).
+        """
+        seen: list[bytes] = []
+        original = FirstBytes.dataReceived
+
+        def spy(protocol: FirstBytes, data: bytes) -> None:
+            original(protocol, data)
+            if isinstance(protocol.inner, DataConnection):
+                seen.append(data)
+
+        self.patch(FirstBytes, "dataReceived", spy)
+        return seen
+
+    def test_sealedTunnel(self) -> None:
+        """
+        A real client's local connection reaches the echo server through a
+        pooled skeleton connection (the Noise handshake passing through the
+        relay) and its bytes come back; the relay books one tunnel and
+        never sees the bytes in the clear; the pool is filled again.
+        """
+        seen = self.seenByRelay()
+        self.startSkeleton(pool=1)
+        self.startClient()
+        message = b"hello through the relay " * 4
+        collector = self.collect(message)
+        self.assertEqual(b"".join(collector.received), message)
+        self.assertEqual(len(self.echoes), 1)
+        self.assertEqual([(t.user, t.server) for t in self.relay.tunnels], [("alice", "web")])
+        self.assertEqual(self.relay.registry.counts()["idle"], 1)
+        self.assertGreater(sum(map(len, seen)), len(message) * 2)
+        self.assertNotIn(b"hello through", b"".join(seen))
+
+    def test_unsealedTunnel(self) -> None:
+        """
+        A server configured as not sealed carries the tunnel's bytes raw
+        after the handshake: they still come back from the echo, and the
+        relay splices them as they are (which is what the sealed test proves
+        it does not see).
+        """
+        seen = self.seenByRelay()
+        self.startSkeleton(pool=1, sealed=False)
+        self.startClient()
+        message = b"hello in the clear"
+        collector = self.collect(message)
+        self.assertEqual(b"".join(collector.received), message)
+        self.assertEqual(len(self.echoes), 1)
+        self.assertIn(message, b"".join(seen))
+
+    def test_onDemand(self) -> None:
         """
         With a pool of zero, a tunnel still succeeds: the relay asks the
         skeleton for a connection and joins the client to it.
@@ -731,299 +1605,63 @@ class TunnelTests(RelayTestCase):
         collector = self.collect(b"on demand")
         self.assertEqual(b"".join(collector.received), b"on demand")
         self.assertEqual(self.relay.registry.counts()["idle"], 0)
+        self.assertEqual(len(self.relay.tunnels), 1)
 
-    def test_prepareGivesJoinAndNonce(self) -> None:
+    def test_readyConnections(self) -> None:
         """
-        L{Prepare} sets a pooled connection aside and answers with a join
-        id and that connection's nonce, for the client's secret proof.
+        The client keeps its ready connections joined at the relay with
+        their handshake done, before any local connection; a local
+        connection takes one, and another is made ready in its place.
         """
         skeleton, _ = self.startSkeleton(pool=1)
-        [pooled] = skeleton.dataChannels
-        _, d = self.prepare("web")
-        prepared = self.successResultOf(d)
-        self.assertEqual(prepared["nonce"], pooled.nonce)
-        self.assertTrue(prepared["join"].startswith("t1-"))
-        self.assertNotIn(pooled, self.relay.registry.idleConnections())
-
-    def test_unknownServer(self) -> None:
-        """A join to an id nobody registered fails with L{UnknownServer}."""
-        _, d = self.prepare("nope")
-        failure = self.failureResultOf(d, UnknownServer)
-        self.assertIn("no server nope", failure.getErrorMessage())
-
-    def test_badServerId(self) -> None:
-        """A join to a malformed id fails with L{BadRequest}."""
-        _, d = self.prepare("a b")
-        failure = self.failureResultOf(d, BadRequest)
-        self.assertIn("bad server id 'a b'", failure.getErrorMessage())
-
-    def test_badNonce(self) -> None:
-        """A client nonce longer than 64 bytes is refused with L{BadRequest}."""
-        self.startSkeleton(pool=1)
-        _, d = self.prepare("web", nonce=b"n" * 65)
-        failure = self.failureResultOf(d, BadRequest)
-        self.assertEqual(failure.getErrorMessage(), "the nonce must be 16 to 64 bytes")
-        self.assertEqual(self.relay.registry.counts()["idle"], 1)
-
-    def test_prepareNeedsSession(self) -> None:
-        """A L{Prepare} proving a session the relay never issued is refused."""
-        self.startSkeleton(pool=1)
-        channel = self.connect(CLIENTS, Channel())
-        forged = LoginSession("made-up", b"k" * 32, 0.0)
-        d = self.call(
-            channel,
-            Prepare,
-            session=forged.id,
-            proof=self.proof(channel, forged),
-            server="web",
-            nonce=NONCE,
-        )
-        self.failureResultOf(d, SessionRefused)
-        self.assertEqual(self.relay.registry.counts()["idle"], 1)
-
-    def test_prepareWithoutHello(self) -> None:
-        """
-        A L{Prepare} with no challenge asked for on its connection is
-        refused with L{LoginRequired}, and takes no connection.
-        """
-        self.startSkeleton(pool=1)
-        _, session = self.loggedIn(CLIENTS, Channel())
-        channel = self.connect(CLIENTS, Channel())
-        d = self.call(
-            channel, Prepare, session=session.id, proof=session.proof(b""), server="web",
-            nonce=NONCE,
-        )
-        logged = self.flushLoggedErrors(LoginRequired)
-        self.failureResultOf(d, LoginRequired)
-        self.assertEqual(logged, [])
-        self.assertEqual(self.relay.registry.counts()["idle"], 1)
-
-
-    def test_tunnelWithoutPrepare(self) -> None:
-        """A L{Tunnel} with a join id this connection was not given is refused."""
-        self.startSkeleton(pool=1)
-        channel = self.connect(CLIENTS, Channel())
-        failure = self.failureResultOf(
-            self.tunnel(channel, {"join": "t1-00000000", "nonce": NONCE}), BadRequest
-        )
-        self.assertEqual(
-            failure.getErrorMessage(), "unknown join id: send Prepare on this connection first"
-        )
+        factory = self.startClient(ready=2)
+        self.assertEqual(factory.readyNow(), 2)
+        self.assertEqual(len(self.relay.tunnels), 2)
         self.assertEqual(self.echoes, [])
+        ready = factory.readyEnds()
+        self.assertTrue(all(end.sealed is not None for end in ready))
+        collector = self.collect(b"ready")
+        self.assertEqual(b"".join(collector.received), b"ready")
+        self.assertEqual(factory.readyNow(), 2)
+        self.assertNotIn(ready[0], factory.readyEnds())
+        self.assertEqual(len(self.relay.tunnels), 3)
+        self.assertEqual(len(self.echoes), 1)
+        self.assertEqual(self.relay.registry.counts()["idle"], 1)
+        self.assertEqual(sum(isinstance(end, RelayEnd) for end in skeleton.dataConnections), 4)
+
+    def test_wrongSecret(self) -> None:
+        """
+        A client with the wrong secret for the server is joined by the
+        relay (which cannot tell), but the skeleton refuses its handshake:
+        the local connection is closed and the target never connected.
+        """
+        self.startSkeleton(pool=1)
+        self.startClient(secret=b"w" * 32)
+        collector = self.collect(b"let me in")
+        self.assertIsNotNone(collector.reason)
+        self.assertEqual(collector.received, [])
+        self.assertEqual(self.echoes, [])
+        self.assertEqual(self.relay.tunnels, set())
 
     def test_targetRefused(self) -> None:
         """
-        A target that refuses fails the tunnel with L{TargetRefused}, whose
-        message does not reveal the target's address, and the skeleton's
-        data connection is closed.
+        A target that refuses its connection ends the tunnel: the local
+        connection is closed with nothing received, and the skeleton's data
+        connection is closed too.
         """
-        self.startSkeleton({"web": NOBODY}, pool=1)
-        channel, d = self.prepare("web")
-        d = self.tunnel(channel, self.successResultOf(d))
-        self.assertNoResult(d)
+        skeleton, _ = self.startSkeleton({"web": NOBODY}, pool=1)
+        self.startClient()
+        collector = self.collect(b"anyone there?")
         self.assertEqual(self.net.pending(), [NOBODY])
+        self.assertIsNone(collector.reason)
         self.net.completer.failOnce()
         self.net.settle()
-        failure = self.failureResultOf(d, TargetRefused)
-        self.assertEqual(
-            failure.getErrorMessage(),
-            "server web is registered but its target refused the connection",
-        )
+        self.assertIsNotNone(collector.reason)
+        self.assertEqual(collector.received, [])
         self.assertEqual(self.relay.tunnels, set())
-        # The refused join's connection was dropped and the pool refilled.
+        # The pool was filled again after the join took its connection.
         self.assertEqual(self.relay.registry.counts()["idle"], 1)
-
-    def test_joinTimeout(self) -> None:
-        """
-        A skeleton that never provides a connection makes the join fail
-        with L{JoinTimeout} after the relay's join timeout, not before.
-        """
-        stalled, _ = self.stalledSkeleton(["web"], pool=0)
-        _, d = self.prepare("web")
-        self.assertEqual(len(stalled.asked), 1)
-        self.reactor.advance(self.joinTimeout - 0.1)
-        self.net.settle()
-        self.assertNoResult(d)
-        self.reactor.advance(0.2)
-        self.net.settle()
-        failure = self.failureResultOf(d, JoinTimeout)
-        self.assertEqual(
-            failure.getErrorMessage(), "server web did not provide a connection within 5 s"
-        )
-
-    def test_skeletonCannotOpen(self) -> None:
-        """
-        A skeleton that answers L{OpenConnection} with an error fails the
-        waiting client at once with L{SkeletonGone}.
-        """
-        stalled, _ = self.stalledSkeleton(["web"], pool=0)
-        _, d = self.prepare("web")
-        stalled.asked[0].errback(SkeletonGone("the skeleton could not reach the relay"))
-        self.net.settle()
-        failure = self.failureResultOf(d, SkeletonGone)
-        self.assertIn("could not open a connection", failure.getErrorMessage())
-
-    def test_clientLeavesWhileWaiting(self) -> None:
-        """
-        A client that disconnects while its join waits is forgotten by the
-        registry at once, not at the join timeout.
-        """
-        self.stalledSkeleton(["web"], pool=0)
-        client, d = self.prepare("web")
-        self.assertEqual(self.relay.registry.counts()["waiting"], 1)
-        client.transport.loseConnection()
-        self.net.settle()
-        self.assertEqual(self.relay.registry.counts()["waiting"], 0)
-        self.failureResultOf(d)
-
-    def test_skeletonLeavesWhileWaiting(self) -> None:
-        """
-        A skeleton that disconnects while a client waits for one of its
-        connections fails the client with L{SkeletonGone}.
-        """
-        stalled, _ = self.stalledSkeleton(["web"], pool=0)
-        _, d = self.prepare("web")
-        stalled.transport.loseConnection()
-        self.net.settle()
-        self.failureResultOf(d, SkeletonGone)
-        self.assertEqual(self.relay.registry.counts()["waiting"], 0)
-
-    def test_skeletonLeavesWhileWaitingMessage(self) -> None:
-        """
-        The client of a skeleton that left is told that the skeleton went
-        away, not that it "could not open a connection" for a reason that
-        only speaks of a connection closed cleanly.
-        """
-        stalled, _ = self.stalledSkeleton(["web"], pool=0)
-        _, d = self.prepare("web")
-        stalled.transport.loseConnection()
-        self.net.settle()
-        failure = self.failureResultOf(d, SkeletonGone)
-        self.assertEqual(failure.getErrorMessage(), "the skeleton of server web went away")
-
-    def test_preparedJoinExpires(self) -> None:
-        """
-        A prepared join never used within the join timeout gives up its
-        skeleton connection (closed, the pool refilled), and its join id is
-        refused after that.
-        """
-        self.startSkeleton(pool=1)
-        [pooled] = self.relay.registry.idleConnections()
-        channel, d = self.prepare("web")
-        prepared = self.successResultOf(d)
-        self.reactor.advance(self.joinTimeout - 0.1)
-        self.net.settle()
-        self.assertTrue(pooled.connected)  # type: ignore[attr-defined]
-        self.reactor.advance(0.2)
-        self.net.settle()
-        self.assertFalse(pooled.connected)  # type: ignore[attr-defined]
-        self.assertEqual(self.relay.registry.counts()["idle"], 1)
-        failure = self.failureResultOf(self.tunnel(channel, prepared), BadRequest)
-        self.assertIn("unknown join id", failure.getErrorMessage())
-        self.assertEqual(self.echoes, [])
-
-    def test_clientLeavesAfterPrepare(self) -> None:
-        """
-        A client that disconnects after L{Prepare} gives its skeleton
-        connection up at once, not at the join timeout.
-        """
-        self.startSkeleton(pool=1)
-        [pooled] = self.relay.registry.idleConnections()
-        channel, d = self.prepare("web")
-        self.successResultOf(d)
-        channel.transport.loseConnection()
-        self.net.settle()
-        self.assertFalse(pooled.connected)  # type: ignore[attr-defined]
-        self.assertEqual(self.relay.registry.counts()["idle"], 1)
-
-    def test_openConnectionForUnknownServer(self) -> None:
-        """
-        A skeleton asked to open a connection for a server it does not
-        front answers L{UnknownServer}.
-        """
-        skeleton, control = self.startSkeleton(pool=0)
-        assert skeleton.link.session is not None
-        relaySide = self.relay.skeletons[skeleton.link.session.id]
-        failure = self.failureResultOf(
-            self.call(relaySide, OpenConnection, server="db"), UnknownServer
-        )
-        self.assertEqual(failure.getErrorMessage(), "this skeleton does not front db")
-
-    def test_secondPrepareOnOneConnection(self) -> None:
-        """
-        A client connection carries one tunnel: a second L{Prepare} on it
-        is refused with L{BadRequest} and takes no second connection from
-        the skeleton.
-        """
-        self.startSkeleton(pool=2)
-        _, session = self.loggedIn(CLIENTS, Channel())
-        channel = self.connect(CLIENTS, Channel())
-        for _ in range(2):
-            d = self.call(
-                channel,
-                Prepare,
-                session=session.id,
-                proof=self.proof(channel, session),
-                server="web",
-                nonce=NONCE,
-            )
-        failure = self.failureResultOf(d, BadRequest)
-        self.assertEqual(
-            failure.getErrorMessage(), "one tunnel per connection: open another connection"
-        )
-        counts = self.relay.registry.counts()
-        self.assertEqual((counts["idle"], counts["requested"]), (2, 0))
-        self.assertEqual(len(self.relay.registry.idleConnections()), 2)
-
-    def test_secondTunnelOnOneConnection(self) -> None:
-        """
-        A client connection carries one tunnel: a second L{Tunnel} sent on
-        the same connection before the first is answered is refused with
-        L{BadRequest} and takes no second connection from the skeleton.
-        """
-        self.startSkeleton(pool=2)
-        _, session = self.loggedIn(CLIENTS, Channel())
-        raw = Raw()
-        tls = wrapClientTLS(PinnedRelay(self.identity.fingerprint), self.net.endpoint(CLIENTS))
-        connectProtocol(tls, raw)
-        self.net.settle()
-        assert raw.transport is not None
-        raw.transport.write(amp.AmpBox(_command=b"Hello", _ask=b"1").serialize())
-        self.net.settle()
-        [hello] = raw.take()
-        raw.transport.write(
-            amp.AmpBox(
-                _command=b"Prepare",
-                _ask=b"2",
-                session=session.id.encode(),
-                proof=session.proof(hello[b"challenge"]),
-                server=b"web",
-                nonce=NONCE,
-            ).serialize()
-        )
-        self.net.settle()
-        [prepared] = raw.take()
-        join = prepared[b"join"]
-        proof = joinProof(SECRET, NONCE, prepared[b"nonce"], join.decode())
-        raw.transport.write(
-            pipelined(
-                amp.AmpBox(_command=b"Tunnel", _ask=b"3", join=join, proof=proof),
-                amp.AmpBox(_command=b"Tunnel", _ask=b"4", join=join, proof=proof),
-            )
-        )
-        self.net.settle()
-        refusal, switch = raw.take()
-        self.assertEqual(
-            refusal,
-            {
-                b"_error": b"4",
-                b"_error_code": b"BAD_REQUEST",
-                b"_error_description": b"one tunnel per connection: open another connection",
-            },
-        )
-        self.assertEqual(switch, {b"_answer": b"3"})
-        self.assertEqual(len(self.relay.tunnels), 1)
-        self.assertEqual(len(self.echoes), 1)
+        self.assertEqual(len(skeleton.dataConnections), 1)
 
 
 class LoginRenewalTests(RelayTestCase):
@@ -1034,10 +1672,11 @@ class LoginRenewalTests(RelayTestCase):
     def test_offersAfterRenewal(self) -> None:
         """
         After the skeleton logs in again on its control connection (at 80%
-        of its session's life), the relay still knows the skeleton by its
-        new session, so the connections it offers under it are pooled.
+        of its session's life), the relay files the skeleton under its new
+        session, so the connections it brings tickets of that session for
+        are pooled.
         """
-        skeleton, control = self.startSkeleton(pool=1)
+        skeleton, _ = self.startSkeleton(pool=1)
         first = skeleton.link.session
         for _ in range(9):
             self.reactor.advance(10)
@@ -1045,25 +1684,29 @@ class LoginRenewalTests(RelayTestCase):
         second = skeleton.link.session
         assert first is not None and second is not None
         self.assertNotEqual(first.id, second.id)
-        # A join takes the pooled connection; its replacement is offered
-        # under the new session.
-        self.successResultOf(self.prepare("web")[1])
-        self.assertEqual(self.relay.registry.counts()["idle"], 1)
         self.assertEqual(list(self.relay.skeletons), [second.id])
-
+        self.assertIsNone(self.relay.sessions.get(first.id))
+        # A join takes the pooled connection; its replacement comes with a
+        # ticket of the new session.
+        _, [ticket] = self.clientTickets()
+        self.data(CLIENTS, ticket)
+        self.assertEqual(len(self.relay.tunnels), 1)
+        [replacement] = self.relay.registry.idleConnections()
+        assert isinstance(replacement, DataConnection) and replacement.grant is not None
+        self.assertEqual(replacement.grant.session, second.id)
 
 
 class HeartbeatTests(RelayTestCase):
-    """L{Relay.heartbeat}: silent skeletons and dead pooled connections."""
+    """L{Relay.heartbeat}: silent skeletons and expired tickets."""
 
     def test_silentSkeletonDropped(self) -> None:
         """
         A skeleton not heard from for longer than the silence limit is
         dropped and its servers go offline; one heard from recently stays.
         """
-        silent, _ = self.stalledSkeleton(["quiet"], pool=0)
+        silent = self.stalledSkeleton(["quiet"])
         self.reactor.advance(self.relay.silenceLimit - 1)
-        chatty, _ = self.stalledSkeleton(["loud"], pool=0)
+        chatty = self.stalledSkeleton(["loud"])
         self.reactor.advance(2)
         self.relay.heartbeat()
         self.net.settle()
@@ -1084,37 +1727,34 @@ class HeartbeatTests(RelayTestCase):
             self.net.settle()
         self.assertEqual(self.relay.registry.counts()["servers"], 1)
 
-    def test_deadPooledConnectionReplaced(self) -> None:
+    def test_pooledConnectionsNotProbed(self) -> None:
         """
-        An idle pooled connection that does not answer the relay's ping
-        within the ping timeout is dropped, and a replacement is asked for.
+        The heartbeat writes nothing on pooled connections (nothing may be
+        written there before the join) and keeps them pooled however long
+        they are silent: TCP keepalive watches them.
         """
-        control, session = self.stalledSkeleton(["web"], pool=1)
-        data = self.connect(SKELETONS, Deaf())
-        self.successResultOf(self.offer(data, session, "web"))
-        control.asked[0].callback({})
-        self.net.settle()
+        control, [skeleton] = self.pooled(pool=1)
+        for _ in range(5):
+            self.reactor.advance(self.relay.silenceLimit / 2)
+            # The control connection is heard from; its pooled one is silent.
+            self.successResultOf(self.call(control, Ping))
+            self.relay.heartbeat()
+            self.net.settle()
+        self.assertEqual(skeleton.received, b"")
+        self.assertFalse(skeleton.closed)
+        self.assertEqual(self.relay.registry.counts()["idle"], 1)
+
+    def test_expiredTicketsForgotten(self) -> None:
+        """
+        The heartbeat forgets the tickets that have expired, so that unused
+        ones do not pile up, and keeps the others.
+        """
+        self.stalledSkeleton()
+        self.clientTickets(count=3)
+        self.reactor.advance(TICKET_LIFETIME / 2)
+        _, [young] = self.clientTickets()
         self.relay.heartbeat()
-        self.net.settle()
-        self.assertTrue(data.connected)
-        self.reactor.advance(self.relay.pingTimeout)
-        self.net.settle()
-        self.assertFalse(data.connected)
-        self.assertEqual(len(control.asked), 2)
-        self.assertEqual(self.relay.registry.counts()["requested"], 1)
-
-    def test_livePooledConnectionKept(self) -> None:
-        """A pooled connection that answers the relay's ping stays pooled."""
-        self.startSkeleton(pool=1)
-        [pooled] = self.relay.registry.idleConnections()
-        self.assertIsInstance(pooled, SkeletonChannel)
+        self.assertEqual(len(self.relay.tickets), 4)
+        self.reactor.advance(TICKET_LIFETIME / 2)
         self.relay.heartbeat()
-        self.net.settle()
-        self.reactor.advance(self.relay.pingTimeout)
-        self.net.settle()
-        self.assertEqual(self.relay.registry.idleConnections(), [pooled])
-
-
-def pipelined(*boxes: amp.AmpBox) -> bytes:
-    """The bytes of C{boxes} one after the other, as a peer might send them."""
-    return b"".join(box.serialize() for box in boxes)
+        self.assertEqual(len(self.relay.tickets), 1)
