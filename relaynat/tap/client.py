@@ -11,7 +11,7 @@ from twisted.python.usage import UsageError
 from relaynat.client import ClientControl, TunnelFactory, controlFactory
 from relaynat.config import ClientConfig, ConfigError, clientConfig, splitAssignment, withFlags
 from relaynat.link import linkFromConfig, preparing
-from relaynat.tap.limits import raiseOpenFileLimit
+from relaynat.tap.limits import keepBuffersOnHeap, raiseOpenFileLimit
 from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, controlService, loadSecrets
 from relaynat.tap.options import ConfigOptions
 
@@ -52,6 +52,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     raiseOpenFileLimit()
+    keepBuffersOnHeap()
     config = options.client
     link = linkFromConfig(config.access, reactor)
     service = MultiService()

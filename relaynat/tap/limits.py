@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
 
 from twisted.logger import Logger
@@ -25,3 +27,28 @@ def raiseOpenFileLimit() -> int:
         _log.info("open-file limit raised from {soft} to {hard}", soft=soft, hard=hard)
         return hard
     return soft
+
+
+#: glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keepBuffersOnHeap() -> bool:
+    """
+    Have glibc serve a tunnel's buffers (256 KiB reads, their records and
+    joined writes) from the heap and reuse them, instead of mapping and
+    unmapping memory for every read: past glibc's default threshold of
+    128 KiB each one costs an mmap, an munmap and page faults.  Measured
+    (bench/run.py --quick, two runs each): sealed bulk 331/403 and 400/372
+    MB/s before, 584/591 and 634/604 after.  The cost is up to 8 MiB of
+    freed heap kept for reuse.  Returns False where there is no glibc.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 4 << 20) and mallopt(_M_TRIM_THRESHOLD, 8 << 20))

@@ -12,7 +12,7 @@ from relaynat.config import ConfigError, SkeletonConfig, skeletonConfig, splitAs
 from relaynat.link import linkFromConfig
 from relaynat.skeleton import FrontedServer, Skeleton
 from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, controlService, loadSecrets
-from relaynat.tap.limits import raiseOpenFileLimit
+from relaynat.tap.limits import keepBuffersOnHeap, raiseOpenFileLimit
 from relaynat.tap.options import ConfigOptions, number
 
 
@@ -55,6 +55,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     raiseOpenFileLimit()
+    keepBuffersOnHeap()
     config = options.skeleton
     link = linkFromConfig(config.access, reactor)
     servers = {
