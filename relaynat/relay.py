@@ -91,7 +91,7 @@ class Relay:
         self.users = users
         self.registry = Registry(reactor, joinTimeout, maxPool)
         self.sessions = Sessions(reactor, sessionLifetime)
-        self.tickets = TicketBook(reactor)
+        self.tickets = TicketBook(reactor, forgotten=self._ticketForgotten)
         self.throttle = throttle if throttle is not None else Throttle(reactor)
         self.silenceLimit = silenceLimit
         self.pingTimeout = pingTimeout
@@ -136,6 +136,16 @@ class Relay:
         self.sessions.revoke(session)
         self.tickets.revokeSession(session.id)
 
+    def renewSession(self, previous: Session, current: Session) -> None:
+        """A login was renewed: C{previous} ends, its unused tickets stay good under C{current}."""
+        self.tickets.moveSession(previous.id, current.id)
+        self.sessions.revoke(previous)
+
+    def _ticketForgotten(self, grant: Ticket) -> None:
+        if grant.kind == "skeleton":
+            # The connection asked for will never come: ask again if needed.
+            self.registry.lost(grant.server)
+
     # Data connections.
 
     def admit(self, connection: DataConnection, ticket: bytes) -> None:
@@ -148,10 +158,16 @@ class Relay:
                 source=connection.source(),
                 why=refusal,
             )
-            if grant is not None and connection.kind == "skeleton":
-                # Its request no longer counts as on its way.
-                self.registry.lost(grant.server)
             connection.refuse(SessionRefused(refusal))
+            owner = self.skeletons.get(grant.session) if grant is not None else None
+            if owner is not None:
+                # Its user lost the right (or was deleted) since it
+                # registered: asking it for more would be refused the same
+                # way, for ever.  It registers again, or learns why not.
+                _log.warn(
+                    "skeleton {skeleton} dropped: {why}", skeleton=owner.describe(), why=refusal
+                )
+                owner.transport.abortConnection()
             return
         assert grant is not None
         connection.grant = grant
@@ -439,7 +455,7 @@ class RelayChannel(Channel):
         previous = self.login
         self.login = self.relay.sessions.issue(scram.user)
         if previous is not None:
-            self.relay.endSession(previous)
+            self.relay.renewSession(previous, self.login)
             self.loginRenewed(previous, self.login)
         _log.info("{user} logged in from {source}", user=scram.user, source=self.source())
         return {"message": serverFinal, "session": self.login.id, "expires": self.login.expires}

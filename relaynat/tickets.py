@@ -12,6 +12,7 @@ onlooker nothing: no user, session, server or count.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -36,9 +37,17 @@ class Ticket:
 class TicketBook:
     """Tickets issued and not yet used, by their bytes and by their session."""
 
-    def __init__(self, clock: IReactorTime, lifetime: float = TICKET_LIFETIME) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        lifetime: float = TICKET_LIFETIME,
+        forgotten: Callable[[Ticket], None] | None = None,
+    ) -> None:
         self.clock = clock
         self.lifetime = lifetime
+        #: Told of every ticket that expires or is revoked unused (not of
+        #: those redeemed or discarded): its connection will never come.
+        self.forgotten = forgotten
         self._tickets: dict[bytes, Ticket] = {}
         self._bySession: dict[str, set[bytes]] = {}
 
@@ -82,7 +91,15 @@ class TicketBook:
     def revokeSession(self, session: str) -> None:
         """Every ticket of C{session} is worthless from now on."""
         for ticket in self._bySession.pop(session, set()):
-            self._tickets.pop(ticket, None)
+            found = self._tickets.pop(ticket, None)
+            if found is not None and self.forgotten is not None:
+                self.forgotten(found)
+
+    def moveSession(self, old: str, new: str) -> None:
+        """The login of C{old} was renewed as C{new}: its tickets go with it."""
+        for ticket in self._bySession.pop(old, set()):
+            self._tickets[ticket] = attrs.evolve(self._tickets[ticket], session=new)
+            self._bySession.setdefault(new, set()).add(ticket)
 
     def prune(self) -> None:
         """Forget the expired tickets."""
@@ -90,6 +107,8 @@ class TicketBook:
         for ticket, found in list(self._tickets.items()):
             if found.expires <= now:
                 self._forget(ticket, found)
+                if self.forgotten is not None:
+                    self.forgotten(found)
 
     def _forget(self, ticket: bytes, found: Ticket) -> None:
         del self._tickets[ticket]

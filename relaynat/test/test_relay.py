@@ -1085,18 +1085,19 @@ class TicketUseTests(RelayTestCase):
         self.assertRefused(self.data(CLIENTS, ticket), SESSION_REFUSED)
         self.assertEqual(self.relay.registry.counts()["idle"], 1)
 
-    def test_ticketsDieWithARenewedLogin(self) -> None:
+    def test_ticketsSurviveARenewedLogin(self) -> None:
         """
         A client that logs in again on its control connection gets a new
-        session, and the old one's tickets are revoked; the new one's work.
+        session; the old one's unused tickets pass to it (connections on
+        their way are not lost to a renewal), and the new one's work too.
         """
-        self.pooled(pool=1)
+        self.pooled(pool=2)
         channel, [old] = self.clientTickets()
         self.login(channel)
         [new] = self.successResultOf(self.askTickets(channel))["tickets"]
-        self.assertRefused(self.data(CLIENTS, old), SESSION_REFUSED)
+        self.data(CLIENTS, old)
         self.data(CLIENTS, new)
-        self.assertEqual(len(self.relay.tunnels), 1)
+        self.assertEqual(len(self.relay.tunnels), 2)
 
     def test_expiredTicket(self) -> None:
         """
@@ -1424,12 +1425,6 @@ class JoinTests(RelayTestCase):
         self.data(CLIENTS, ticket)
         self.assertLess(len(self.net.connections) - before, 10)
 
-    test_registerRightRemoved.todo = (  # type: ignore[attr-defined]
-        "relay bug: Relay.admit refuses the skeleton's data connection and calls"
-        " Registry.lost, which asks the skeleton for another at once, refused the"
-        " same way: relay and skeleton loop for as long as it stays registered"
-        " (the same for a user deleted from the users file)"
-    )
 
     def test_requestLostBeforeItsTicket(self) -> None:
         """
@@ -1448,11 +1443,6 @@ class JoinTests(RelayTestCase):
         self.net.settle()
         self.assertEqual(len(control.asked), 2)
 
-    test_requestLostBeforeItsTicket.todo = (  # type: ignore[attr-defined]
-        "relay bug: nothing tells the registry that a requested connection will never"
-        " come; TicketBook.prune forgets the skeleton ticket but Registry.requested"
-        " keeps counting it, so the pool stays one short for as long as it is registered"
-    )
 
     def test_requestInFlightAtRenewal(self) -> None:
         """
@@ -1467,11 +1457,6 @@ class JoinTests(RelayTestCase):
         # Pooled (one idle), or refused and asked for again (one new request).
         self.assertEqual(self.relay.registry.counts()["idle"] + len(control.unanswered()), 1)
 
-    test_requestInFlightAtRenewal.todo = (  # type: ignore[attr-defined]
-        "relay bug: a renewal revokes the old session's tickets, the one in flight"
-        " included; its connection is refused as an unknown ticket, which does not"
-        " call Registry.lost, so the request counts as on its way for good"
-    )
 
 
 class TunnelRecordTests(RelayTestCase):
