@@ -210,3 +210,42 @@ class TicketBookTests(SynchronousTestCase):
         self.assertNotIn(TLS_HANDSHAKE, first)
         # The draw is otherwise uniform: nearly every other first byte shows up.
         self.assertGreater(len(first), 200)
+
+
+class ForgottenTests(SynchronousTestCase):
+    """What a L{TicketBook} says of tickets whose connection will never come."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.forgotten: list[Ticket] = []
+        self.book = TicketBook(self.clock, lifetime=60.0, forgotten=self.forgotten.append)
+
+    def test_expiredAndRevoked(self) -> None:
+        """Tickets pruned after their lifetime, or revoked with their session, are told of."""
+        self.book.issue("skeleton", "s1", "edge", "web")
+        self.book.issue("skeleton", "s2", "edge", "db")
+        self.book.revokeSession("s2")
+        self.assertEqual([t.server for t in self.forgotten], ["db"])
+        self.clock.advance(61)
+        self.book.prune()
+        self.assertEqual([t.server for t in self.forgotten], ["db", "web"])
+
+    def test_redeemedAndDiscardedNot(self) -> None:
+        """A ticket used, or discarded by its issuer, is not told of: nobody waits for it."""
+        used = self.book.issue("skeleton", "s1", "edge", "web")
+        dropped = self.book.issue("skeleton", "s1", "edge", "web")
+        self.book.redeem(used, "skeleton")
+        self.book.discard(dropped)
+        self.book.revokeSession("s1")
+        self.assertEqual(self.forgotten, [])
+
+    def test_moveSession(self) -> None:
+        """A renewed login's tickets stay good under the new session, and die with it."""
+        ticket = self.book.issue("client", "old", "alice", "web")
+        self.book.moveSession("old", "new")
+        self.assertEqual((self.book.outstanding("old"), self.book.outstanding("new")), (0, 1))
+        self.book.revokeSession("old")
+        self.assertEqual(len(self.book), 1)
+        grant = self.book.redeem(ticket, "client")
+        assert grant is not None
+        self.assertEqual(grant.session, "new")
