@@ -1,9 +1,11 @@
 """
-Fuzzing the relay's control channels: random bytes and random AMP boxes
-fed to the relay's skeleton and client channels, in memory and over real
-sockets (outside TLS, where the handshake meets them, and inside it, where
-AMP does).  Whatever arrives, the relay's books must not change, nobody is
-logged in by it, and the next honest skeleton or client must be served.
+Fuzzing the relay: random bytes and random AMP boxes fed to the relay's
+skeleton and client channels, random first bytes to its ports (which read
+them as a TLS handshake or as a data connection's ticket), in memory and
+over real sockets (outside TLS, where the handshake or the ticket check
+meets them, and inside it, where AMP does).  Whatever arrives, the relay's
+books must not change, nobody is logged in or given a ticket by it, and the
+next honest skeleton or client must be served.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol, wrapClientTLS
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -27,13 +31,15 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from relaynat.auth import Users
+from relaynat.channel import Channel
 from relaynat.client import listServers
 from relaynat.identity import PinnedRelay, RelayIdentity
-from relaynat.relay import ClientChannel, Relay, SkeletonChannel
+from relaynat.relay import FIRST_BYTES_WAIT, ClientChannel, Relay, SkeletonChannel
+from relaynat.seal import ClientHandshake
 from relaynat.test.loopback import ANYTHING, Stack, relayIdentity, writeUsers
 from relaynat.test.net import endpointOf, pollUntil, runAsync
 from relaynat.test.streams import Collect, Echo
-from relaynat.wire import Channel
+from relaynat.wire import JOIN_REFUSED, TICKET_BYTES, TLS_HANDSHAKE
 
 #: What stock AMP lets escape from dataReceived on malformed input: an empty
 #: box, an answer or error for a question never asked, a command name that is
@@ -54,8 +60,8 @@ _keys = st.one_of(
         [
             b"_command", b"_ask", b"_answer", b"_error", b"_error_code",
             b"_error_description", b"name", b"servers", b"pool", b"session",
-            b"server", b"tunnel", b"id", b"description", b"message", b"proof",
-            b"nonce", b"join", b"challenge", b"key", b"expires",
+            b"server", b"ticket", b"tickets", b"count", b"id", b"description",
+            b"message", b"expires", b"since", b"idle",
         ]
     ),
     st.binary(min_size=1, max_size=12),
@@ -63,9 +69,9 @@ _keys = st.one_of(
 _values = st.one_of(
     st.sampled_from(
         [
-            b"Login", b"LoginFinish", b"Hello", b"Register", b"Offer",
-            b"OpenConnection", b"Join", b"ListServers", b"Prepare", b"Tunnel",
-            b"Ping", b"StartTLS", b"1", b"0", b"-1", b"", b"\xff",
+            b"Login", b"LoginFinish", b"Register", b"OpenConnection",
+            b"Tickets", b"ListServers", b"Ping", b"StartTLS", b"1", b"0",
+            b"-1", b"16", b"17", b"99999999999999999999", b"", b"\xff",
             b"n,,n=alice,r=abc", b"p=tls-server-end-point,,n=alice,r=abc",
             TARGET.encode(), b"n" * 16,
         ]
@@ -142,11 +148,8 @@ class FakeSkeleton:
         return "'fake'"
 
 
-class ChannelFuzzTests(SynchronousTestCase):
-    """
-    Random input to one relay channel on a L{StringTransport}: the bytes a
-    peer sends inside TLS, fed to the channel TLS would hand them to.
-    """
+class FreshRelayTestCase(SynchronousTestCase):
+    """A relay in memory, on a fake clock, made anew for each example."""
 
     def setUp(self) -> None:
         # Made once per test method, not per example: only the relay is new
@@ -156,10 +159,33 @@ class ChannelFuzzTests(SynchronousTestCase):
         self.identity: RelayIdentity = relayIdentity(directory)
         self.users: Users = writeUsers(os.path.join(directory, "users"), {"alice": ANYTHING})
 
-    def start(self, channelClass: type) -> tuple[Relay, Any, StringTransport]:
-        """A fresh relay with one server registered, and a channel of C{channelClass}."""
+    def newRelay(self) -> Relay:
+        """A fresh relay with one server registered, whose pool is never filled."""
         relay = Relay(MemoryReactorClock(), self.identity, self.users, joinTimeout=5)
         relay.registry.register(FakeSkeleton(), [(TARGET, "")], pool=1)  # type: ignore[arg-type]
+        return relay
+
+    def assertUntouched(self, relay: Relay) -> None:
+        """The relay's books are as they were before the garbage."""
+        self.assertEqual(
+            relay.registry.counts(),
+            {"servers": 1, "idle": 0, "waiting": 0, "requested": 1},
+        )
+        self.assertEqual(len(relay.sessions), 0)
+        self.assertEqual(len(relay.tickets), 0)
+        self.assertEqual(relay.skeletons, {})
+        self.assertEqual(relay.tunnels, set())
+
+
+class ChannelFuzzTests(FreshRelayTestCase):
+    """
+    Random input to one relay channel on a L{StringTransport}: the bytes a
+    peer sends inside TLS, fed to the channel TLS would hand them to.
+    """
+
+    def start(self, channelClass: type) -> tuple[Relay, Any, StringTransport]:
+        """A fresh relay with one server registered, and a channel of C{channelClass}."""
+        relay = self.newRelay()
         channel = channelClass(relay)
         transport = StringTransport()
         channel.makeConnection(transport)
@@ -186,16 +212,6 @@ class ChannelFuzzTests(SynchronousTestCase):
         """
         relay, channel, transport = self.start(channelClass)
         return relay, transport, self.send(relay, channel, data)
-
-    def assertUntouched(self, relay: Relay) -> None:
-        """The relay's books are as they were before the garbage."""
-        self.assertEqual(
-            relay.registry.counts(),
-            {"servers": 1, "idle": 0, "waiting": 0, "requested": 1},
-        )
-        self.assertEqual(len(relay.sessions), 0)
-        self.assertEqual(relay.skeletons, {})
-        self.assertEqual(relay.tunnels, set())
 
     def assertAmpOnly(self, transport: StringTransport) -> None:
         """Whatever the relay wrote back is well-formed AMP boxes."""
@@ -283,7 +299,7 @@ class ChannelFuzzTests(SynchronousTestCase):
         error, the connection is dropped, and AMP logs the parse error (the
         only logged errors these tests flush).
         """
-        box = _serialize({b"_command": b"Prepare", b"_ask": b"1", b"session": b"\xff"})
+        box = _serialize({b"_command": b"Tickets", b"_ask": b"1", b"server": b"\xff"})
         relay, transport, escaped = self.feed(ClientChannel, box)
         self.assertIsNone(escaped)
         [answer] = amp.parseString(transport.value())
@@ -294,12 +310,20 @@ class ChannelFuzzTests(SynchronousTestCase):
 
     def test_commandsNeedLogin(self) -> None:
         """
-        Well-formed L{Register} and L{ListServers} without a login get
-        C{LOGIN_REQUIRED}; the connection stays up and nothing changes.
+        Well-formed L{Register}, L{ListServers} and L{Tickets} without a
+        login get C{LOGIN_REQUIRED}; the connection stays up, and nothing
+        changes: no ticket is issued.
         """
         register = _registerBox()
         listing = _serialize({b"_command": b"ListServers", b"_ask": b"1"})
-        for channelClass, box in ((SkeletonChannel, register), (ClientChannel, listing)):
+        tickets = _serialize(
+            {b"_command": b"Tickets", b"_ask": b"1", b"server": TARGET.encode(), b"count": b"1"}
+        )
+        for channelClass, box in (
+            (SkeletonChannel, register),
+            (ClientChannel, listing),
+            (ClientChannel, tickets),
+        ):
             relay, transport, escaped = self.feed(channelClass, box)
             self.assertIsNone(escaped)
             [answer] = amp.parseString(transport.value())
@@ -356,6 +380,80 @@ class ChannelFuzzTests(SynchronousTestCase):
         self.assertUntouched(relay)
 
 
+class TCPStringTransport(StringTransport):
+    """A L{StringTransport} with the TCP options a relay connection sets (as no-ops)."""
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        pass
+
+    def getHandle(self) -> None:
+        return None
+
+
+class PortFuzzTests(FreshRelayTestCase):
+    """
+    Random bytes as the first a new connection sends to port X or Y, in
+    memory: the relay reads them as a TLS handshake (a first byte of 0x16)
+    or as a data connection's ticket, and must survive whatever they are.
+    """
+
+    def connect(self, relay: Relay, skeletonSide: bool) -> tuple[Any, TCPStringTransport]:
+        """A new connection to the relay's port Y (or X), as its factory makes it."""
+        factory = relay.skeletonFactory() if skeletonSide else relay.clientFactory()
+        factory.doStart()
+        transport = TCPStringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+        protocol = factory.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        chunks=st.lists(
+            st.one_of(
+                st.binary(min_size=1, max_size=TICKET_BYTES),
+                st.binary(min_size=TICKET_BYTES, max_size=300),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+        skeletonSide=st.booleans(),
+        tls=st.booleans(),
+    )
+    def test_garbageOnPorts(self, chunks: list[bytes], skeletonSide: bool, tls: bool) -> None:
+        """
+        Random first bytes, in any split, raise nothing and change none of
+        the relay's books.  Behind a TLS record's first byte they get TLS
+        (an alert) at most; as a data connection, one that sent a whole
+        ticket is refused (a client's with L{JOIN_REFUSED} and code 5, a
+        skeleton's with nothing) and closed, one that did not is aborted
+        when its time for the ticket is up.
+        """
+        if tls:
+            chunks[0] = bytes([TLS_HANDSHAKE]) + chunks[0]
+        isTls = chunks[0][0] == TLS_HANDSHAKE
+        relay = self.newRelay()
+        protocol, transport = self.connect(relay, skeletonSide)
+        for chunk in chunks:
+            protocol.dataReceived(chunk)
+            relay.reactor.advance(0)  # type: ignore[attr-defined]
+        relay.reactor.advance(FIRST_BYTES_WAIT)  # type: ignore[attr-defined]
+        written = transport.value()
+        if isTls:
+            # An alert (0x15), or a handshake record if this was one.
+            self.assertIn(written[:1], (b"", b"\x15", b"\x16"), written)
+        elif len(b"".join(chunks)) >= TICKET_BYTES:
+            self.assertEqual(written, b"" if skeletonSide else JOIN_REFUSED + b"\x05")
+            self.assertTrue(transport.disconnecting)
+        else:
+            self.assertEqual(written, b"")
+            self.assertTrue(transport.disconnected, "not dropped when its time was up")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertUntouched(relay)
+
+
 class Blurt(Protocol):
     """Writes its bytes, shuts its write side, and waits for the relay to close."""
 
@@ -397,14 +495,19 @@ def _samples() -> list[bytes]:
         _serialize({b"_command": b"\xff\xfe", b"_ask": b"1"}),
         _serialize({b"_command": b"Nope"}),
         _serialize({b"_command": b"Register", b"_ask": b"1", b"pool": b"x"}),
-        _serialize({b"_command": b"Offer", b"_ask": b"1", b"session": b"s", b"server": b"w"}),
-        _serialize({b"_command": b"Prepare", b"_ask": b"1", b"session": b"\xff"}),
+        _serialize({b"_command": b"Tickets", b"_ask": b"1", b"server": b"echo", b"count": b"16"}),
+        _serialize({b"_command": b"Tickets", b"_ask": b"1", b"server": b"\xff"}),
+        _serialize({b"_command": b"OpenConnection", b"_ask": b"1", b"server": b"echo"}),
         _serialize({b"_command": b"Login", b"_ask": b"1", b"message": b"n,,n=alice,r=x"}),
         _serialize({b"_command": b"LoginFinish", b"_ask": b"1", b"message": b"c=biws"}),
-        _serialize({b"_command": b"Tunnel", b"_ask": b"1", b"join": b"t1", b"proof": b""}),
-        _serialize({b"_command": b"Hello", b"_ask": b"1"}) * 3,
+        _serialize({b"_command": b"ListServers", b"_ask": b"1"}) * 3,
         b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32),  # a TLS hello
+        # Data connections: less than a ticket; a made-up ticket and a real
+        # first handshake message; a made-up ticket and far too much after.
+        b"\x01" * (TICKET_BYTES - 1),
+        b"\x01" * TICKET_BYTES + ClientHandshake(b"s" * 32, "echo").first(),
+        bytes(TICKET_BYTES) + b"x" * 5000,
     ] + [rng.randbytes(rng.randrange(1, 2000)) for _ in range(20)]
 
 
@@ -414,13 +517,19 @@ class SocketFuzzTests(TestCase):
     @runAsync
     async def test_relayServesAfterGarbage(self) -> None:
         """
-        After garbage on both ports, outside TLS (where the handshake
+        After garbage on both ports, outside TLS (where the handshake or,
+        for a first byte that is not a TLS record's, the ticket check
         refuses it) and inside (where AMP reads it), the skeleton is still
-        registered, only the two honest logins hold sessions, the relay
-        lists its server and a tunnel carries bytes as before.
+        registered, only the two honest logins hold sessions, no ticket was
+        issued, the relay lists its server and a tunnel carries bytes as
+        before.
         """
         stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
         self.addCleanup(stack.stop)
+        # Settled: the pool refilled after the client's ready connections
+        # took from it, so no ticket is on its way to the skeleton.
+        await pollUntil(lambda: stack.relay.registry.counts()["requested"] == 0)
+        issued = len(stack.relay.tickets)
         blurts = []
         for port in (stack.clientPort, stack.skeletonPort):
             secure = wrapClientTLS(PinnedRelay(stack.identity.fingerprint), endpointOf(port))
@@ -435,6 +544,7 @@ class SocketFuzzTests(TestCase):
         self.assertEqual((counts["servers"], counts["waiting"]), (1, 0))
         self.assertEqual(len(stack.relay.sessions), 2)
         self.assertEqual(len(stack.relay.skeletons), 1)
+        self.assertEqual(len(stack.relay.tickets), issued)
         self.assertEqual([s["id"] for s in await listServers(stack.clientLink)], ["echo"])
         collector = Collect(b"still here", halfClose=True)
         await stack.connect("echo", collector)
