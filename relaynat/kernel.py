@@ -1,17 +1,18 @@
 """
 Splicing in the kernel: two TCP connections joined with C{splice(2)}
-through a pipe, so that their bytes never enter this process.
+through a pipe, so that their bytes never enter this process; and the
+engine it runs on, which moves bytes between two sockets taken over from
+their Twisted transports (L{relaynat.sealedsplice} runs on it too).
 
 Twisted keeps owning both sockets: their transports stop reading and
-writing, this module registers its own descriptors for the same file
-numbers with the reactor while bytes flow, and gives the sockets back to
-the transports at the end to be closed (orderly when both directions ended,
+writing, the engine registers its own descriptors for the same file numbers
+with the reactor while bytes flow, and gives the sockets back to the
+transports at the end to be closed (orderly when both directions ended,
 with a reset when either side was cut).  Flow control is the kernel's: a
-direction reads only into an empty pipe and reads again only once the pipe
-has drained into the other socket, so a stalled reader leaves the bytes in
-socket buffers and at most one pipe per direction.  Pipes are taken from a
-shared pool while bytes are in flight and given back once empty, so an idle
-tunnel holds none.
+direction reads only once what it read before is written, so a stalled
+reader leaves the bytes in socket buffers and at most one pipe (or buffer)
+per direction.  Pipes are taken from a shared pool while bytes are in
+flight and given back once empty, so an idle tunnel holds none.
 """
 
 from __future__ import annotations
@@ -45,12 +46,33 @@ _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if hasattr(os, "splice") else 0
 _CUT = {errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
 
 
+def _socketOf(transport: object) -> socket.socket | None:
+    if not isinstance(transport, Connection):
+        return None
+    handle = transport.getHandle()
+    return handle if isinstance(handle, socket.socket) else None
+
+
 def available(transport: object) -> bool:
     """Can this transport be spliced in the kernel? (A TCP socket on Linux.)"""
-    if not hasattr(os, "splice") or not isinstance(transport, Connection):
-        return False
-    handle = transport.getHandle()
-    return isinstance(handle, socket.socket) and handle.family in (socket.AF_INET, socket.AF_INET6)
+    handle = _socketOf(transport)
+    return (
+        hasattr(os, "splice")
+        and handle is not None
+        and handle.family in (socket.AF_INET, socket.AF_INET6)
+    )
+
+
+def takeable(transport: object) -> bool:
+    """Can the engine take this transport's socket over? (Any stream socket.)"""
+    return _socketOf(transport) is not None
+
+
+def describe(error: BaseException) -> str:
+    """What a failed socket call says, as a log line."""
+    if isinstance(error, OSError) and error.errno in _CUT:
+        return os.strerror(error.errno)
+    return str(error)
 
 
 class PipePool:
@@ -104,32 +126,19 @@ def sharedPool() -> PipePool:
     return _POOL
 
 
-class _Direction:
-    """Bytes from one socket to the other."""
-
-    def __init__(self, source: _End, sink: _End, pending: bytes) -> None:
-        self.source, self.sink = source, sink
-        self.pending = pending
-        self.pipe: tuple[int, int] | None = None
-        self.inPipe = 0
-        self.carried = len(pending)
-        self.sourceEnded = False
-        self.done = False
-
-
 @implementer(IReadWriteDescriptor)
-class _End:
-    """One spliced socket, as the reactor sees it while bytes flow."""
+class SplicedSocket:
+    """One socket taken over by the engine, as the reactor sees it while bytes flow."""
 
-    def __init__(self, splice: KernelSplice, name: str, transport: Connection) -> None:
+    def __init__(self, splice: DescriptorSplice, name: str, transport: Connection) -> None:
         self.splice = splice
         self.name = name
         self.transport = transport
         self.socket: socket.socket = transport.getHandle()
         self.fd = self.socket.fileno()
         #: The direction this socket feeds, and the one it is written by.
-        self.outgoing: _Direction
-        self.incoming: _Direction
+        self.outgoing: Direction
+        self.incoming: Direction
 
     def fileno(self) -> int:
         return self.fd
@@ -138,50 +147,132 @@ class _End:
         return f"splice {self.name}"
 
     def doRead(self) -> None:
-        self.splice._fill(self.outgoing)
+        self.splice.fill(self.outgoing)
 
     def doWrite(self) -> None:
-        self.splice._drain(self.incoming)
+        self.splice.drain(self.incoming)
 
     def connectionLost(self, reason: Failure) -> None:
         # The reactor saw the socket hang up or fail while it was not being
         # read: the connection is gone.
-        self.splice._cut(self, reason.getErrorMessage())
+        self.splice.cut(self.name, reason.getErrorMessage())
 
 
-class KernelSplice:
+class Direction:
     """
-    Two connected TCP transports spliced both ways in the kernel.
-    C{pending} holds bytes their protocols already read, to be written to
-    the other side first.  C{finished} is called once, when both sockets
-    are handed back for closing, with the error that cut the tunnel (the
-    name of the side it came from and its message) or None.
+    Bytes from one socket to the other.  The engine calls L{read} when the
+    source is readable and nothing is held, then L{write} until all is
+    written, then L{finish} once the source's stream has ended
+    (C{sourceEnded}, set by L{read}) and all is written.
+    """
+
+    def __init__(self, source: SplicedSocket, sink: SplicedSocket) -> None:
+        self.source, self.sink = source, sink
+        self.sourceEnded = False
+        self.done = False
+        #: Bytes read from the source, as counted on the wire.
+        self.carried = 0
+
+    def read(self) -> None:
+        """Read what is there (BlockingIOError if nothing); set C{sourceEnded} at its end."""
+        raise NotImplementedError
+
+    def write(self) -> bool:
+        """Write what is held to the sink; True once all is written."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """The source's stream ended and all is written: pass the end on."""
+        self.sink.socket.shutdown(socket.SHUT_WR)
+
+    def release(self) -> None:
+        """The splice is over: give back what is held."""
+
+
+class PipeDirection(Direction):
+    """Through a pipe of the pool, with splice(2): the bytes stay in the kernel."""
+
+    def __init__(
+        self, source: SplicedSocket, sink: SplicedSocket, pool: PipePool, pending: bytes
+    ) -> None:
+        super().__init__(source, sink)
+        self.pool = pool
+        self.pipe: tuple[int, int] | None = None
+        self.inPipe = 0
+        #: What the source's protocol had read already: written first.
+        self.pending = pending
+        self.carried = len(pending)
+
+    def read(self) -> None:
+        if self.pipe is None:
+            self.pipe = self.pool.take()
+        try:
+            n = os.splice(self.source.fd, self.pipe[1], self.pool.size - self.inPipe, flags=_FLAGS)
+        except BaseException:
+            self._releaseIfEmpty()
+            raise
+        if n == 0:
+            self.sourceEnded = True
+        self.inPipe += n
+        self.carried += n
+
+    def write(self) -> bool:
+        try:
+            while self.pending:
+                sent = self.sink.socket.send(self.pending)
+                self.pending = self.pending[sent:]
+            while self.inPipe:
+                assert self.pipe is not None
+                self.inPipe -= os.splice(self.pipe[0], self.sink.fd, self.inPipe, flags=_FLAGS)
+        except BlockingIOError:
+            return False
+        self._releaseIfEmpty()
+        return True
+
+    def _releaseIfEmpty(self) -> None:
+        if self.pipe is not None and self.inPipe == 0:
+            self.pool.give(self.pipe)
+            self.pipe = None
+
+    def release(self) -> None:
+        if self.pipe is not None:
+            self.pool.give(self.pipe, empty=self.inPipe == 0)
+            self.pipe = None
+
+
+Outcome = tuple[str, str] | None
+
+
+class DescriptorSplice:
+    """
+    Two connected transports whose sockets this takes over, with a
+    L{Direction} each way made by C{directions}.  C{finished} is called
+    once, when both sockets are handed back for closing, with the error that
+    cut the tunnel (the name of the side it came from and its message) or
+    None; C{ended} with the name of each side whose stream ended in order.
     """
 
     def __init__(
         self,
         reactor: Any,
-        a: tuple[str, Connection, bytes],
-        b: tuple[str, Connection, bytes],
-        finished: Callable[[KernelSplice, tuple[str, str] | None], None],
-        pool: PipePool | None = None,
+        a: tuple[str, Connection],
+        b: tuple[str, Connection],
+        directions: Callable[[SplicedSocket, SplicedSocket], tuple[Direction, Direction]],
+        finished: Callable[[DescriptorSplice, Outcome], None],
         ended: Callable[[str], None] | None = None,
     ) -> None:
         self.reactor = reactor
-        self.pool = pool if pool is not None else sharedPool()
         self._finished = finished
         self._ended = ended
-        self.a = _End(self, a[0], a[1])
-        self.b = _End(self, b[0], b[1])
-        # What one side's protocol read goes to the other side first.
-        ab = _Direction(self.a, self.b, a[2])
-        ba = _Direction(self.b, self.a, b[2])
+        self.a = SplicedSocket(self, a[0], a[1])
+        self.b = SplicedSocket(self, b[0], b[1])
+        ab, ba = directions(self.a, self.b)
         self.a.outgoing = self.b.incoming = ab
         self.b.outgoing = self.a.incoming = ba
         self.over = False
 
     def carried(self, name: str) -> int:
-        """Bytes read from side C{name} and written to the other."""
+        """Bytes read from side C{name}, on the wire."""
         end = self.a if name == self.a.name else self.b
         return end.outgoing.carried
 
@@ -190,85 +281,62 @@ class KernelSplice:
             end.transport.stopReading()
             end.transport.stopWriting()
         for direction in (self.a.outgoing, self.b.outgoing):
-            if direction.pending:
-                self._drain(direction)
-            else:
-                self.reactor.addReader(direction.source)
+            self.drain(direction)
 
-    def _fill(self, d: _Direction) -> None:
+    def fill(self, d: Direction) -> None:
+        """The source of C{d} is readable."""
         if self.over or d.sourceEnded:
             return
-        if d.pipe is None:
-            d.pipe = self.pool.take()
         try:
-            n = os.splice(d.source.fd, d.pipe[1], self.pool.size - d.inPipe, flags=_FLAGS)
+            d.read()
         except BlockingIOError:
-            self._releaseIfEmpty(d)
             return
-        except OSError as e:
-            self._releaseIfEmpty(d)
-            self._cut(d.source, os.strerror(e.errno or 0) if e.errno in _CUT else str(e))
+        except Exception as e:
+            self.cut(d.source.name, describe(e))
             return
-        if n == 0:
-            d.sourceEnded = True
+        if d.sourceEnded:
             self.reactor.removeReader(d.source)
             if self._ended is not None:
                 self._ended(d.source.name)
-        else:
-            d.inPipe += n
-            d.carried += n
-        self._drain(d)
+        self.drain(d)
 
-    def _drain(self, d: _Direction) -> None:
+    def drain(self, d: Direction) -> None:
+        """Write what C{d} holds, then read again, or pass its end on."""
         if self.over:
             return
         try:
-            while d.pending:
-                sent = d.sink.socket.send(d.pending)
-                d.pending = d.pending[sent:]
-            while d.inPipe:
-                assert d.pipe is not None
-                d.inPipe -= os.splice(d.pipe[0], d.sink.fd, d.inPipe, flags=_FLAGS)
-        except BlockingIOError:
+            complete = d.write()
+        except Exception as e:
+            self.cut(d.sink.name, describe(e))
+            return
+        if not complete:
             # The sink is full: stop reading the source until it drains.
             self.reactor.removeReader(d.source)
             self.reactor.addWriter(d.sink)
             return
-        except OSError as e:
-            self._cut(d.sink, os.strerror(e.errno or 0) if e.errno in _CUT else str(e))
-            return
         self.reactor.removeWriter(d.sink)
-        self._releaseIfEmpty(d)
         if d.sourceEnded:
             self._endDirection(d)
         else:
             self.reactor.addReader(d.source)
 
-    def _releaseIfEmpty(self, d: _Direction) -> None:
-        if d.pipe is not None and d.inPipe == 0:
-            self.pool.give(d.pipe)
-            d.pipe = None
-
-    def _endDirection(self, d: _Direction) -> None:
+    def _endDirection(self, d: Direction) -> None:
         if d.done:
             return
         d.done = True
         try:
-            d.sink.socket.shutdown(socket.SHUT_WR)
+            d.finish()
         except OSError as e:
-            self._cut(d.sink, str(e))
+            self.cut(d.sink.name, describe(e))
             return
         if self.a.outgoing.done and self.b.outgoing.done:
             self._finish(None)
 
-    def _cut(self, end: _End, why: str) -> None:
-        self._finish((end.name, why))
-
     def cut(self, name: str, why: str) -> None:
-        """End the splice with a reset on both sides: side C{name} failed."""
+        """End the splice with a reset on both sides: side C{name} failed, for C{why}."""
         self._finish((name, why))
 
-    def _finish(self, error: tuple[str, str] | None) -> None:
+    def _finish(self, outcome: Outcome) -> None:
         if self.over:
             return
         self.over = True
@@ -276,13 +344,31 @@ class KernelSplice:
             self.reactor.removeReader(end)
             self.reactor.removeWriter(end)
         for d in (self.a.outgoing, self.b.outgoing):
-            if d.pipe is not None:
-                self.pool.give(d.pipe, empty=d.inPipe == 0)
-                d.pipe = None
-        self._finished(self, error)
+            d.release()
+        self._finished(self, outcome)
         for end in (self.a, self.b):
-            if error is None:
+            if outcome is None:
                 end.transport.loseConnection()
             else:
                 # A cut passes on as a reset, never as a clean end.
                 end.transport.abortConnection()
+
+
+def kernelSplice(
+    reactor: Any,
+    a: tuple[str, Connection, bytes],
+    b: tuple[str, Connection, bytes],
+    finished: Callable[[DescriptorSplice, Outcome], None],
+    pool: PipePool | None = None,
+    ended: Callable[[str], None] | None = None,
+) -> DescriptorSplice:
+    """
+    C{a} and C{b} spliced both ways in the kernel; the bytes their protocols
+    read already (the third of each triple) go to the other side first.
+    """
+    pipes = pool if pool is not None else sharedPool()
+
+    def directions(x: SplicedSocket, y: SplicedSocket) -> tuple[Direction, Direction]:
+        return PipeDirection(x, y, pipes, a[2]), PipeDirection(y, x, pipes, b[2])
+
+    return DescriptorSplice(reactor, a[:2], b[:2], directions, finished, ended)  # type: ignore[arg-type]

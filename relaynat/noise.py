@@ -87,6 +87,26 @@ class CipherState:
             return plaintext
         return self.aead.encrypt(self._next(), plaintext, ad or None)
 
+    def encryptInto(self, plaintext: memoryview, out: memoryview) -> int:
+        """
+        Encrypt with empty associated data (a transport message) into
+        C{out}, C{len(plaintext) + TAGLEN} bytes long, without copies.
+        """
+        assert self.aead is not None
+        return self.aead.encrypt_into(self._next(), plaintext, None, out)
+
+    def decryptInto(self, ciphertext: memoryview, out: memoryview) -> int:
+        """The reverse of L{encryptInto}: C{out} is C{len(ciphertext) - TAGLEN} bytes long."""
+        assert self.aead is not None
+        if self.n >= _MAX_NONCE:
+            raise NoiseError("nonce exhausted: this cipher state may not be used again")
+        try:
+            written = self.aead.decrypt_into(self.nonce(self.n), ciphertext, None, out)
+        except InvalidTag:
+            raise NoiseError("authentication failed") from None
+        self.n += 1
+        return written
+
     def decryptWithAd(self, ad: bytes, ciphertext: bytes) -> bytes:
         if self.aead is None:
             return ciphertext

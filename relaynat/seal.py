@@ -206,7 +206,7 @@ class RecordWriter:
     """Seals tunnel bytes into framed records, in order."""
 
     def __init__(self, cipher: CipherState) -> None:
-        self._cipher = cipher
+        self.cipher = self._cipher = cipher
         self.ended = False
 
     def record(self, kind: int, body: bytes = b"") -> bytes:
@@ -232,7 +232,7 @@ class RecordReader:
     """
 
     def __init__(self, cipher: CipherState) -> None:
-        self._cipher = cipher
+        self.cipher = self._cipher = cipher
         self._buffer = bytearray()
         self.ended = False
 

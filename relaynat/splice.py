@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from relaynat import kernel
 from relaynat.seal import BEGIN, DATA, END, REFUSED, SealBroken, Sealed
+from relaynat.sealedsplice import sealedSplice
 from relaynat.channel import setNoDelay
 
 _log = Logger()
@@ -70,6 +71,11 @@ class SpliceHalf(Protocol):
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
         readLarge(self.transport)
+
+    def taken(self) -> tuple[str, Any, bytes]:
+        """This half for the descriptor engine: its name, transport and what it kept."""
+        early, self.early = b"".join(self.early), []
+        return self.name, self.transport, early
 
     def keep(self, data: bytes) -> None:
         """Hold C{data} for the splice, and hold further bytes back in the kernel."""
@@ -122,55 +128,60 @@ def splice(
     C{ended} the name of each side whose stream ends in order.
     """
     if seal is None and kernel.available(a.transport) and kernel.available(b.transport):
-        joined: Any = _KernelHalves(reactor, a, b, finished, ended)
+        joined: Any = _DescriptorHalves(
+            a, b, finished,
+            lambda done: kernel.kernelSplice(reactor, a.taken(), b.taken(), done, ended=ended),
+        )
+    elif seal is not None and kernel.takeable(a.transport) and kernel.takeable(b.transport):
+        joined = _DescriptorHalves(
+            a, b, finished,
+            lambda done: sealedSplice(
+                reactor, a.taken(), b.taken(), seal, done, expectBegin, ended=ended
+            ),
+        )
     else:
         joined = ProtocolSplice(a, b, finished, seal, expectBegin, ended)
     joined.start()
     return joined
 
 
-class _KernelHalves:
-    """A L{kernel.KernelSplice} of two halves, once their protocols are done reading."""
+class _DescriptorHalves:
+    """
+    Two halves whose sockets the descriptor engine takes over (in the
+    kernel, or sealed), once their protocols are done reading.
+    """
 
     def __init__(
         self,
-        reactor: Any,
         a: SpliceHalf,
         b: SpliceHalf,
         finished: Finished,
-        ended: Callable[[str], None] | None,
+        build: Callable[[Callable[[Any, Outcome], None]], kernel.DescriptorSplice],
     ) -> None:
         self.a, self.b = a, b
         self._finished = finished
-        self.kernel = kernel.KernelSplice(
-            reactor,
-            (a.name, a.transport, b"".join(a.early)),
-            (b.name, b.transport, b"".join(b.early)),
-            lambda _, outcome: self._finished(self, outcome),
-            ended=ended,
-        )
-        a.early, b.early = [], []
+        self.engine = build(lambda _, outcome: self._finished(self, outcome))
 
     def start(self) -> None:
         self.a.splice = self.b.splice = self
-        self.kernel.start()
+        self.engine.start()
 
     def carried(self, name: str) -> int:
-        return self.kernel.carried(name)
+        return self.engine.carried(name)
 
     def lost(self, half: SpliceHalf, reason: Failure) -> None:
-        """The kernel splice handed the socket back and it closed (or was closed under it)."""
-        if not self.kernel.over:
-            self.kernel.cut(half.name, reason.getErrorMessage())
+        """The engine handed the socket back and it closed (or was closed under it)."""
+        if not self.engine.over:
+            self.engine.cut(half.name, reason.getErrorMessage())
 
     def received(self, half: SpliceHalf, data: bytes) -> None:
-        raise AssertionError("a kernel-spliced transport does not read")
+        raise AssertionError("a transport taken over does not read")
 
     def readEnded(self, half: SpliceHalf) -> None:
-        """The kernel reads the end-of-stream itself."""
+        """The engine reads the end-of-stream itself."""
 
     def writeEnded(self, half: SpliceHalf) -> None:
-        """The kernel splice shuts the write side itself."""
+        """The engine ends the write side itself."""
 
 
 class ProtocolSplice:

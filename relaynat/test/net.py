@@ -60,7 +60,7 @@ def openConnections() -> set[tcp.Connection]:
     """
     selectables = reactor.getReaders() + reactor.getWriters()
     found = {s for s in selectables if isinstance(s, tcp.Connection)}
-    found |= {s.transport for s in selectables if isinstance(s, kernel._End)}
+    found |= {s.transport for s in selectables if isinstance(s, kernel.SplicedSocket)}
     return found
 
 
