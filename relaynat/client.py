@@ -88,7 +88,6 @@ class ClientEnd(SpliceHalf):
         self.sealed: Sealed | None = None
         self.proven: Deferred[ClientEnd] = Deferred()
         self._deadline: Any = None
-        self._attached: tuple[LocalHalf, Any] | None = None
         #: When this connection, kept ready, is replaced by a fresh one.
         self.retirement: Any = None
         #: Told when this connection is lost before it carried a tunnel.
@@ -115,8 +114,6 @@ class ClientEnd(SpliceHalf):
             super().dataReceived(data)
         elif self.sealed is None:
             self._shake(data)
-        elif self._attached is not None:
-            self._awaitBegin(data)
         else:
             self.keep(data)
 
@@ -153,38 +150,24 @@ class ClientEnd(SpliceHalf):
         if self.sealed.sealed:
             splice(reactor, local, self, finished, seal=self.sealed, expectBegin=True)
             return
-        # Not sealed: the records end after each side's BEGIN, and the
+        # Not sealed: the records end after each side's BEGIN.  This one
+        # goes first, the application's bytes right behind it; the
         # skeleton's says whether its target took the connection.
-        self._attached = (local, finished)
-        self.transport.write(self.sealed.writer.record(BEGIN))
-        early, self.early = b"".join(self.early), []
-        if early:
-            self._awaitBegin(early)
+        local.early.insert(0, self.sealed.writer.record(BEGIN))
+        splice(reactor, local, self, finished, first=self._firstRecord)
 
-    def _awaitBegin(self, data: bytes) -> None:
-        assert self.sealed is not None and self._attached is not None
-        local, finished = self._attached
-        try:
-            records = self.sealed.reader.feed(data, limit=1)
-        except SealBroken as e:
-            self._cut(local, finished, str(e))
-            return
+    def _firstRecord(self, data: bytes) -> bytes | None:
+        """The skeleton's first record, from C{data}: None until whole, then what follows it."""
+        assert self.sealed is not None
+        records = self.sealed.reader.feed(data, limit=1)
         if not records:
-            return
+            return None
         kind, _ = records[0]
+        if kind == REFUSED:
+            raise SealBroken("the server's target refused the connection")
         if kind != BEGIN:
-            why = "the server's target refused the connection" if kind == REFUSED else "the tunnel did not start with its first record"
-            self._cut(local, finished, why)
-            return
-        self._attached = None
-        self.early = [self.sealed.reader.leftover()]
-        splice(self.link.clock, local, self, finished)
-
-    def _cut(self, local: LocalHalf, finished: Any, why: str) -> None:
-        self._attached = None
-        local.abandon()
-        self.transport.abortConnection()
-        finished(None, (self.name, why))
+            raise SealBroken("the tunnel did not start with its first record")
+        return self.sealed.reader.leftover()
 
     def readConnectionLost(self) -> None:
         if self.splice is None:
@@ -204,9 +187,6 @@ class ClientEnd(SpliceHalf):
             self.lostUnused(self)
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
-        if self._attached is not None:
-            local, finished = self._attached
-            self._cut(local, finished, reason.getErrorMessage())
         if not self.proven.called:
             if self._received or self._head:
                 error: Exception = Unproven(f"server {self.serverId} did not prove its secret")

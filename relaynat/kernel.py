@@ -240,6 +240,46 @@ class PipeDirection(Direction):
             self.pipe = None
 
 
+class FirstRecordDirection(PipeDirection):
+    """
+    A pipe direction that first reads the far end's first record itself,
+    through C{first} (bytes in; None while the record is not whole, or the
+    bytes after it; an exception if it says no): how a tunnel that is not
+    sealed starts at the client, its bytes flowing out at once while the
+    skeleton's answer is still on its way.
+    """
+
+    def __init__(
+        self,
+        source: SplicedSocket,
+        sink: SplicedSocket,
+        pool: PipePool,
+        early: bytes,
+        first: Callable[[bytes], bytes | None],
+    ) -> None:
+        super().__init__(source, sink, pool, b"")
+        self._first: Callable[[bytes], bytes | None] | None = first
+        if early:
+            self._take(early)
+
+    def _take(self, data: bytes) -> None:
+        assert self._first is not None
+        self.carried += len(data)
+        rest = self._first(data)
+        if rest is not None:
+            self._first = None
+            self.pending = rest
+
+    def read(self) -> None:
+        if self._first is None:
+            super().read()
+            return
+        data = self.source.socket.recv(4096)
+        if not data:
+            raise ConnectionError("the stream ended before the far end's first record")
+        self._take(data)
+
+
 Outcome = tuple[str, str] | None
 
 
@@ -361,14 +401,22 @@ def kernelSplice(
     finished: Callable[[DescriptorSplice, Outcome], None],
     pool: PipePool | None = None,
     ended: Callable[[str], None] | None = None,
+    first: Callable[[bytes], bytes | None] | None = None,
 ) -> DescriptorSplice:
     """
     C{a} and C{b} spliced both ways in the kernel; the bytes their protocols
     read already (the third of each triple) go to the other side first.
+    With C{first}, what C{b} sends starts with a record for it to read
+    (L{FirstRecordDirection}).
     """
     pipes = pool if pool is not None else sharedPool()
 
     def directions(x: SplicedSocket, y: SplicedSocket) -> tuple[Direction, Direction]:
-        return PipeDirection(x, y, pipes, a[2]), PipeDirection(y, x, pipes, b[2])
+        back: Direction
+        if first is None:
+            back = PipeDirection(y, x, pipes, b[2])
+        else:
+            back = FirstRecordDirection(y, x, pipes, b[2], first)
+        return PipeDirection(x, y, pipes, a[2]), back
 
     return DescriptorSplice(reactor, a[:2], b[:2], directions, finished, ended)  # type: ignore[arg-type]

@@ -119,18 +119,23 @@ def splice(
     seal: Sealed | None = None,
     expectBegin: bool = False,
     ended: Callable[[str], None] | None = None,
+    first: Callable[[bytes], bytes | None] | None = None,
 ) -> Any:
     """
     Join C{a} and C{b}; with C{seal}, C{a} is plain and C{b} carries its
     bytes as sealed records (this end's L{BEGIN} first; the far end's
-    first record must be L{BEGIN} when C{expectBegin}).  C{finished} is told
-    how it ended, once, when both connections are closed or being closed;
-    C{ended} the name of each side whose stream ends in order.
+    first record must be L{BEGIN} when C{expectBegin}).  Without, C{first}
+    reads the start of what C{b} sends (see L{kernel.FirstRecordDirection}).
+    C{finished} is told how it ended, once, when both connections are
+    closed or being closed; C{ended} the name of each side whose stream ends
+    in order.
     """
     if seal is None and kernel.available(a.transport) and kernel.available(b.transport):
         joined: Any = _DescriptorHalves(
             a, b, finished,
-            lambda done: kernel.kernelSplice(reactor, a.taken(), b.taken(), done, ended=ended),
+            lambda done: kernel.kernelSplice(
+                reactor, a.taken(), b.taken(), done, ended=ended, first=first
+            ),
         )
     elif seal is not None and kernel.takeable(a.transport) and kernel.takeable(b.transport):
         joined = _DescriptorHalves(
@@ -140,7 +145,7 @@ def splice(
             ),
         )
     else:
-        joined = ProtocolSplice(a, b, finished, seal, expectBegin, ended)
+        joined = ProtocolSplice(a, b, finished, seal, expectBegin, ended, first)
     joined.start()
     return joined
 
@@ -202,8 +207,10 @@ class ProtocolSplice:
         seal: Sealed | None = None,
         expectBegin: bool = False,
         ended: Callable[[str], None] | None = None,
+        first: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
         self.a, self.b = a, b
+        self._first = first
         self.seal = seal
         self._expectBegin = expectBegin and seal is not None
         self._finished = finished
@@ -246,6 +253,16 @@ class ProtocolSplice:
         if self.over:
             return
         self._carried[half.name] += len(data)
+        if half is self.b and self._first is not None:
+            try:
+                rest = self._first(data)
+            except Exception as e:
+                self.cut(self.b, str(e))
+                return
+            if rest is None:
+                return
+            self._first = None
+            data = rest
         if self.seal is None:
             self.other(half).transport.write(data)
         elif half is self.a:
@@ -279,6 +296,9 @@ class ProtocolSplice:
 
     def readEnded(self, half: SpliceHalf) -> None:
         if self.over:
+            return
+        if half is self.b and self._first is not None:
+            self.cut(self.b, "the stream ended before the far end's first record")
             return
         if self.seal is not None and half is self.b:
             if not self.seal.reader.ended:
