@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from relaynat.channel import Channel, keepAlive
 from relaynat.link import ControlChannel, RelayLink
-from relaynat.seal import BEGIN, REFUSED, ClientHandshake, SealBroken, Sealed
+from relaynat.seal import BEGIN, REFUSED, ClientHandshake, TARGET_REFUSED, SealBroken, Sealed
 from relaynat.splice import Outcome, SpliceHalf, splice
 from relaynat.wire import HEARTBEAT, JOIN_REFUSED, PING_TIMEOUT, ListServers, RelaynatError, SkeletonGone, TargetRefused, refusal
 
@@ -101,7 +101,9 @@ class ClientEnd(SpliceHalf):
 
     def _tooSlow(self) -> None:
         self._deadline = None
-        self._fail(SkeletonGone(f"server {self.serverId} did not answer the tunnel's handshake in time"))
+        self._fail(
+            SkeletonGone(f"server {self.serverId} did not answer the tunnel's handshake in time")
+        )
 
     def _fail(self, error: Exception) -> None:
         if not self.proven.called:
@@ -164,7 +166,7 @@ class ClientEnd(SpliceHalf):
             return None
         kind, _ = records[0]
         if kind == REFUSED:
-            raise SealBroken("the server's target refused the connection")
+            raise SealBroken(TARGET_REFUSED)
         if kind != BEGIN:
             raise SealBroken("the tunnel did not start with its first record")
         return self.sealed.reader.leftover()
@@ -188,7 +190,7 @@ class ClientEnd(SpliceHalf):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         if not self.proven.called:
-            if self._received or self._head:
+            if self._received:
                 error: Exception = Unproven(f"server {self.serverId} did not prove its secret")
             else:
                 # Closed with not a byte of answer: the skeleton refused the
@@ -354,8 +356,11 @@ class TunnelFactory(Factory):
     def _finished(self, joined: Any, outcome: Outcome) -> None:
         if outcome is not None and outcome[0] == "relay":
             why = outcome[1]
-            if why == "the server's target refused the connection":
-                self._report(TargetRefused(f"server {self.serverId} is registered but its target refused the connection"), f"tunnel to {self.serverId} failed")
+            if why == TARGET_REFUSED:
+                refused = TargetRefused(
+                    f"server {self.serverId} is registered but its target refused the connection"
+                )
+                self._report(refused, f"tunnel to {self.serverId} failed")
             else:
                 _log.warn("tunnel to {server} cut: {why}", server=self.serverId, why=why)
 

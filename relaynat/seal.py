@@ -64,6 +64,10 @@ class SealBroken(Exception):
     """The far end sent what the seal does not accept: changed, cut or malformed."""
 
 
+#: Why a tunnel ends when the skeleton's first record is L{REFUSED}.
+TARGET_REFUSED = "the server's target refused the connection"
+
+
 def tunnelPsk(secret: bytes) -> bytes:
     """The Noise pre-shared key of a server's secret."""
     return HKDF(hashes.SHA256(), 32, salt=None, info=b"relaynat tunnel psk 1").derive(secret)

@@ -19,7 +19,7 @@ from twisted.internet.tcp import Connection
 
 from relaynat.kernel import DescriptorSplice, Direction, Outcome, SplicedSocket
 from relaynat.noise import TAGLEN, CipherState, NoiseError
-from relaynat.seal import BEGIN, DATA, END, MAX_BODY, REFUSED, SealBroken, Sealed
+from relaynat.seal import BEGIN, DATA, END, MAX_BODY, REFUSED, TARGET_REFUSED, SealBroken, Sealed
 
 #: The most a record's frame takes on the wire.
 _MAX_FRAME = 2 + 1 + MAX_BODY + TAGLEN
@@ -28,7 +28,62 @@ _MAX_FRAME = 2 + 1 + MAX_BODY + TAGLEN
 _FRAMES_PER_READ = 4
 
 
-class SealDirection(Direction):
+class _Scratch:
+    """
+    The buffers every tunnel of this process reads, seals and opens in: the
+    reactor runs one direction at a time, and a direction whose sink cannot
+    take all it made keeps a copy of the rest.  So a tunnel holds no buffer
+    while its bytes flow, and at most one read's worth while its reader
+    stalls.
+    """
+
+    def __init__(self) -> None:
+        self.plain = bytearray(1 + MAX_BODY)
+        self.plain[0] = DATA
+        self.plainView = memoryview(self.plain)
+        self.frame = bytearray(_MAX_FRAME)
+        self.frameView = memoryview(self.frame)
+        self.sealed = bytearray(_FRAMES_PER_READ * _MAX_FRAME)
+        self.sealedView = memoryview(self.sealed)
+        self.opened = bytearray(_FRAMES_PER_READ * _MAX_FRAME)
+        self.openedView = memoryview(self.opened)
+
+
+_SCRATCH: _Scratch | None = None
+
+
+def _scratch() -> _Scratch:
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = _Scratch()
+    return _SCRATCH
+
+
+class _Sending(Direction):
+    """Sends what it made in the scratch buffers, and keeps a copy of what the sink does not take."""
+
+    def __init__(self, source: SplicedSocket, sink: SplicedSocket) -> None:
+        super().__init__(source, sink)
+        self._pending: list[memoryview | bytes] = []
+
+    def write(self) -> bool:
+        pending = self._pending
+        send = self.sink.socket.send
+        try:
+            while pending:
+                sent = send(pending[0])
+                if sent == len(pending[0]):
+                    pending.pop(0)
+                else:
+                    pending[0] = pending[0][sent:]
+        except BlockingIOError:
+            # Out of the scratch buffers, which the next tunnel will use.
+            self._pending = [bytes(p) for p in pending]
+            return False
+        return True
+
+
+class SealDirection(_Sending):
     """Plain bytes in, one sealed L{DATA} record per read out; L{END} at the end."""
 
     def __init__(
@@ -36,19 +91,14 @@ class SealDirection(Direction):
     ) -> None:
         super().__init__(source, sink)
         self._cipher = cipher
-        self._plain = bytearray(1 + MAX_BODY)
-        self._plain[0] = DATA
-        self._plainView = memoryview(self._plain)
-        self._frame = bytearray(_MAX_FRAME)
-        self._frameView = memoryview(self._frame)
-        #: Sealed bytes not yet written; this end's BEGIN first, then what
-        #: the plain side's protocol had already read.
-        self._pending: list[memoryview] = [memoryview(self._record(BEGIN))]
+        scratch = _scratch()
+        # This end's BEGIN first, then what the plain side's protocol read.
+        self._pending.append(self._record(BEGIN))
         view = memoryview(early)
         for i in range(0, len(early), MAX_BODY):
             chunk = view[i : i + MAX_BODY]
-            self._plainView[1 : 1 + len(chunk)] = chunk
-            self._pending.append(memoryview(bytes(self._seal(len(chunk)))))
+            scratch.plainView[1 : 1 + len(chunk)] = chunk
+            self._pending.append(bytes(self._seal(scratch, len(chunk))))
 
     def _record(self, kind: int) -> bytes:
         """A record with no body, as a new bytes object."""
@@ -57,41 +107,31 @@ class SealDirection(Direction):
         self._cipher.encryptInto(memoryview(bytes([kind])), memoryview(frame)[2:])
         return bytes(frame)
 
-    def _seal(self, size: int) -> memoryview:
+    def _seal(self, scratch: _Scratch, size: int) -> memoryview:
         """The DATA record of the C{size} bytes in the plain buffer, in the frame buffer."""
         length = 1 + size + TAGLEN
-        self._frame[0] = length >> 8
-        self._frame[1] = length & 0xFF
-        self._cipher.encryptInto(self._plainView[: 1 + size], self._frameView[2 : 2 + length])
-        return self._frameView[: 2 + length]
+        scratch.frame[0] = length >> 8
+        scratch.frame[1] = length & 0xFF
+        self._cipher.encryptInto(
+            scratch.plainView[: 1 + size], scratch.frameView[2 : 2 + length]
+        )
+        return scratch.frameView[: 2 + length]
 
     def read(self) -> None:
-        n = self.source.socket.recv_into(self._plainView[1:], MAX_BODY)
+        scratch = _scratch()
+        n = self.source.socket.recv_into(scratch.plainView[1:], MAX_BODY)
         if n == 0:
             self.sourceEnded = True
-            self._pending.append(memoryview(self._record(END)))
+            self._pending.append(self._record(END))
             return
         self.carried += n
-        self._pending.append(self._seal(n))
-
-    def write(self) -> bool:
-        pending = self._pending
-        try:
-            while pending:
-                sent = self.sink.socket.send(pending[0])
-                if sent == len(pending[0]):
-                    pending.pop(0)
-                else:
-                    pending[0] = pending[0][sent:]
-        except BlockingIOError:
-            return False
-        return True
+        self._pending.append(self._seal(scratch, n))
 
     def finish(self) -> None:
         """The end went as a record: the sealed socket stays open until both ends have."""
 
 
-class OpenDirection(Direction):
+class OpenDirection(_Sending):
     """
     Records in, their bytes out.  The far end's first record must be
     L{BEGIN} when C{expectBegin}; L{REFUSED} there, a record the seal
@@ -109,29 +149,32 @@ class OpenDirection(Direction):
         super().__init__(source, sink)
         self._cipher = cipher
         self._expectBegin = expectBegin
-        size = _FRAMES_PER_READ * _MAX_FRAME
-        self._in = bytearray(size)
-        self._inView = memoryview(self._in)
-        self._have = 0
-        self._out = bytearray(size)
-        self._outView = memoryview(self._out)
-        self._pending: list[memoryview] = []
+        #: The start of a record not yet whole, kept between reads.
+        self._tail = b""
         self._ended = False
         if early:
-            self._inView[: len(early)] = early
-            self._have = len(early)
-            self._open()
+            scratch = _scratch()
+            scratch.sealedView[: len(early)] = early
+            self._open(scratch, len(early))
+            self._keep()
 
     def read(self) -> None:
-        n = self.source.socket.recv_into(self._inView[self._have :], len(self._in) - self._have)
+        scratch = _scratch()
+        tail = len(self._tail)
+        if tail:
+            scratch.sealedView[:tail] = self._tail
+        n = self.source.socket.recv_into(scratch.sealedView[tail:], len(scratch.sealed) - tail)
         if n == 0:
             raise SealBroken("the tunnel's stream stopped without its end record")
         self.carried += n
-        self._have += n
-        self._open()
+        self._open(scratch, tail + n)
 
-    def _open(self) -> None:
-        buffer, view, have = self._in, self._inView, self._have
+    def _keep(self) -> None:
+        # Made at construction, before the engine runs: out of the scratch now.
+        self._pending = [bytes(p) for p in self._pending]
+
+    def _open(self, scratch: _Scratch, have: int) -> None:
+        buffer, view, out = scratch.sealed, scratch.sealedView, scratch.openedView
         position = written = 0
         while have - position >= 2:
             length = (buffer[position] << 8) | buffer[position + 1]
@@ -142,22 +185,22 @@ class OpenDirection(Direction):
             if length < 1 + TAGLEN:
                 raise SealBroken("a record too short to be one")
             size = length - TAGLEN
-            out = self._outView[written : written + size]
+            plain = out[written : written + size]
             try:
-                self._cipher.decryptInto(view[position + 2 : position + 2 + length], out)
+                self._cipher.decryptInto(view[position + 2 : position + 2 + length], plain)
             except NoiseError:
                 raise SealBroken("a record failed to authenticate") from None
             position += 2 + length
-            kind = out[0]
+            kind = plain[0]
             if self._expectBegin:
                 self._expectBegin = False
                 if kind == REFUSED:
-                    raise SealBroken("the server's target refused the connection")
+                    raise SealBroken(TARGET_REFUSED)
                 if kind != BEGIN:
                     raise SealBroken("the tunnel did not start with its first record")
             elif kind == DATA:
                 if size > 1:
-                    self._pending.append(out[1:])
+                    self._pending.append(plain[1:])
                     written += size
             elif kind == END:
                 self._ended = True
@@ -166,24 +209,7 @@ class OpenDirection(Direction):
                 raise SealBroken("a record out of place")
         if self._ended and position != have:
             raise SealBroken("bytes after the end of the stream")
-        # What is left is the start of a record: to the front.
-        rest = have - position
-        if rest and position:
-            self._inView[:rest] = self._inView[position:have]
-        self._have = rest
-
-    def write(self) -> bool:
-        pending = self._pending
-        try:
-            while pending:
-                sent = self.sink.socket.send(pending[0])
-                if sent == len(pending[0]):
-                    pending.pop(0)
-                else:
-                    pending[0] = pending[0][sent:]
-        except BlockingIOError:
-            return False
-        return True
+        self._tail = bytes(view[position:have])
 
 
 def sealedSplice(

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaynat import kernel
-from relaynat.seal import BEGIN, DATA, END, REFUSED, SealBroken, Sealed
+from relaynat.seal import BEGIN, DATA, END, REFUSED, TARGET_REFUSED, SealBroken, Sealed
 from relaynat.sealedsplice import sealedSplice
 from relaynat.channel import setNoDelay
 
@@ -281,7 +281,7 @@ class ProtocolSplice:
             if self._expectBegin:
                 self._expectBegin = False
                 if kind == REFUSED:
-                    self.cut(self.b, "the server's target refused the connection")
+                    self.cut(self.b, TARGET_REFUSED)
                     return
                 if kind != BEGIN:
                     self.cut(self.b, "the tunnel did not start with its first record")
