@@ -214,7 +214,10 @@ class TunnelFactory(Factory):
         self.serverId = serverId
         self.secret = secret
         self.readyCount = ready
+        link.wanted.add(serverId)
         self._ready: deque[ClientEnd] = deque()
+        #: Local connections waiting for the next connection to be ready.
+        self._waiters: deque[Deferred[ClientEnd]] = deque()
         self._opening = 0
         self._running = False
         self._setups = DeferredSemaphore(SETUP_LIMIT)
@@ -232,7 +235,9 @@ class TunnelFactory(Factory):
             self._ready.popleft().transport.loseConnection()
 
     def _refill(self) -> None:
-        while self._running and len(self._ready) + self._opening < self.readyCount:
+        # Kept ready while the listener runs; opened for whoever waits in any case.
+        wanted = (self.readyCount if self._running else 0) + len(self._waiters)
+        while len(self._ready) + self._opening < wanted:
             self._opening += 1
             d = Deferred.fromCoroutine(self._openReady())
             d.addErrback(self._readyFailed)
@@ -240,11 +245,25 @@ class TunnelFactory(Factory):
     async def _openReady(self) -> None:
         try:
             end = await self.openEnd()
-        finally:
+        except Exception as e:
             self._opening -= 1
+            if self._waiters:
+                # Said to the local connection that waited longest.
+                self._waiters.popleft().errback(e)
+                return
+            raise
+        self._opening -= 1
+        if self._waiters:
+            # Whichever connection is ready first goes to the local
+            # connection that waited longest, not the one opened for it.
+            self._waiters.popleft().callback(end)
+            return
         if not self._running:
             end.transport.loseConnection()
             return
+        self._keepReady(end)
+
+    def _keepReady(self, end: ClientEnd) -> None:
         self._ready.append(end)
         end.retirement = self.link.clock.callLater(READY_LIFETIME, self._retire, end)
         end.lostUnused = self._readyLost
@@ -305,15 +324,17 @@ class TunnelFactory(Factory):
         return end
 
     async def take(self) -> ClientEnd:
-        """A ready connection, or a new one if none is left."""
+        """A ready connection, or the next one to be ready."""
         while self._ready:
             end = self._ready.popleft()
             end.lostUnused = None
             if end.lost is None:
                 self._refill()
                 return end
+        d: Deferred[ClientEnd] = Deferred()
+        self._waiters.append(d)
         self._refill()
-        return await self.openEnd()
+        return await d
 
     def buildProtocol(self, addr: IAddress | None) -> LocalHalf:  # type: ignore[override]
         local = LocalHalf()
@@ -344,7 +365,11 @@ class TunnelFactory(Factory):
                     self._failed(local, e)
                     return
                 if local.lost is not None:
-                    end.transport.loseConnection()
+                    # Gone while it waited: the connection is kept for the next.
+                    if end.lost is None and self._running:
+                        self._keepReady(end)
+                    else:
+                        end.transport.loseConnection()
                     return
                 end.attach(local, self._finished)
                 return

@@ -103,6 +103,8 @@ class RelayLink:
         self.control: ControlChannel | None = None
         self._waiting: list[Deferred[LoginSession]] = []
         self._tickets: dict[str, deque[bytes]] = {}
+        #: Servers whose tickets are fetched along with every login.
+        self.wanted: set[str] = set()
         self._fetching: dict[str, list[Deferred[None]]] = {}
 
     async def connect(self, channel: C) -> C:
@@ -129,11 +131,13 @@ class RelayLink:
                 return mismatch
         return RelayUnreachable(f"TLS with the relay failed: {error}")
 
-    async def login(self, channel: Channel) -> LoginSession:
+    async def login(self, channel: Channel, prefetch: Any = ()) -> LoginSession:
         """
         Log in on C{channel}: SCRAM-SHA-256-PLUS bound to this TLS channel.
         The relay's final message proves it knows this user's verifier; a
-        relay that cannot prove it is refused.
+        relay that cannot prove it is refused.  Tickets for the servers in
+        C{prefetch} are asked for right behind the last step, so that a
+        fresh client's first tunnel does not wait a round trip more for them.
         """
         await self.secured(channel)
         certificate: x509.Certificate = channel.transport.getPeerCertificate().to_cryptography()
@@ -147,7 +151,15 @@ class RelayLink:
         try:
             first = await channel.callRemote(Login, message=scram.get_client_first())
             scram.set_server_first(first["message"])
-            final = await channel.callRemote(LoginFinish, message=scram.get_client_final())
+            finishing = channel.callRemote(LoginFinish, message=scram.get_client_final())
+            for serverId in prefetch:
+                self._startFetch(
+                    serverId,
+                    channel,
+                    channel.callRemote(Tickets, server=serverId, count=TICKET_BATCH),
+                    finishing,
+                )
+            final = await finishing
             scram.set_server_final(final["message"])
         except ScramException as e:
             channel.transport.abortConnection()
@@ -159,8 +171,6 @@ class RelayLink:
         """Use C{session}, held by C{control}, for the data connections from now on."""
         self.session = session
         self.control = control
-        # The relay revoked the tickets of the session this one replaces.
-        self._tickets.clear()
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(session)
@@ -191,27 +201,40 @@ class RelayLink:
                 return stock.popleft()
             waiters = self._fetching.get(serverId)
             if waiters is None:
-                # One fetch at a time per server; its waiters share the batch.
-                waiters = self._fetching[serverId] = []
-                Deferred.fromCoroutine(self._fetch(serverId)).addBoth(self._fetched, serverId)
+                session, control = self.session, self.control
+                if session is None or control is None:
+                    raise SkeletonGone("not logged in to the relay")
+                answer = control.callRemote(Tickets, server=serverId, count=TICKET_BATCH)
+                waiters = self._startFetch(serverId, control, answer, succeed(None))
             d: Deferred[None] = Deferred()
             waiters.append(d)
             await d
 
-    async def _fetch(self, serverId: str) -> None:
-        session, control = self.session, self.control
-        if session is None or control is None:
-            raise SkeletonGone("not logged in to the relay")
-        answer = await control.callRemote(Tickets, server=serverId, count=TICKET_BATCH)
-        if self.session is session:
-            self._tickets.setdefault(serverId, deque()).extend(answer["tickets"])
+    def _startFetch(
+        self, serverId: str, channel: Channel, answer: Deferred[Any], loggedIn: Deferred[Any]
+    ) -> list[Deferred[None]]:
+        """
+        Stock the tickets C{answer} brings on C{channel}, once C{loggedIn}
+        has fired (the relay proved itself) and if C{channel} still holds
+        the login; wake those that wait for them.
+        """
+        waiters: list[Deferred[None]] = self._fetching.setdefault(serverId, [])
 
-    def _fetched(self, result: object, serverId: str) -> None:
-        for d in self._fetching.pop(serverId, []):
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(None)
+        async def stock() -> None:
+            tickets = (await answer)["tickets"]
+            await loggedIn
+            if self.control is channel:
+                self._tickets.setdefault(serverId, deque()).extend(tickets)
+
+        def done(result: object) -> None:
+            for d in self._fetching.pop(serverId, []):
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(None)
+
+        Deferred.fromCoroutine(stock()).addBoth(done)
+        return waiters
 
     def connectData(self, protocol: Protocol) -> Deferred[Any]:
         """Open a data connection (plain TCP to the relay's port) for C{protocol}."""
@@ -270,7 +293,7 @@ class ControlChannel(Channel):
         self._pings.start(self.heartbeat, now=False)
 
     async def start(self) -> LoginSession:
-        self._session = session = await self.link.login(self)
+        self._session = session = await self.link.login(self, sorted(self.link.wanted))
         self.link.adopt(self, session)
         now = self.link.clock.seconds()
         if self.connected:

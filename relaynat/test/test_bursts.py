@@ -29,6 +29,7 @@ class FakeLink:
     def __init__(self) -> None:
         self.clock = Clock()
         self.session = None
+        self.wanted: set[str] = set()
 
 
 class FakeEnd:
