@@ -77,12 +77,12 @@ class ClientEnd(SpliceHalf):
     local connection is attached, the tunnel.
     """
 
-    def __init__(self, link: RelayLink, serverId: str, secret: bytes, ticket: bytes) -> None:
+    def __init__(self, link: RelayLink, serverId: str, secret: bytes) -> None:
         super().__init__("relay")
         self.link = link
         self.serverId = serverId
-        self._ticket = ticket
         self._handshake = ClientHandshake(secret, serverId)
+        self._started = False
         self._head = b""
         self._received = False
         self.sealed: Sealed | None = None
@@ -96,7 +96,14 @@ class ClientEnd(SpliceHalf):
     def connectionMade(self) -> None:
         super().connectionMade()
         keepAlive(self.transport)
-        self.transport.write(self._ticket + self._handshake.first())
+
+    def start(self, ticket: bytes) -> None:
+        """
+        Send C{ticket} and the handshake's first message: the connection is
+        made while the ticket is still on its way, a round trip saved.
+        """
+        self._started = True
+        self.transport.write(ticket + self._handshake.first())
         self._deadline = self.link.clock.callLater(HANDSHAKE_WAIT, self._tooSlow)
 
     def _tooSlow(self) -> None:
@@ -189,7 +196,7 @@ class ClientEnd(SpliceHalf):
             self.lostUnused(self)
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
-        if not self.proven.called:
+        if self._started and not self.proven.called:
             if self._received:
                 error: Exception = Unproven(f"server {self.serverId} did not prove its secret")
             else:
@@ -310,15 +317,25 @@ class TunnelFactory(Factory):
 
     async def openEnd(self) -> ClientEnd:
         """A new data connection, joined and its far end proven."""
-        waiting = self.link.loggedIn()
-        waiting.addTimeout(LOGIN_WAIT, self.link.clock)
-        await waiting
-        ticket = await self.link.ticket(self.serverId)
-        end = ClientEnd(self.link, self.serverId, self.secret, ticket)
+        end = ClientEnd(self.link, self.serverId, self.secret)
+        # Connecting and logging in (or taking a ticket) at the same time.
+        connecting = self.link.connectData(end)
         try:
-            await self.link.connectData(end)
+            waiting = self.link.loggedIn()
+            waiting.addTimeout(LOGIN_WAIT, self.link.clock)
+            await waiting
+            ticket = await self.link.ticket(self.serverId)
+        except BaseException:
+            connecting.addCallback(lambda _: end.transport.loseConnection())
+            connecting.addErrback(lambda _: None)
+            raise
+        try:
+            await connecting
         except Exception as e:
             raise SkeletonGone(f"cannot reach the relay: {e}") from e
+        if end.lost is not None:
+            raise SkeletonGone("the relay closed the connection before its ticket")
+        end.start(ticket)
         await end.proven
         self._unprovenSaid = False
         return end
