@@ -6,6 +6,7 @@ control that bounds memory, and no descriptor or pipe left behind.
 
 from __future__ import annotations
 
+import fcntl
 import json
 from collections import Counter
 import os
@@ -19,7 +20,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaynat import kernel
 from relaynat.splice import OneProtocolFactory, ProtocolSplice, SpliceHalf, splice
@@ -303,3 +304,36 @@ class ProtocolSpliceTests(KernelSpliceTests):
     """The same, through the protocols' fallback (no os.splice, a unix: socket)."""
 
     kernelPath = False
+
+
+class PipePoolTests(SynchronousTestCase):
+    """The pool's pipes: large while their memory stays within the budget."""
+
+    def test_budget(self) -> None:
+        """
+        With room for two large pipes, the third is of the kernel's default
+        size; a large pipe closed makes room again; every pipe is closed at
+        the end.
+        """
+        pool = kernel.PipePool(size=2**20, limit=1, budget=2 * 2**20)
+        pipes = [pool.take() for _ in range(3)]
+        sizes = [fcntl.fcntl(p.write, fcntl.F_GETPIPE_SZ) for p in pipes]
+        self.assertEqual(sizes, [2**20, 2**20, kernel.DEFAULT_PIPE])
+        self.assertEqual([p.size for p in pipes], sizes)
+        # One is kept idle (the limit), the others closed.
+        for pipe in pipes:
+            pool.give(pipe)
+        self.assertEqual((pool.inUse, pool.idle()), (0, 1))
+        self.assertEqual(pool.take().size, 2**20)
+        self.assertEqual(pool.take().size, 2**20)
+        pool.close()
+
+    def test_closedAtTheEnd(self) -> None:
+        """Pipes given back and then the pool closed leave no descriptor open."""
+        before = openDescriptors()
+        pool = kernel.PipePool()
+        pipes = [pool.take() for _ in range(5)]
+        for pipe in pipes:
+            pool.give(pipe)
+        pool.close()
+        self.assertEqual(openDescriptors(), before)
