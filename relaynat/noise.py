@@ -229,6 +229,19 @@ class HandshakeState:
             raise NoiseError("the peer's ephemeral key is invalid") from None
         self.symmetric.mixKey(shared)
 
+    def _mixEphemeral(self, public: bytes) -> None:
+        self.symmetric.mixHash(public)
+        if self.pskMode:
+            # Section 9.2: with a psk, an ephemeral key is mixed into the key too.
+            self.symmetric.mixKey(public)
+
+    def _mixShared(self, token: str) -> None:
+        """The tokens both sides process alike, writing or reading."""
+        if token == "ee":
+            self._ee()
+        elif token == "psk":
+            self.symmetric.mixKeyAndHash(self.psks[0])
+
     def writeMessage(self, payload: bytes = b"") -> bytes:
         out = []
         for token in self._tokens(writing=True):
@@ -237,13 +250,9 @@ class HandshakeState:
                     self.e = X25519PrivateKey.generate()
                 public = _publicBytes(self.e)
                 out.append(public)
-                self.symmetric.mixHash(public)
-                if self.pskMode:
-                    self.symmetric.mixKey(public)
-            elif token == "ee":
-                self._ee()
-            elif token == "psk":
-                self.symmetric.mixKeyAndHash(self.psks[0])
+                self._mixEphemeral(public)
+            else:
+                self._mixShared(token)
         out.append(self.symmetric.encryptAndHash(payload))
         message = b"".join(out)
         if len(message) > MAX_MESSAGE:
@@ -262,13 +271,9 @@ class HandshakeState:
                     raise NoiseError("message too short")
                 position += DHLEN
                 self.re = X25519PublicKey.from_public_bytes(public)
-                self.symmetric.mixHash(public)
-                if self.pskMode:
-                    self.symmetric.mixKey(public)
-            elif token == "ee":
-                self._ee()
-            elif token == "psk":
-                self.symmetric.mixKeyAndHash(self.psks[0])
+                self._mixEphemeral(public)
+            else:
+                self._mixShared(token)
         rest = message[position:]
         if self.symmetric.cipherState.hasKey() and len(rest) < TAGLEN:
             raise NoiseError("message too short")
