@@ -16,7 +16,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relaynat.wire import Ping
+from relaynat.wire import BadRequest, Ping
 
 _log = Logger()
 _CLEAN_CLOSE = Failure(CONNECTION_DONE)
@@ -138,6 +138,25 @@ class Channel(amp.AMP):
     @Ping.responder
     def _ping(self) -> dict[str, object]:
         return {}
+
+    def dispatchCommand(self, box: amp.AmpBox) -> Deferred[Any]:
+        # AMP parses a command's arguments before it attaches the errback
+        # that turns the command's declared errors into answers: a
+        # malformed argument (wire._Command raises BadRequest for it) would
+        # otherwise be an unhandled error, a traceback in the log.
+        return super().dispatchCommand(box).addErrback(self._malformed)
+
+    def _malformed(self, failure: Failure) -> Failure:
+        if failure.check(BadRequest):
+            _log.warn(
+                "{peer} sent a malformed command: {why}",
+                peer=self.transport.getPeer(),
+                why=failure.getErrorMessage(),
+            )
+            return Failure(
+                amp.RemoteAmpError(b"BAD_REQUEST", failure.getErrorMessage(), local=failure)
+            )
+        return failure
 
     def locateResponder(self, name: bytes) -> Any:
         # Stock AMP answers StartTLS; TLS here is set up by the endpoints,

@@ -331,10 +331,17 @@ class TunnelFactory(Factory):
             raise
         try:
             await connecting
-        except Exception as e:
-            raise SkeletonGone(f"cannot reach the relay: {e}") from e
-        if end.lost is not None:
-            raise SkeletonGone("the relay closed the connection before its ticket")
+            usable = end.lost is None
+        except Exception:
+            usable = False
+        if not usable:
+            # Made too early (the relay was not up yet), or closed by the
+            # relay while the login took long: once more, ticket in hand.
+            end = ClientEnd(self.link, self.serverId, self.secret)
+            try:
+                await self.link.connectData(end)
+            except Exception as e:
+                raise SkeletonGone(f"cannot reach the relay: {e}") from e
         end.start(ticket)
         await end.proven
         self._unprovenSaid = False

@@ -160,11 +160,27 @@ def refusal(code: int, serverId: str) -> RelaynatError:
 _NOTHING: list[tuple[bytes, amp.Argument]] = []
 
 
+class _Command(amp.Command):
+    """
+    A command whose malformed arguments (a nested box past AMP's length
+    limit, a string that is not UTF-8) are answered with L{BadRequest},
+    not an unhandled error with a traceback in the log.
+    """
+
+    @classmethod
+    def parseArguments(cls, box: amp.AmpBox, protocol: amp.AMP) -> dict[str, object]:
+        try:
+            return super().parseArguments(box, protocol)  # type: ignore[no-any-return]
+        except Exception as e:
+            name = cls.commandName.decode("ascii", "replace")
+            raise BadRequest(f"malformed arguments to {name}: {e!r}"[:200]) from None
+
+
 def _errors(*kinds: type[Exception]) -> dict[type[Exception], bytes]:
     return {kind: _ERRORS[kind] for kind in kinds}
 
 
-class Login(amp.Command):
+class Login(_Command):
     """
     The first step of SCRAM-SHA-256-PLUS (tls-server-end-point binding) on a
     control connection: the client-first message; answered server-first.
@@ -175,7 +191,7 @@ class Login(amp.Command):
     errors = _errors(LoginFailed, BadRequest)
 
 
-class LoginFinish(amp.Command):
+class LoginFinish(_Command):
     """
     The second step: client-final; answered server-final (which the client
     checks: the relay proves it knows the verifier), the session this
@@ -191,7 +207,7 @@ class LoginFinish(amp.Command):
     errors = _errors(LoginFailed, BadRequest)
 
 
-class Register(amp.Command):
+class Register(_Command):
     """
     Sent by a logged-in skeleton on its control connection: who it is, which
     servers it fronts, and how many idle connections per server it keeps
@@ -212,7 +228,7 @@ class Register(amp.Command):
     )
 
 
-class OpenConnection(amp.Command):
+class OpenConnection(_Command):
     """
     Relay to skeleton: open one more data connection for C{server}, starting
     with C{ticket}.  Answered once the connection is made and the ticket
@@ -224,7 +240,7 @@ class OpenConnection(amp.Command):
     errors = _errors(UnknownServer, SkeletonGone, BadRequest)
 
 
-class Tickets(amp.Command):
+class Tickets(_Command):
     """
     Client to relay, logged in: up to C{count} (at most L{TICKET_BATCH})
     one-time tickets, each good for one data connection joined to
@@ -238,7 +254,7 @@ class Tickets(amp.Command):
     )
 
 
-class ListServers(amp.Command):
+class ListServers(_Command):
     """Client to relay, logged in: the servers this user may join now."""
 
     arguments = _NOTHING
@@ -255,11 +271,12 @@ class ListServers(amp.Command):
             ),
         )
     ]
-    errors = _errors(LoginRequired, SessionRefused)
+    errors = _errors(LoginRequired, SessionRefused, BadRequest)
 
 
-class Ping(amp.Command):
+class Ping(_Command):
     """Either way: are you still there?"""
 
     arguments = _NOTHING
     response = _NOTHING
+    errors = _errors(BadRequest)

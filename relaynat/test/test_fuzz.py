@@ -14,7 +14,7 @@ import base64
 import os
 import random
 import string
-from typing import Any
+from typing import cast, Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,6 +27,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols import amp
 from twisted.python.failure import Failure
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
@@ -293,19 +294,26 @@ class ChannelFuzzTests(FreshRelayTestCase):
         self.assertEqual(answer[b"_error_code"], b"UNHANDLED")
         self.assertUntouched(relay)
 
-    def test_brokenArgumentsLogged(self) -> None:
+    def test_brokenArguments(self) -> None:
         """
-        A known command with an argument that does not parse gets a generic
-        error, the connection is dropped, and AMP logs the parse error (the
-        only logged errors these tests flush).
+        A known command with an argument that does not parse is answered
+        BAD_REQUEST, with one warning line and no traceback; the connection
+        stays, and the relay is untouched.
         """
+        events: list[dict[str, object]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         box = _serialize({b"_command": b"Tickets", b"_ask": b"1", b"server": b"\xff"})
         relay, transport, escaped = self.feed(ClientChannel, box)
         self.assertIsNone(escaped)
         [answer] = amp.parseString(transport.value())
-        self.assertEqual(answer[b"_error_code"], b"UNKNOWN")
-        self.assertTrue(transport.disconnecting)
-        self.assertEqual(len(self.flushLoggedErrors(UnicodeDecodeError)), 1)
+        self.assertEqual(answer[b"_error_code"], b"BAD_REQUEST")
+        self.assertIn(b"malformed arguments to Tickets", answer[b"_error_description"])
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        lines = [formatEvent(e) for e in events if "malformed command" in formatEvent(e)]
+        self.assertEqual(len(lines), 1)
         self.assertUntouched(relay)
 
     def test_commandsNeedLogin(self) -> None:
