@@ -40,6 +40,13 @@ HANDSHAKE_WAIT = 30.0
 #: well before the skeleton gives up on it (L{relaynat.skeleton.WARM_LIMIT}).
 READY_LIFETIME = 240.0
 
+#: Seconds before a connection kept ready that could not be opened is tried
+#: again, doubled after each failure up to L{READY_RETRY_MAX}: a client
+#: that logged in before its server's skeleton registered gets ready
+#: connections soon after, not at its first local connection.
+READY_RETRY = 1.0
+READY_RETRY_MAX = 60.0
+
 #: Tunnels of one listener being set up at once.  A burst of local
 #: connections beyond this waits here, oldest first, instead of starting
 #: thousands of joins that share the CPU until all are late: each join then
@@ -231,6 +238,8 @@ class TunnelFactory(Factory):
         #: Whether the far end's failure to prove the secret was logged
         #: since the last proof: said once, not at every connection.
         self._unprovenSaid = False
+        self._retryIn = READY_RETRY
+        self._retry: Any = None
 
     def startFactory(self) -> None:
         self._running = True
@@ -238,6 +247,8 @@ class TunnelFactory(Factory):
 
     def stopFactory(self) -> None:
         self._running = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         while self._ready:
             self._ready.popleft().transport.loseConnection()
 
@@ -260,6 +271,7 @@ class TunnelFactory(Factory):
                 return
             raise
         self._opening -= 1
+        self._retryIn = READY_RETRY
         if self._waiters:
             # Whichever connection is ready first goes to the local
             # connection that waited longest, not the one opened for it.
@@ -289,8 +301,10 @@ class TunnelFactory(Factory):
             self._refill()
 
     def _readyFailed(self, failure: Failure) -> None:
-        # Not retried here: the next local connection asks again.
         self._report(failure.value, "could not open a connection to the relay in advance")
+        if self._running and (self._retry is None or not self._retry.active()):
+            self._retry = self.link.clock.callLater(self._retryIn, self._refill)
+            self._retryIn = min(READY_RETRY_MAX, 2 * self._retryIn)
 
     def _report(self, error: BaseException, what: str) -> None:
         if isinstance(error, Unproven):

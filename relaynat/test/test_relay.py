@@ -1592,6 +1592,23 @@ class EndToEndTests(RelayTestCase):
         self.assertEqual(self.relay.registry.counts()["idle"], 0)
         self.assertEqual(len(self.relay.tunnels), 1)
 
+    def test_readyConnectionsTriedAgain(self) -> None:
+        """
+        A client logged in before its server's skeleton registered cannot
+        open its ready connections (the server is offline): it tries again
+        1 s later, then 2 s, and has them ready soon after the skeleton
+        registers, not only at its first local connection.
+        """
+        factory = self.startClient(ready=2)
+        self.assertEqual(factory.readyNow(), 0)
+        self.reactor.advance(1)
+        self.net.settle()
+        self.assertEqual(factory.readyNow(), 0)
+        self.startSkeleton(pool=2)
+        self.reactor.advance(2)
+        self.net.settle()
+        self.assertEqual(factory.readyNow(), 2)
+
     def test_readyConnections(self) -> None:
         """
         The client keeps its ready connections joined at the relay with
