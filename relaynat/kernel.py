@@ -315,6 +315,8 @@ class FirstRecordDirection(PipeDirection):
         self._take(data)
 
 
+#: How a splice ended: None when both directions ended in order, else the
+#: side whose connection failed (or sent what the seal refuses) and why.
 Outcome = tuple[str, str] | None
 
 

@@ -31,9 +31,8 @@ from relaynat.channel import setNoDelay
 
 _log = Logger()
 
-#: How a splice ended: None when both directions ended in order, else the
-#: side whose connection failed (or sent what the seal refuses) and why.
-Outcome = tuple[str, str] | None
+#: How a splice ended (see L{kernel.Outcome}).
+Outcome = kernel.Outcome
 Finished = Callable[[Any, Outcome], None]
 
 #: Bytes a spliced connection reads at a time, and buffers for writing
