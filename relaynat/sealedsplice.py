@@ -43,6 +43,15 @@ class _Scratch:
         self.plainView = memoryview(self.plain)
         self.frame = bytearray(_MAX_FRAME)
         self.frameView = memoryview(self.frame)
+        # One read fills several records' bodies (recvmsg_into scatters),
+        # each after its kind byte, and one send takes their frames.
+        self.plains = [bytearray(1 + MAX_BODY) for _ in range(_FRAMES_PER_READ)]
+        for plain in self.plains:
+            plain[0] = DATA
+        self.plainViews = [memoryview(p) for p in self.plains]
+        self.bodies = [v[1:] for v in self.plainViews]
+        self.frames = bytearray(_FRAMES_PER_READ * _MAX_FRAME)
+        self.framesView = memoryview(self.frames)
         self.sealed = bytearray(_FRAMES_PER_READ * _MAX_FRAME)
         self.sealedView = memoryview(self.sealed)
         self.opened = bytearray(_FRAMES_PER_READ * _MAX_FRAME)
@@ -68,13 +77,14 @@ class _Sending(Direction):
 
     def write(self) -> bool:
         pending = self._pending
-        send = self.sink.socket.send
+        sendmsg = self.sink.socket.sendmsg
         try:
             while pending:
-                sent = send(pending[0])
-                if sent == len(pending[0]):
-                    pending.pop(0)
-                else:
+                # All that is held in one system call.
+                sent = sendmsg(pending)
+                while sent and sent >= len(pending[0]):
+                    sent -= len(pending.pop(0))
+                if sent:
                     pending[0] = pending[0][sent:]
         except BlockingIOError:
             # Out of the scratch buffers, which the next tunnel will use.
@@ -119,13 +129,24 @@ class SealDirection(_Sending):
 
     def read(self) -> None:
         scratch = _scratch()
-        n = self.source.socket.recv_into(scratch.plainView[1:], MAX_BODY)
+        n = self.source.socket.recvmsg_into(scratch.bodies)[0]
         if n == 0:
             self.sourceEnded = True
             self._pending.append(self._record(END))
             return
         self.carried += n
-        self._pending.append(self._seal(scratch, n))
+        frames, out, position = scratch.frames, scratch.framesView, 0
+        for plain in scratch.plainViews:
+            size = min(n, MAX_BODY)
+            length = 1 + size + TAGLEN
+            frames[position] = length >> 8
+            frames[position + 1] = length & 0xFF
+            self._cipher.encryptInto(plain[: 1 + size], out[position + 2 : position + 2 + length])
+            position += 2 + length
+            n -= size
+            if not n:
+                break
+        self._pending.append(out[:position])
 
     def finish(self) -> None:
         """The end went as a record: the sealed socket stays open until both ends have."""
