@@ -25,7 +25,7 @@ from relaynat.seal import BEGIN, DATA, END, MAX_BODY, REFUSED, TARGET_REFUSED, S
 _MAX_FRAME = 2 + 1 + MAX_BODY + TAGLEN
 
 #: Records read from the sealed side at a time, at most.
-_FRAMES_PER_READ = 4
+_FRAMES_PER_READ = 8
 
 
 class _Scratch:
