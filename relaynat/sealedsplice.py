@@ -94,7 +94,7 @@ class _Sending(Direction):
 
 
 class SealDirection(_Sending):
-    """Plain bytes in, one sealed L{DATA} record per read out; L{END} at the end."""
+    """Plain bytes in, sealed L{DATA} records out (up to eight per read); L{END} at the end."""
 
     def __init__(
         self, source: SplicedSocket, sink: SplicedSocket, cipher: CipherState, early: bytes
