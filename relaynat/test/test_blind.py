@@ -10,12 +10,9 @@ import os
 import re
 import secrets
 
-from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SkipTest
 
-from relaynat.demo import pollUntil
 from relaynat.test.net import pollUntil as waitFor
 from relaynat.test.net import runAsync
 from relaynat.test.streams import Collect, Echo
@@ -67,15 +64,8 @@ class BlindRelayTests(TwistdStack):
         stack = await self.startStack(Factory.forProtocol(Echo))
         pattern = b"relaynat canary " + secrets.token_hex(16).encode()
         message = pattern * (2_000_000 // len(pattern))
-        tunnel = TCP4ClientEndpoint(reactor, "127.0.0.1", stack.configs.tunnelPorts[0])
         collector = Collect(message)
-        await pollUntil(
-            reactor,
-            lambda: connectProtocol(tunnel, collector),
-            timeout=30,
-            what="a connection to the tunnel",
-            guard=stack.checkAlive,
-        )
+        await self.connectTunnel(stack, collector)
         await waitFor(lambda: sum(map(len, collector.received)) == len(message), timeout=30)
         relayPid, clientPid = stack.children["relay"].pid, stack.children["client"].pid
         assert relayPid is not None and clientPid is not None

@@ -179,6 +179,17 @@ class TwistdStack(TestCase):
         await stack.waitRegistered(timeout=30)
         return stack
 
+    async def connectTunnel(self, stack: LocalStack, protocol: Any) -> None:
+        """Connect C{protocol} to the client's first tunnel, once it listens."""
+        tunnel = TCP4ClientEndpoint(reactor, "127.0.0.1", stack.configs.tunnelPorts[0])
+        await pollUntil(
+            reactor,
+            lambda: connectProtocol(tunnel, protocol),
+            timeout=30,
+            what="a connection to the tunnel",
+            guard=stack.checkAlive,
+        )
+
     def assertStoppedCleanly(self, stack: LocalStack) -> None:
         """Every role ended as twistd ends at SIGTERM, and no log shows an error."""
         for role, child in stack.children.items():
@@ -365,14 +376,7 @@ class TwistdTests(TwistdStack):
 
         size = 256 * MB
         sender = Bulk(size, seed=7)
-        tunnel = TCP4ClientEndpoint(reactor, "127.0.0.1", stack.configs.tunnelPorts[0])
-        await pollUntil(
-            reactor,
-            lambda: connectProtocol(tunnel, sender),
-            timeout=30,
-            what="a connection to the tunnel",
-            guard=stack.checkAlive,
-        )
+        await self.connectTunnel(stack, sender)
 
         # Stalled: joined to the target (before that, the client holds the
         # sender back too), paused by flow control, no progress between polls.
