@@ -91,7 +91,6 @@ class ClientEnd(SpliceHalf):
         self._handshake = ClientHandshake(secret, serverId)
         self._started = False
         self._head = b""
-        self._received = False
         self.sealed: Sealed | None = None
         self.proven: Deferred[ClientEnd] = Deferred()
         self._deadline: Any = None
@@ -134,7 +133,6 @@ class ClientEnd(SpliceHalf):
             self.keep(data)
 
     def _shake(self, data: bytes) -> None:
-        self._received = True
         if len(self._head) < 3:
             # The relay's refusal, or the skeleton's first frame.
             self._head += data
@@ -204,7 +202,7 @@ class ClientEnd(SpliceHalf):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         if self._started and not self.proven.called:
-            if self._received:
+            if self._head:
                 error: Exception = Unproven(f"server {self.serverId} did not prove its secret")
             else:
                 # Closed with not a byte of answer: the skeleton refused the

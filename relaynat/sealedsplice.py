@@ -38,11 +38,6 @@ class _Scratch:
     """
 
     def __init__(self) -> None:
-        self.plain = bytearray(1 + MAX_BODY)
-        self.plain[0] = DATA
-        self.plainView = memoryview(self.plain)
-        self.frame = bytearray(_MAX_FRAME)
-        self.frameView = memoryview(self.frame)
         # One read fills several records' bodies (recvmsg_into scatters),
         # each after its kind byte, and one send takes their frames.
         self.plains = [bytearray(1 + MAX_BODY) for _ in range(_FRAMES_PER_READ)]
@@ -104,10 +99,12 @@ class SealDirection(_Sending):
         scratch = _scratch()
         # This end's BEGIN first, then what the plain side's protocol read.
         self._pending.append(self._record(BEGIN))
-        view = memoryview(early)
-        for i in range(0, len(early), MAX_BODY):
-            chunk = view[i : i + MAX_BODY]
-            scratch.plainView[1 : 1 + len(chunk)] = chunk
+        view, batch = memoryview(early), _FRAMES_PER_READ * MAX_BODY
+        for i in range(0, len(early), batch):
+            chunk = view[i : i + batch]
+            for j, body in enumerate(scratch.bodies):
+                part = chunk[j * MAX_BODY : (j + 1) * MAX_BODY]
+                body[: len(part)] = part
             self._pending.append(bytes(self._seal(scratch, len(chunk))))
 
     def _record(self, kind: int) -> bytes:
@@ -117,24 +114,8 @@ class SealDirection(_Sending):
         self._cipher.encryptInto(memoryview(bytes([kind])), memoryview(frame)[2:])
         return bytes(frame)
 
-    def _seal(self, scratch: _Scratch, size: int) -> memoryview:
-        """The DATA record of the C{size} bytes in the plain buffer, in the frame buffer."""
-        length = 1 + size + TAGLEN
-        scratch.frame[0] = length >> 8
-        scratch.frame[1] = length & 0xFF
-        self._cipher.encryptInto(
-            scratch.plainView[: 1 + size], scratch.frameView[2 : 2 + length]
-        )
-        return scratch.frameView[: 2 + length]
-
-    def read(self) -> None:
-        scratch = _scratch()
-        n = self.source.socket.recvmsg_into(scratch.bodies)[0]
-        if n == 0:
-            self.sourceEnded = True
-            self._pending.append(self._record(END))
-            return
-        self.carried += n
+    def _seal(self, scratch: _Scratch, n: int) -> memoryview:
+        """The DATA records of the C{n} bytes in the scratch bodies, framed, in the frames buffer."""
         frames, out, position = scratch.frames, scratch.framesView, 0
         for plain in scratch.plainViews:
             size = min(n, MAX_BODY)
@@ -146,7 +127,17 @@ class SealDirection(_Sending):
             n -= size
             if not n:
                 break
-        self._pending.append(out[:position])
+        return out[:position]
+
+    def read(self) -> None:
+        scratch = _scratch()
+        n = self.source.socket.recvmsg_into(scratch.bodies)[0]
+        if n == 0:
+            self.sourceEnded = True
+            self._pending.append(self._record(END))
+            return
+        self.carried += n
+        self._pending.append(self._seal(scratch, n))
 
     def finish(self) -> None:
         """The end went as a record: the sealed socket stays open until both ends have."""
