@@ -1,7 +1,8 @@
 """
 The relay's side of login: SCRAM-SHA-256-PLUS against the users file, bound
-to the TLS channel; throttling of failed logins; and the sessions that
-logins open, which the tickets of data connections belong to.
+to the TLS channel, and the sessions that logins open, which the tickets of
+data connections belong to.  (Failed logins are throttled by
+L{relaynat.throttle}.)
 """
 
 from __future__ import annotations
@@ -9,83 +10,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from OpenSSL import crypto
 from scramp import ScramException, ScramMechanism
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from relaynat.users import ITERATIONS, User, UsersFileError, loadUsers
+from relaynat.users import ITERATIONS, SALT_BYTES, User, UsersFileError, loadUsers
 
 _log = Logger()
-
-@attrs.define
-class _Record:
-    failures: int = 0
-    last: float = 0.0
-    lockedUntil: float = 0.0
-
-
-class Throttle:
-    """
-    Failed logins, counted per source address and per user name: each
-    failure is answered after a delay that doubles, and past C{lockAfter}
-    failures the key is locked for C{lockFor} seconds.  Counts are forgotten
-    C{forgetAfter} seconds after the last failure.
-    """
-
-    def __init__(
-        self,
-        clock: IReactorTime,
-        baseDelay: float = 0.25,
-        maxDelay: float = 8.0,
-        lockAfter: int = 10,
-        lockFor: float = 900.0,
-        forgetAfter: float = 900.0,
-    ) -> None:
-        self.clock = clock
-        self.baseDelay, self.maxDelay = baseDelay, maxDelay
-        self.lockAfter, self.lockFor, self.forgetAfter = lockAfter, lockFor, forgetAfter
-        self._records: dict[str, _Record] = {}
-
-    def _record(self, key: str) -> _Record:
-        now = self.clock.seconds()
-        record = self._records.get(key)
-        if record is None or (
-            now - record.last > self.forgetAfter and record.lockedUntil <= now
-        ):
-            record = self._records[key] = _Record()
-        return record
-
-    def lockedFor(self, keys: Iterable[str]) -> float:
-        """Seconds until every one of C{keys} may try again (0: now)."""
-        now = self.clock.seconds()
-        return max([self._record(k).lockedUntil - now for k in keys] + [0.0])
-
-    def failed(self, keys: Iterable[str]) -> float:
-        """Count a failure; return the delay before answering it."""
-        now = self.clock.seconds()
-        delay = 0.0
-        for key in keys:
-            record = self._record(key)
-            record.failures += 1
-            record.last = now
-            if record.failures >= self.lockAfter:
-                record.lockedUntil = now + self.lockFor
-            delay = max(delay, min(self.maxDelay, self.baseDelay * 2 ** (record.failures - 1)))
-        self._prune(now)
-        return delay
-
-    def succeeded(self, key: str) -> None:
-        self._records.pop(key, None)
-
-    def _prune(self, now: float) -> None:
-        if len(self._records) > 100_000:
-            for key, record in list(self._records.items()):
-                if now - record.last > self.forgetAfter and record.lockedUntil <= now:
-                    del self._records[key]
-
 
 @attrs.define(eq=False)
 class Session:
@@ -127,11 +65,16 @@ class Sessions:
 
 
 class Users:
-    """The users file, reloadable: a bad file keeps the users already loaded."""
+    """
+    The users file, reloadable: a bad file keeps the users already loaded.
+    C{watchers} are told of every reload that took, with the users before
+    and after, so that what the old file allowed can be taken back.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.users: dict[str, User] = loadUsers(path)
+        self.watchers: list[Callable[[dict[str, User], dict[str, User]], object]] = []
 
     def reload(self) -> bool:
         try:
@@ -139,12 +82,34 @@ class Users:
         except UsersFileError as e:
             _log.error("users file not reloaded, keeping the old one: {why}", why=str(e))
             return False
-        self.users = users
+        previous, self.users = self.users, users
         _log.info("users file reloaded: {count} users", count=len(users))
+        for watcher in list(self.watchers):
+            watcher(previous, users)
         return True
 
     def get(self, name: str) -> User | None:
         return self.users.get(name)
+
+
+def pepperFromKey(key: Any) -> bytes:
+    """
+    The secret that unknown users' made-up verifiers come from, derived
+    from the relay's private key (HKDF-SHA256, RFC 5869): the same across
+    restarts, so that asking twice for an unknown name gets the same salt
+    as asking twice for a known one, and secret as long as the key is.
+    """
+    der = crypto.dump_privatekey(crypto.FILETYPE_ASN1, key)
+    return HKDF(hashes.SHA256(), 32, salt=None, info=b"relaynat unknown-user pepper 1").derive(
+        der
+    )
+
+
+#: The longest client-first message taken, and the longest user name in it
+#: (escaped, so three characters may stand for one): checked before SASLprep,
+#: whose cost grows with the name.  No user name is longer than 64.
+MAX_LOGIN_MESSAGE = 1024
+MAX_ESCAPED_NAME = 3 * 64
 
 
 class ScramLogin:
@@ -152,7 +117,9 @@ class ScramLogin:
     One login attempt on one connection: SCRAM-SHA-256-PLUS with the relay's
     tls-server-end-point binding, so a transcript is worthless on another
     connection or at another relay.  Unknown users get a verifier made up
-    from a secret pepper, so they fail exactly where a wrong password does.
+    from a secret pepper, with a salt as long as real ones and the same from
+    one attempt (and one restart) to the next, so they fail exactly where and
+    as a wrong password does.
     """
 
     def __init__(self, users: Users, channelBinding: bytes, pepper: bytes) -> None:
@@ -171,19 +138,35 @@ class ScramLogin:
         made: Callable[[bytes], bytes] = lambda label: hmac.new(  # noqa: E731
             self._pepper, label + name.encode("utf-8"), hashlib.sha256
         ).digest()
-        return made(b"salt")[:16], made(b"stored"), made(b"server"), ITERATIONS
+        return made(b"salt")[:SALT_BYTES], made(b"stored"), made(b"server"), ITERATIONS
 
     def first(self, clientFirst: str) -> str:
         """The server-first message; raises L{ScramException}."""
+        checkClientFirst(clientFirst)
         self._server.set_client_first(clientFirst)
         return str(self._server.get_server_first())
 
     def final(self, clientFinal: str) -> str:
         """The server-final message if the proof is right; else raises."""
+        if len(clientFinal) > MAX_LOGIN_MESSAGE:
+            raise ScramException("the login message is too long")
         self._server.set_client_final(clientFinal)
         if self.user is None or self._users.get(self.user) is None:
             raise ScramException("unknown user")
         return str(self._server.get_server_final())
 
 
-__all__ = ["ScramException", "ScramLogin", "Session", "Sessions", "Throttle", "Users"]
+def checkClientFirst(message: str) -> None:
+    """
+    Refuse a client-first message too long to be honest, before any of it
+    is parsed: gs2-header (two fields), then the user name (RFC 5802, 7).
+    """
+    if len(message) > MAX_LOGIN_MESSAGE:
+        raise ScramException("the login message is too long")
+    fields = message.split(",", 4)
+    name = next((f for f in fields[2:] if f.startswith("n=")), None)
+    if name is not None and len(name) - 2 > MAX_ESCAPED_NAME:
+        raise ScramException("the user name is too long")
+
+
+__all__ = ["ScramException", "ScramLogin", "Session", "Sessions", "Users", "pepperFromKey"]

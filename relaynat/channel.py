@@ -9,7 +9,7 @@ import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import IConsumer, IHandshakeListener, ISSLTransport, ITCPTransport
 from twisted.internet.main import CONNECTION_DONE
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -48,6 +48,12 @@ def keepAlive(transport: object) -> None:
         handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
 
 
+#: Seconds a control connection closed by this end may wait for its peer's
+#: TLS close_notify: past them it is aborted.  A peer that never answers
+#: (gone, or hostile) must not hold a descriptor.
+CLOSE_GRACE = 2.0
+
+
 def setNoDelay(transport: object) -> None:
     """
     Turn Nagle off where the transport is TCP: a relay hop must not hold
@@ -59,12 +65,27 @@ def setNoDelay(transport: object) -> None:
         tcp.setTcpNoDelay(True)
 
 
+#: The most keys in one AMP box: no command here has more than six, with
+#: AMP's own three.  With AMP's limit of 64 KiB a value, this and
+#: L{Channel.boxLimit} bound what a peer can make a box cost.
+MAX_BOX_KEYS = 16
+
+#: The most bytes of one box (keys, values and their lengths), by default.
+MAX_BOX_BYTES = 256 * 1024
+
+
 @implementer(IHandshakeListener)
 class Channel(amp.AMP):
     """
     A control connection: AMP over TLS (or plain TCP in tests), that says
     when its TLS is up, drops a peer that sends garbage with one log line,
     answers pings and never starts TLS again mid-connection.
+
+    What a peer sends is bounded: a box of more than L{MAX_BOX_KEYS} keys or
+    L{boxLimit} bytes drops the connection, and while the answers already
+    written wait for a peer that does not read them, no more of its commands
+    are read (the channel is the producer of its TCP connection, whose send
+    buffer pauses it), so neither grows without bound.
     """
 
     # A TCP or TLS transport: also a consumer, a push producer, and
@@ -75,6 +96,10 @@ class Channel(amp.AMP):
         super().__init__()
         self._secure: bool | Failure = False
         self._waiting: list[Deferred[None]] = []
+        self._boxKeys = 0
+        self._boxBytes = 0
+        self._dropped = False
+        self._closeTimer: Any = None
 
     def whenSecure(self) -> Deferred[None]:
         """
@@ -109,19 +134,84 @@ class Channel(amp.AMP):
         setNoDelay(self.transport)
         if ISSLTransport(self.transport, None) is None:
             self.handshakeCompleted()
+        self._produceFor(self.transport)
         super().connectionMade()
+
+    def _produceFor(self, transport: Any) -> None:
+        # Registered with the TCP connection under TLS, not with TLS: TLS
+        # would hold its close_notify back until the producer unregisters,
+        # and its own buffer is only ever one reactor turn of writes.
+        if ISSLTransport(transport, None) is not None:
+            transport = getattr(transport, "transport", None)
+        if IConsumer(transport, None) is not None and getattr(transport, "producer", None) is None:
+            transport.registerProducer(self, True)
+
+    def boxLimit(self) -> int:
+        """The most bytes one box from the peer may have now."""
+        return MAX_BOX_BYTES
+
+    def proto_init(self, string: bytes) -> str:
+        self._boxKeys = self._boxBytes = 0
+        return super().proto_init(string)  # type: ignore[no-any-return]
+
+    def proto_key(self, string: bytes) -> str:
+        if string:
+            self._boxKeys += 1
+            if self._boxKeys > MAX_BOX_KEYS:
+                return self._tooBig(f"more than {MAX_BOX_KEYS} keys")
+        return self._countBox(string, super().proto_key)
+
+    def proto_value(self, string: bytes) -> str:
+        return self._countBox(string, super().proto_value)
+
+    def _countBox(self, string: bytes, parse: Any) -> str:
+        self._boxBytes += 2 + len(string)
+        if self._boxBytes > self.boxLimit():
+            return self._tooBig(f"more than {self.boxLimit()} bytes")
+        state: str = parse(string)
+        if state == "init":
+            self._boxKeys = self._boxBytes = 0
+        return state
+
+    def _tooBig(self, why: str) -> str:
+        _log.warn("dropping {peer}: an AMP box of {why}", peer=self.transport.getPeer(), why=why)
+        self._drop()
+        return "dropped"
+
+    def proto_dropped(self, string: bytes) -> str:
+        return "dropped"
+
+    def _drop(self) -> None:
+        self._dropped = True
+        # Stops the parse of what is already buffered, box by box.
+        self.paused = True
+        self.transport.abortConnection()
 
     def makeConnection(self, transport: Any) -> None:
         # AMP's own makeConnection logs two lines per connection (made and
         # lost), which bury the useful ones.
         amp.BinaryBoxProtocol.makeConnection(self, transport)
 
+    def closeSoon(self, clock: Any, grace: float = CLOSE_GRACE) -> None:
+        """
+        Close: TLS says goodbye, and the connection is aborted if the peer
+        has not answered in C{grace} seconds.
+        """
+        if not self.connected or self._closeTimer is not None:
+            return
+        self.transport.loseConnection()
+        self._closeTimer = clock.callLater(grace, self.transport.abortConnection)
+
     def connectionLost(self, reason: Failure = _CLEAN_CLOSE) -> None:
+        if self._closeTimer is not None and self._closeTimer.active():
+            self._closeTimer.cancel()
         self.connected = False
         self._settle(reason)
         amp.BinaryBoxProtocol.connectionLost(self, reason)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._dropped:
+            return
         try:
             super().dataReceived(data)
         except Exception as e:
@@ -131,9 +221,13 @@ class Channel(amp.AMP):
             _log.warn(
                 "dropping {peer}: malformed AMP: {error}",
                 peer=self.transport.getPeer(),
-                error=repr(e),
+                error=repr(e)[:200],
             )
-            self.transport.abortConnection()
+            self._drop()
+
+    def resumeProducing(self) -> None:
+        if not self._dropped:
+            super().resumeProducing()
 
     @Ping.responder
     def _ping(self) -> dict[str, object]:

@@ -19,6 +19,7 @@ import attrs
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from relaynat.caps import Limits
 from relaynat.identity import IdentityError, checkFingerprint
 from relaynat.names import checkServerId
 from relaynat.wire import BadRequest
@@ -53,6 +54,7 @@ class RelayConfig:
     join_timeout: float = 10.0
     max_pool: int = 64
     session_lifetime: float = 86400.0
+    limits: Limits = Limits()
 
 
 @attrs.frozen
@@ -160,9 +162,40 @@ def relayConfig(document: dict[str, Any], source: str, base: str | None = None) 
         join_timeout=table.number("join_timeout", 10.0, low=0.1, high=3600),
         max_pool=int(table.number("max_pool", 64, low=0, high=10_000, integer=True)),
         session_lifetime=table.number("session_lifetime", 86400.0, low=60, high=365 * 86400),
+        limits=_limits(table),
     )
     table.done()
     return config
+
+
+#: The bounds of each of L{Limits}' keys in C{[relay]}: (low, high).
+_LIMIT_BOUNDS: dict[str, tuple[float, float]] = {
+    "first_bytes_timeout": (0.1, 3600),
+    "handshake_timeout": (0.1, 3600),
+    "login_timeout": (0.1, 3600),
+    "login_burst": (1, 1_000_000),
+    "login_prefix_burst": (1, 1_000_000),
+    "login_interval": (0, 86400),
+    "login_longest_refusal": (0, 86400),
+    "max_unauthenticated": (1, 10_000_000),
+    "max_unauthenticated_per_source": (1, 10_000_000),
+    "max_pending_per_session": (1, 10_000_000),
+    "max_pending_per_user": (1, 10_000_000),
+    "max_tunnels_per_user": (1, 10_000_000),
+    "max_servers_per_user": (1, 1_000_000),
+}
+
+
+def _limits(table: _Table) -> Limits:
+    defaults = Limits()
+    values: dict[str, Any] = {}
+    for field in attrs.fields(Limits):
+        low, high = _LIMIT_BOUNDS[field.name]
+        default = getattr(defaults, field.name)
+        values[field.name] = table.number(
+            field.name, default, low=low, high=high, integer=isinstance(default, int)
+        )
+    return Limits(**values)
 
 
 def _access(table: _Table) -> RelayAccess:

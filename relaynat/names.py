@@ -11,7 +11,7 @@ def checkServerId(serverId: str) -> str:
     """
     if not SERVER_ID.match(serverId):
         raise BadRequest(
-            f"bad server id {serverId!r}: use 1 to 64 letters, digits, '.', '_'"
+            f"bad server id {printable(serverId, 40)}: use 1 to 64 letters, digits, '.', '_'"
             " or '-', starting with a letter or digit"
         )
     return serverId
@@ -24,6 +24,16 @@ def checkText(what: str, text: str, limit: int = 200) -> str:
     """
     if len(text) > limit or not text.isprintable():
         raise BadRequest(
-            f"bad {what} {text[:40]!r}: use at most {limit} printable characters"
+            f"bad {what} {printable(text, 40)}: use at most {limit} printable characters"
         )
     return text
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """
+    C{text} as it may go in a log line or an error message: quoted,
+    escaped (no control character or newline can forge a line) and cut
+    to about C{limit} characters.
+    """
+    shown = repr(text[:limit])
+    return shown + "..." if len(text) > limit else shown

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relaynat.names import checkServerId
+from relaynat.names import checkServerId, printable
 from relaynat.wire import (
     DuplicateServer,
     JoinTimeout,
@@ -102,10 +102,11 @@ class Registry:
         for serverId in ids:
             entry = self._servers.get(serverId)
             if entry is not None:
+                # Which skeleton (its name, its user) is not for another
+                # user to learn.
                 raise DuplicateServer(
-                    f"server {serverId} is already registered by skeleton"
-                    f" {entry.skeleton.describe()}; give this one another id"
-                    " or stop the other skeleton"
+                    f"server {serverId} is already registered by another skeleton;"
+                    " give this one another id, or stop the other skeleton"
                 )
         if len(set(ids)) != len(ids):
             raise DuplicateServer("the same server id is listed twice")
@@ -124,17 +125,28 @@ class Registry:
 
     def unregister(self, skeleton: SkeletonLink) -> None:
         """Remove every server of C{skeleton}: it went away."""
-        for entry in [e for e in self._servers.values() if e.skeleton is skeleton]:
-            del self._servers[entry.id]
-            _log.info("server {server} is offline", server=entry.id)
-            while entry.idle:
-                entry.idle.popleft().close()
-            while entry.waiting:
-                waiter = entry.waiting.popleft()
-                self._cancelTimeout(waiter)
-                waiter.deferred.errback(
-                    SkeletonGone(f"the skeleton of server {entry.id} went away")
-                )
+        for serverId in self.serversOf(skeleton):
+            self._remove(serverId, f"the skeleton of server {serverId} went away")
+
+    def withdraw(self, serverId: str) -> None:
+        """Remove C{serverId}: its skeleton may no longer front it."""
+        self._remove(serverId, f"server {serverId} was withdrawn")
+
+    def serversOf(self, skeleton: SkeletonLink) -> list[str]:
+        """The ids of the servers C{skeleton} registered."""
+        return [e.id for e in self._servers.values() if e.skeleton is skeleton]
+
+    def _remove(self, serverId: str, why: str) -> None:
+        entry = self._servers.pop(serverId, None)
+        if entry is None:
+            return
+        _log.info("server {server} is offline", server=entry.id)
+        while entry.idle:
+            entry.idle.popleft().close()
+        while entry.waiting:
+            waiter = entry.waiting.popleft()
+            self._cancelTimeout(waiter)
+            waiter.deferred.errback(SkeletonGone(why))
 
     def owns(self, skeleton: SkeletonLink, serverId: str) -> bool:
         """Is C{serverId} registered by C{skeleton}?"""
@@ -267,11 +279,14 @@ class Registry:
         self._countOff(entry)
         if self._servers.get(entry.id) is not entry:
             return
+        # The skeleton's words: quoted and cut, they reach the log and a
+        # client's error.
+        why = printable(result.getErrorMessage())
         _log.warn(
             "skeleton {skeleton} could not open a connection for {server}: {why}",
             skeleton=entry.skeleton.describe(),
             server=entry.id,
-            why=result.getErrorMessage(),
+            why=why,
         )
         # Fail one waiting client now rather than at its timeout, so the
         # pool is not asked again and again for what it cannot give.
@@ -281,7 +296,7 @@ class Registry:
             waiter.deferred.errback(
                 SkeletonGone(
                     f"the skeleton of server {entry.id} could not open a"
-                    f" connection: {result.getErrorMessage()}"
+                    f" connection: {why}"
                 )
             )
 

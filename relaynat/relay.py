@@ -23,12 +23,16 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relaynat.auth import ScramException, ScramLogin, Session, Sessions, Throttle, Users
+from relaynat.auth import ScramException, ScramLogin, Session, Sessions, Users, pepperFromKey
+from relaynat.caps import Limits, Usage, throttleFor
 from relaynat.channel import Channel, keepAlive
 from relaynat.identity import RelayIdentity
-from relaynat.names import checkServerId, checkText
+from relaynat.lobby import Lobby
+from relaynat.lograte import LogBudget
+from relaynat.names import checkServerId, checkText, printable
 from relaynat.registry import PooledConnection, Registry
 from relaynat.splice import Outcome, SpliceHalf, splice
+from relaynat.throttle import Throttle
 from relaynat.tickets import Ticket, TicketBook
 from relaynat.users import User
 from relaynat.wire import (
@@ -39,6 +43,7 @@ from relaynat.wire import (
     TICKETS_PER_SESSION,
     TLS_HANDSHAKE,
     BadRequest,
+    LimitReached,
     ListServers,
     Login,
     LoginFailed,
@@ -48,6 +53,8 @@ from relaynat.wire import (
     PermissionDenied,
     Register,
     RelaynatError,
+    ServerWithdrawn,
+    SessionEnded,
     SessionRefused,
     Tickets,
     UnknownServer,
@@ -58,9 +65,13 @@ _log = Logger()
 
 _LOGIN_FAILED = "login failed: unknown user or wrong password"
 
-#: Seconds a new connection may take to send its first byte, and a data
-#: connection its whole ticket.
-FIRST_BYTES_WAIT = 10.0
+#: Seconds before a failed login is answered: one guess per connection, and
+#: a slow one, whatever the throttle (L{relaynat.throttle}) allows.
+FAILED_LOGIN_DELAY = 1.0
+
+#: The most bytes of one box from a connection that has not logged in: a
+#: login message is a few hundred.
+UNAUTHENTICATED_BOX_BYTES = 8 * 1024
 
 #: The most bytes a data connection may send after its ticket before it is
 #: joined: the tunnel's first handshake message is 51.
@@ -70,8 +81,10 @@ _EARLY_LIMIT = 4096
 class Relay:
     """
     One relay: its identity and users, the registry of servers, the
-    sessions of logged-in users and their tickets, and the tunnels in
-    flight.  Builds the factories for ports X and Y.
+    sessions of logged-in users and their tickets, the tunnels in flight,
+    and its defences: the throttle of logins, the lobby of connections not
+    logged in yet, and what one user may hold (L{Limits}).  Builds the
+    factories for ports X and Y.
     """
 
     def __init__(
@@ -85,23 +98,31 @@ class Relay:
         silenceLimit: float = SILENCE_LIMIT,
         pingTimeout: float = PING_TIMEOUT,
         throttle: Throttle | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.reactor = reactor
         self.identity = identity
         self.users = users
+        self.limits = limits if limits is not None else Limits()
         self.registry = Registry(reactor, joinTimeout, maxPool)
         self.sessions = Sessions(reactor, sessionLifetime)
         self.tickets = TicketBook(reactor, forgotten=self._ticketForgotten)
-        self.throttle = throttle if throttle is not None else Throttle(reactor)
+        self.throttle = throttle if throttle is not None else throttleFor(reactor, self.limits)
+        self.failedLoginDelay = FAILED_LOGIN_DELAY
+        self.lobby = Lobby(self.limits.max_unauthenticated, self.limits.max_unauthenticated_per_source)
+        self.usage = Usage(self.limits)
+        #: Warnings anyone can cause, bounded (L{relaynat.lograte}).
+        self.budget = LogBudget(reactor, _log)
         self.silenceLimit = silenceLimit
         self.pingTimeout = pingTimeout
-        #: Registered skeletons' control channels, by their login's session id.
+        #: Logged-in control channels, and the registered skeletons' among
+        #: them by their login's session id.
+        self.channels: set[RelayChannel] = set()
         self.skeletons: dict[str, SkeletonChannel] = {}
         self.tunnels: set[TunnelRecord] = set()
         self._tunnelIds = itertools.count(1)
-        # Unknown users get verifiers made from this, so that they fail as a
-        # wrong password does; it lives as long as the process.
-        self.pepper = secrets.token_bytes(32)
+        self.pepper = pepperFromKey(identity.options.privateKey)
+        users.watchers.append(self.usersChanged)
 
     def clientFactory(self) -> PortFactory:
         """The factory for port X."""
@@ -130,6 +151,7 @@ class Relay:
                 )
                 channel.transport.abortConnection()
         self.tickets.prune()
+        self.budget.flush()
 
     def endSession(self, session: Session) -> None:
         """A login ended: its session and its unused tickets are worthless."""
@@ -140,11 +162,40 @@ class Relay:
         """A login was renewed: C{previous} ends, its unused tickets stay good under C{current}."""
         self.tickets.moveSession(previous.id, current.id)
         self.sessions.revoke(previous)
+        for tunnel in self.tunnels:
+            tunnel.renewed(previous.id, current.id)
 
     def _ticketForgotten(self, grant: Ticket) -> None:
         if grant.kind == "skeleton":
             # The connection asked for will never come: ask again if needed.
             self.registry.lost(grant.server)
+
+    # What a reload of the users file takes back.
+
+    def usersChanged(self, previous: dict[str, User], current: dict[str, User]) -> None:
+        """
+        The users file was reloaded: end the logins of users deleted or
+        whose password changed, withdraw the servers whose registration is
+        no longer allowed, and cut the tunnels that would not be allowed
+        now.  Each is logged once.
+        """
+        for channel in list(self.channels):
+            assert channel.login is not None
+            why = _revoked(channel.login.user, previous, current)
+            if why is not None:
+                channel.revoke(why)
+        for channel in list(self.skeletons.values()):
+            assert channel.login is not None
+            user = current.get(channel.login.user)
+            if user is None:
+                continue
+            for serverId in self.registry.serversOf(channel):
+                if not user.rights.mayRegister(serverId):
+                    channel.withdraw(serverId, f"user {user.name} may no longer register it")
+        for tunnel in list(self.tunnels):
+            why = tunnel.forbidden(current)
+            if why is not None:
+                tunnel.cut(why)
 
     # Data connections.
 
@@ -153,7 +204,8 @@ class Relay:
         grant = self.tickets.redeem(ticket, connection.kind)
         refusal = self._check(grant)
         if refusal is not None:
-            _log.warn(
+            self.budget.warn(
+                "refused data connections",
                 "data connection from {source} refused: {why}",
                 source=connection.source(),
                 why=refusal,
@@ -171,10 +223,23 @@ class Relay:
             return
         assert grant is not None
         connection.grant = grant
+        connection.admitted()
         if connection.kind == "skeleton":
             self._pool(connection, grant)
-        else:
-            ensureDeferred(self._join(connection, grant))
+            return
+        try:
+            self.usage.startJoin(grant.user, grant.session)
+        except LimitReached as e:
+            self.budget.warn(
+                f"limits of {grant.user}",
+                "tunnel of {user} to {server} refused: {why}",
+                user=grant.user,
+                server=grant.server,
+                why=str(e),
+            )
+            connection.refuse(e)
+            return
+        ensureDeferred(self._join(connection, grant))
 
     def _check(self, grant: Ticket | None) -> str | None:
         if grant is None:
@@ -200,8 +265,10 @@ class Relay:
 
     async def _join(self, client: DataConnection, grant: Ticket) -> None:
         client.claim = claim = self.registry.claim(grant.server)
+        joined = False
         try:
             pooled = await claim
+            joined = client.lost is None
         except CancelledError:
             return
         except RelaynatError as e:
@@ -215,12 +282,24 @@ class Relay:
             return
         finally:
             client.claim = None
+            self.usage.endJoin(grant.user, grant.session, joined)
         assert isinstance(pooled, DataConnection)
-        if client.lost is not None:
+        if not joined:
             # Gone while it waited: the claimed connection is spent.
             pooled.close()
             return
         TunnelRecord(self, grant, client, pooled)
+
+
+def _revoked(name: str, previous: dict[str, User], current: dict[str, User]) -> str | None:
+    """Why a login of C{name} must end after a reload, if it must."""
+    now = current.get(name)
+    if now is None:
+        return f"user {name} was deleted"
+    before = previous.get(name)
+    if before is not None and before.verifier() != now.verifier():
+        return f"the password of {name} changed"
+    return None
 
 
 class PortFactory(Factory):
@@ -254,33 +333,80 @@ class FirstBytes(Protocol):
     A new connection to port X or Y, until its first byte says what it is:
     a TLS handshake (a control connection) or a data connection's ticket.
     From then on every event goes to the protocol chosen.
+
+    Until it proves itself (logs in, or sends a good ticket) it is a guest
+    of the relay's L{Lobby}, and has deadlines (L{Limits}): for its first
+    byte and a data connection's whole ticket; for its TLS handshake; for
+    its login, counted from the start.
     """
 
     def __init__(self, factory: PortFactory, addr: IAddress | None) -> None:
         self.portFactory = factory
+        self.relay = factory.relay
         self.addr = addr
         self.inner: Protocol | None = None
         self._deadline: Any = None
+        self._started = 0.0
+        self._guest = False
+
+    def source(self) -> str:
+        return str(getattr(self.addr, "host", self.addr))
 
     def connectionMade(self) -> None:
-        self._deadline = self.portFactory.relay.reactor.callLater(
-            FIRST_BYTES_WAIT, self._tooSlow
-        )
+        self._started = self.relay.reactor.seconds()
+        self._guest = True
+        self.relay.lobby.enter(self, self.source())
+        self._until(self.relay.limits.first_bytes_timeout, "sent no ticket or TLS handshake in time")
 
-    def _tooSlow(self) -> None:
+    def _until(self, seconds: float, why: str) -> None:
+        self._cancelDeadline()
+        self._deadline = self.relay.reactor.callLater(seconds, self._tooSlow, why)
+
+    def _cancelDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
         self._deadline = None
-        if self.inner is None:
-            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _tooSlow(self, why: str) -> None:
+        self._deadline = None
+        self.relay.budget.warn(
+            "slow connections", "dropping connection from {source}: it {why}",
+            source=self.source(), why=why,
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def evict(self, why: str) -> None:
+        self._guest = False
+        self._cancelDeadline()
+        self.relay.budget.warn(
+            "evicted connections", "dropping connection from {source}: {why}",
+            source=self.source(), why=why,
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def handshaken(self) -> None:
+        """Its TLS is up: it has what is left of the login timeout to log in."""
+        if self._guest:
+            left = self.relay.limits.login_timeout - (self.relay.reactor.seconds() - self._started)
+            self._until(max(left, 0.0), "did not log in in time")
+
+    def admitted(self) -> None:
+        """It logged in, or its ticket was good: it is no longer a guest."""
+        if self._guest:
+            self._guest = False
+            self._cancelDeadline()
+            self.relay.lobby.leave(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self.inner is None:
-            if self._deadline is not None and self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
             if data[0] == TLS_HANDSHAKE:
-                self.inner = self.portFactory.tls.buildProtocol(self.addr)
+                tls = self.portFactory.tls.buildProtocol(self.addr)
+                channel: RelayChannel = tls.wrappedProtocol  # type: ignore[assignment]
+                channel.guest = self
+                self.inner = tls
+                self._until(self.relay.limits.handshake_timeout, "did not finish its TLS handshake in time")
             else:
-                self.inner = DataConnection(self.portFactory.relay, self.portFactory.kind)
+                self.inner = DataConnection(self.relay, self.portFactory.kind, self)
             self.inner.makeConnection(self.transport)
         self.inner.dataReceived(data)
 
@@ -299,8 +425,10 @@ class FirstBytes(Protocol):
             inner.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
+        self._cancelDeadline()
+        if self._guest:
+            self._guest = False
+            self.relay.lobby.leave(self)
         if self.inner is not None:
             self.inner.connectionLost(reason)
 
@@ -312,24 +440,18 @@ class DataConnection(SpliceHalf):
     joined to.  Nothing after the ticket is read here once it is spliced.
     """
 
-    def __init__(self, relay: Relay, kind: str) -> None:
+    def __init__(self, relay: Relay, kind: str, guest: FirstBytes | None = None) -> None:
         super().__init__("server" if kind == "skeleton" else "client")
         self.relay = relay
         self.kind = kind
+        self.guest = guest
         self.grant: Ticket | None = None
         self.claim: Deferred[PooledConnection] | None = None
-        self._preamble = b""
-        self._deadline: Any = None
+        self._preamble: bytes | None = b""
 
     def connectionMade(self) -> None:
         super().connectionMade()
         keepAlive(self.transport)
-        self._deadline = self.relay.reactor.callLater(FIRST_BYTES_WAIT, self._tooSlow)
-
-    def _tooSlow(self) -> None:
-        self._deadline = None
-        _log.warn("data connection from {source} sent no ticket in time", source=self.source())
-        self.transport.abortConnection()
 
     def source(self) -> str:
         peer = self.transport.getPeer()
@@ -338,17 +460,20 @@ class DataConnection(SpliceHalf):
     def dataReceived(self, data: bytes) -> None:
         if self.splice is not None:
             super().dataReceived(data)
-        elif self._deadline is not None:
+        elif self._preamble is not None:
             self._preamble += data
             if len(self._preamble) >= TICKET_BYTES:
                 ticket, rest = self._preamble[:TICKET_BYTES], self._preamble[TICKET_BYTES:]
-                self._preamble = b""
-                self._deadline.cancel()
-                self._deadline = None
+                self._preamble = None
                 self._early(rest)
                 self.relay.admit(self, ticket)
         else:
             self._early(data)
+
+    def admitted(self) -> None:
+        """Its ticket was good."""
+        if self.guest is not None:
+            self.guest.admitted()
 
     def _early(self, data: bytes) -> None:
         # Kept for the far end, still reading: a pooled connection that is
@@ -356,7 +481,8 @@ class DataConnection(SpliceHalf):
         if data:
             self.early.append(data)
         if sum(map(len, self.early)) > _EARLY_LIMIT:
-            _log.warn(
+            self.relay.budget.warn(
+                "data connections too eager",
                 "data connection from {source} sent too much before its join",
                 source=self.source(),
             )
@@ -380,8 +506,6 @@ class DataConnection(SpliceHalf):
         self.transport.loseConnection()
 
     def lostBeforeSplice(self, reason: Failure) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
         if self.claim is not None:
             self.claim.cancel()
         if self.kind == "skeleton" and self.grant is not None:
@@ -391,7 +515,8 @@ class DataConnection(SpliceHalf):
 class RelayChannel(Channel):
     """
     What both ports' control connections share: login by
-    SCRAM-SHA-256-PLUS.  Every command that needs a user checks for one.
+    SCRAM-SHA-256-PLUS, one attempt at a time, throttled by source.  Every
+    command that needs a user checks for one.
     """
 
     def __init__(self, relay: Relay) -> None:
@@ -399,45 +524,58 @@ class RelayChannel(Channel):
         self.relay = relay
         #: The session this connection's login created, if it logged in.
         self.login: Session | None = None
+        #: The connection's place in the lobby, until it logs in.
+        self.guest: FirstBytes | None = None
         self.lastHeard = relay.reactor.seconds()
         self._scram: ScramLogin | None = None
+        self._failing = False
 
     def dataReceived(self, data: bytes) -> None:
         self.lastHeard = self.relay.reactor.seconds()
         super().dataReceived(data)
 
+    def boxLimit(self) -> int:
+        if self.login is None:
+            return UNAUTHENTICATED_BOX_BYTES
+        return super().boxLimit()
+
+    def handshakeCompleted(self) -> None:
+        super().handshakeCompleted()
+        if self.guest is not None:
+            self.guest.handshaken()
+
     def source(self) -> str:
         peer = self.transport.getPeer()
         return str(getattr(peer, "host", peer))
 
-    def _keys(self, user: str | None) -> list[str]:
-        keys = [f"source:{self.source()}"]
-        if user is not None:
-            keys.append(f"user:{user}")
-        return keys
-
     @Login.responder
     def loginStart(self, message: str) -> dict[str, str]:
+        if self._scram is not None or self._failing:
+            raise BadRequest("one login at a time: finish this one first")
+        throttle = self.relay.throttle
+        refused = throttle.refusedFor(self.source())
+        if refused > 0:
+            self.relay.budget.warn(
+                "throttled logins",
+                "login from {source} refused: too many attempts from there",
+                source=self.source(),
+            )
+            raise LoginFailed(
+                "too many login attempts from this address or its network;"
+                f" try again in {math.ceil(refused)} s"
+            )
+        # Counted before it is parsed: the first step alone (a probe of
+        # which names exist) costs as much as a failure.
+        throttle.attempted(self.source())
         scram = ScramLogin(self.relay.users, self.relay.identity.channelBinding, self.relay.pepper)
         try:
             serverFirst = scram.first(message)
         except ScramException as e:
-            _log.warn(
-                "malformed login from {source}: {why}", source=self.source(), why=str(e)
+            self.relay.budget.warn(
+                "failed logins", "malformed login from {source}: {why}",
+                source=self.source(), why=str(e),
             )
             raise LoginFailed(_LOGIN_FAILED) from None
-        locked = self.relay.throttle.lockedFor(self._keys(scram.user))
-        if locked > 0:
-            _log.warn(
-                "login for {user} from {source} refused: locked for {seconds:.0f} s",
-                user=scram.user,
-                source=self.source(),
-                seconds=locked,
-            )
-            raise LoginFailed(
-                "too many failed logins from this address or for this user;"
-                f" try again in {math.ceil(locked / 60)} min"
-            )
         self._scram = scram
         return {"message": serverFirst}
 
@@ -451,23 +589,32 @@ class RelayChannel(Channel):
         except ScramException:
             return self._loginFailed(scram.user)
         assert scram.user is not None
-        self.relay.throttle.succeeded(f"user:{scram.user}")
+        self.relay.throttle.succeeded(self.source())
         previous = self.login
         self.login = self.relay.sessions.issue(scram.user)
+        self.relay.channels.add(self)
         if previous is not None:
             self.relay.renewSession(previous, self.login)
             self.loginRenewed(previous, self.login)
+        if self.guest is not None:
+            self.guest.admitted()
         _log.info("{user} logged in from {source}", user=scram.user, source=self.source())
         return {"message": serverFinal, "session": self.login.id, "expires": self.login.expires}
 
     def _loginFailed(self, user: str | None) -> Deferred[dict[str, object]]:
-        delay = self.relay.throttle.failed(self._keys(user))
-        _log.warn("failed login for {user} from {source}", user=user, source=self.source())
+        self._failing = True
+        self.relay.budget.warn(
+            "failed logins", "failed login for {user} from {source}",
+            user=user if user and user.isprintable() else printable(user or ""),
+            source=self.source(),
+        )
 
         def refuse() -> dict[str, object]:
+            # One guess per connection: it goes once the answer is out.
+            self.relay.reactor.callLater(0, self.closeSoon, self.relay.reactor)
             raise LoginFailed(_LOGIN_FAILED)
 
-        return deferLater(self.relay.reactor, delay, refuse)
+        return deferLater(self.relay.reactor, self.relay.failedLoginDelay, refuse)
 
     def loginRenewed(self, previous: Session, current: Session) -> None:
         """This connection logged in again: what was filed under the old session moves."""
@@ -485,7 +632,26 @@ class RelayChannel(Channel):
             raise SessionRefused(f"user {self.login.user} no longer exists")
         return user
 
+    def revoke(self, why: str) -> None:
+        """
+        This login may no longer be used (a reload took it back): say why
+        to the peer, end its session and close the connection.
+        """
+        assert self.login is not None
+        _log.warn(
+            "login of {user} from {source} ended: {why}",
+            user=self.login.user, source=self.source(), why=why,
+        )
+        self.relay.channels.discard(self)
+        self.relay.endSession(self.login)
+        for tunnel in list(self.relay.tunnels):
+            if tunnel.belongsTo(self.login.id):
+                tunnel.cut(f"its login ended: {why}")
+        self.callRemote(SessionEnded, reason=why)
+        self.closeSoon(self.relay.reactor)
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.relay.channels.discard(self)
         if self.login is not None:
             self.relay.endSession(self.login)
         super().connectionLost(reason)
@@ -498,6 +664,9 @@ class SkeletonChannel(RelayChannel):
         super().__init__(relay)
         self.name = ""
         self.registered = False
+        #: The user the servers are counted against (L{Usage}), and how many.
+        self._owner: str | None = None
+        self._counted = 0
 
     def loginRenewed(self, previous: Session, current: Session) -> None:
         # Its data connections bring tickets of the new session from now on.
@@ -543,6 +712,15 @@ class SkeletonChannel(RelayChannel):
                 )
                 raise PermissionDenied(f"user {user.name} may not register server {serverId}")
         assert self.login is not None
+        try:
+            self.relay.usage.register(user.name, len(entries))
+        except LimitReached as e:
+            _log.warn(
+                "skeleton {skeleton} of {user} refused: {why}",
+                skeleton=self.describe(), user=user.name, why=str(e),
+            )
+            raise
+        self._owner, self._counted = user.name, len(entries)
         # Filed first: the registry asks for connections at once, and their
         # tickets must find their skeleton.
         self.relay.skeletons[self.login.id] = self
@@ -550,6 +728,7 @@ class SkeletonChannel(RelayChannel):
             self.relay.registry.register(self, entries, pool)
         except Exception as e:
             del self.relay.skeletons[self.login.id]
+            self._uncount()
             _log.warn(
                 "skeleton {skeleton} of {user} from {peer} refused: {why}",
                 skeleton=self.describe(),
@@ -568,6 +747,23 @@ class SkeletonChannel(RelayChannel):
         )
         return {}
 
+    def withdraw(self, serverId: str, why: str) -> None:
+        """Take C{serverId} off this skeleton: its registration is no longer allowed."""
+        _log.warn(
+            "server {server} of skeleton {skeleton} withdrawn: {why}",
+            server=serverId, skeleton=self.describe(), why=why,
+        )
+        self.relay.registry.withdraw(serverId)
+        if self._owner is not None and self._counted > 0:
+            self._counted -= 1
+            self.relay.usage.unregister(self._owner, 1)
+        self.callRemote(ServerWithdrawn, server=serverId, reason=why)
+
+    def _uncount(self) -> None:
+        if self._owner is not None:
+            self.relay.usage.unregister(self._owner, self._counted)
+        self._owner, self._counted = None, 0
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         # Unregister first: AMP's connectionLost fails the pending
         # OpenConnection calls, and waiting clients should hear that the
@@ -577,6 +773,7 @@ class SkeletonChannel(RelayChannel):
             if self.login is not None:
                 self.relay.skeletons.pop(self.login.id, None)
             self.relay.registry.unregister(self)
+            self._uncount()
         super().connectionLost(reason)
 
 
@@ -621,17 +818,24 @@ class TunnelRecord:
     """
     One tunnel in the relay's books, from join to the end of its splice,
     when it is logged with its server, bytes each way, duration and end.
+    It belongs to two logins, the client's and the skeleton's, and to their
+    users, who must keep the right to it.
     """
 
     def __init__(
         self, relay: Relay, grant: Ticket, client: DataConnection, server: DataConnection
     ) -> None:
+        assert server.grant is not None
         self.relay = relay
         self.id = relay.newTunnelId()
         self.server = grant.server
         self.user = grant.user
+        self.owner = server.grant.user
+        self.sessions = {grant.session, server.grant.session}
         self.started = relay.reactor.seconds()
         self.firstEnd: str | None = None
+        self._client = client
+        self._cutFor: str | None = None
         relay.tunnels.add(self)
         _log.info(
             "tunnel {tunnel} of {user} to {server} joined",
@@ -641,12 +845,44 @@ class TunnelRecord:
         )
         self.splice = splice(relay.reactor, client, server, self.finished, ended=self.ended)
 
+    def belongsTo(self, sessionId: str) -> bool:
+        return sessionId in self.sessions
+
+    def renewed(self, previous: str, current: str) -> None:
+        if previous in self.sessions:
+            self.sessions.discard(previous)
+            self.sessions.add(current)
+
+    def forbidden(self, users: dict[str, User]) -> str | None:
+        """Why C{users} (a reloaded users file) no longer allow this tunnel, if they do not."""
+        user, owner = users.get(self.user), users.get(self.owner)
+        if user is None:
+            return f"user {self.user} was deleted"
+        if owner is None:
+            return f"user {self.owner}, whose skeleton fronts {self.server}, was deleted"
+        if not user.rights.mayJoin(self.server):
+            return f"user {self.user} may no longer join {self.server}"
+        if not owner.rights.mayRegister(self.server):
+            return f"user {self.owner} may no longer register {self.server}"
+        return None
+
+    def cut(self, why: str) -> None:
+        """End this tunnel with a reset both ways, for C{why}."""
+        if self._cutFor is None and self in self.relay.tunnels:
+            self._cutFor = why
+            _log.warn(
+                "tunnel {tunnel} of {user} to {server} cut: {why}",
+                tunnel=self.id, user=self.user, server=self.server, why=why,
+            )
+            self.splice.cut(self._client, why)
+
     def ended(self, name: str) -> None:
         if self.firstEnd is None:
             self.firstEnd = name
 
     def finished(self, joined: Any, outcome: Outcome) -> None:
         self.relay.tunnels.discard(self)
+        self.relay.usage.tunnelEnded(self.user)
         if outcome is None:
             how = f"closed by {self.firstEnd or 'both'}"
         else:
@@ -663,4 +899,3 @@ class TunnelRecord:
             down=joined.carried("server"),
             duration=self.relay.reactor.seconds() - self.started,
         )
-

@@ -178,6 +178,10 @@ class _DescriptorHalves:
         if not self.engine.over:
             self.engine.cut(half.name, reason.getErrorMessage())
 
+    def cut(self, half: SpliceHalf, why: str) -> None:
+        """End both connections with a reset: C{half} failed, for C{why}."""
+        self.engine.cut(half.name, why)
+
     def received(self, half: SpliceHalf, data: bytes) -> None:
         raise AssertionError("a transport taken over does not read")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import secrets
 import tempfile
 from collections.abc import Iterable, Mapping
 
@@ -26,6 +27,9 @@ from relaynat.names import checkServerId
 from relaynat.wire import BadRequest
 
 ITERATIONS = 4096
+#: The salt's length in every verifier made here (scramp's default), and in
+#: the made-up verifiers of unknown users, which must look the same.
+SALT_BYTES = 32
 ANY = "*"
 
 
@@ -65,7 +69,7 @@ class User:
         if not password:
             raise UsersFileError("the password is empty")
         salt, stored, server, iterations = ScramMechanism("SCRAM-SHA-256").make_auth_info(
-            password, iteration_count=ITERATIONS
+            password, iteration_count=ITERATIONS, salt=secrets.token_bytes(SALT_BYTES)
         )
         return cls(name, salt, stored, server, iterations, rights)
 

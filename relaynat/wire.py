@@ -6,9 +6,11 @@ reads or writes on a data connection.
 Control connections (TLS, AMP):
   - skeleton -> relay (port Y): L{Login}, L{LoginFinish}, L{Register}.
   - relay -> skeleton: L{OpenConnection}, with a ticket for the new data
-    connection.
+    connection; L{ServerWithdrawn} when its user lost the right to a server.
   - client -> relay (port X): L{Login}, L{LoginFinish}, L{ListServers},
     L{Tickets}.
+  - relay -> skeleton or client: L{SessionEnded}, just before the relay
+    closes a connection whose login it revoked.
   - either way: L{Ping}.
 
 Data connections (plain TCP to the same ports; the relay tells them from TLS
@@ -111,6 +113,10 @@ class LoginRequired(RelaynatError):
     """A command that needs a login came before it."""
 
 
+class LimitReached(RelaynatError):
+    """The user holds as much as the relay lets one user hold (tunnels, joins, servers)."""
+
+
 _ERRORS: dict[type[Exception], bytes] = {
     UnknownServer: b"UNKNOWN_SERVER",
     ServerOffline: b"SERVER_OFFLINE",
@@ -123,6 +129,7 @@ _ERRORS: dict[type[Exception], bytes] = {
     SessionRefused: b"SESSION_REFUSED",
     PermissionDenied: b"PERMISSION_DENIED",
     LoginRequired: b"LOGIN_REQUIRED",
+    LimitReached: b"LIMIT_REACHED",
 }
 
 #: Why the relay did not join a client's data connection, by the code it
@@ -133,6 +140,7 @@ JOIN_REFUSALS: dict[int, type[RelaynatError]] = {
     3: JoinTimeout,
     4: SkeletonGone,
     5: SessionRefused,
+    6: LimitReached,
 }
 _REFUSAL_CODES = {kind: code for code, kind in JOIN_REFUSALS.items()}
 
@@ -152,6 +160,8 @@ def refusal(code: int, serverId: str) -> RelaynatError:
         JoinTimeout: f"server {serverId} did not provide a connection in time",
         SkeletonGone: f"the skeleton of server {serverId} went away during the join",
         SessionRefused: "the relay refused this connection's ticket (the login ended); retrying",
+        LimitReached: f"the relay refused a tunnel to {serverId}: this user holds as many"
+        " tunnels (or joins waiting) as the relay allows one user",
     }[kind]
     return kind(message)
 
@@ -224,7 +234,7 @@ class Register(_Command):
     ]
     response = _NOTHING
     errors = _errors(
-        DuplicateServer, BadRequest, PermissionDenied, LoginRequired, SessionRefused
+        DuplicateServer, BadRequest, PermissionDenied, LoginRequired, SessionRefused, LimitReached
     )
 
 
@@ -280,3 +290,27 @@ class Ping(_Command):
     arguments = _NOTHING
     response = _NOTHING
     errors = _errors(BadRequest)
+
+
+class SessionEnded(_Command):
+    """
+    Relay to skeleton or client: this connection's login was revoked (its
+    user deleted, its password changed, its rights gone): C{reason} says
+    which, for the peer's log.  The relay closes the connection next.
+    """
+
+    arguments = [(b"reason", amp.Unicode())]
+    response = _NOTHING
+    requiresAnswer = False
+
+
+class ServerWithdrawn(_Command):
+    """
+    Relay to skeleton: C{server} is no longer registered (its user may no
+    longer register it); C{reason} says so, for the skeleton's log.  The
+    skeleton's other servers stay.
+    """
+
+    arguments = [(b"server", amp.Unicode()), (b"reason", amp.Unicode())]
+    response = _NOTHING
+    requiresAnswer = False

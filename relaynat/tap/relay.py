@@ -5,12 +5,15 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+import attrs
 from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
 from twisted.web.server import Site
 
 from relaynat.auth import Users
+from relaynat.caps import Limits
 from relaynat.config import ConfigError, RelayConfig, relayConfig, withFlags
 from relaynat.identity import IdentityError, RelayIdentity
 from relaynat.relay import Relay
@@ -19,6 +22,8 @@ from relaynat.tap.options import ConfigOptions, number
 from relaynat.users import UsersFileError
 from relaynat.web import publicationResource
 from relaynat.wire import HEARTBEAT
+
+_log = Logger()
 
 
 class Options(ConfigOptions):
@@ -79,11 +84,29 @@ class ReloadOnHangup(Service):
         self.reactor.callFromThread(self.users.reload)
 
 
+def lowerToFit(limits: Limits, openFiles: int) -> Limits:
+    """
+    C{limits}, with the unauthenticated connections capped at a quarter of
+    the open-file limit: strangers must never take the descriptors that
+    tunnels and logged-in users need.
+    """
+    fit = max(1, openFiles // 4)
+    if limits.max_unauthenticated <= fit:
+        return limits
+    _log.warn(
+        "max_unauthenticated lowered from {configured} to {fit}, a quarter of"
+        " the open-file limit ({openFiles})",
+        configured=limits.max_unauthenticated, fit=fit, openFiles=openFiles,
+    )
+    return attrs.evolve(limits, max_unauthenticated=fit)
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
-    raiseOpenFileLimit()
+    openFiles = raiseOpenFileLimit()
     config = options.relay
+    limits = lowerToFit(config.limits, openFiles)
     relay = Relay(
         reactor,
         options.identity,
@@ -91,6 +114,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         joinTimeout=config.join_timeout,
         maxPool=config.max_pool,
         sessionLifetime=config.session_lifetime,
+        limits=limits,
     )
     service = MultiService()
     heartbeat = TimerService(HEARTBEAT, relay.heartbeat)

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from typing import cast
 
+import attrs
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import (
@@ -54,6 +55,24 @@ def writeUsers(path: str, users: dict[str, Rights]) -> Users:
     """A users file with these users, all with L{PASSWORD}."""
     saveUsers(path, {name: User.create(name, PASSWORD, rights) for name, rights in users.items()})
     return Users(path)
+
+
+def rewriteUsers(users: Users, changed: dict[str, Rights | None]) -> bool:
+    """
+    Rewrite C{users}' file with the C{changed} users' rights (C{None}:
+    deleted; a new name: added with L{PASSWORD}), every other user and
+    every password kept, and reload it.
+    """
+    after: dict[str, User] = dict(users.users)
+    for name, rights in changed.items():
+        if rights is None:
+            after.pop(name, None)
+        elif name in after:
+            after[name] = attrs.evolve(after[name], rights=rights)
+        else:
+            after[name] = User.create(name, PASSWORD, rights)
+    saveUsers(users.path, after)
+    return users.reload()
 
 
 ANYTHING = Rights(register=None, join=None)
@@ -127,10 +146,21 @@ class Stack:
         )
         return self
 
-    def link(self, port: IListeningPort, user: str, password: str = PASSWORD) -> RelayLink:
-        """A way to the relay's C{port}, pinning its key, as C{user}."""
+    def link(
+        self, port: IListeningPort, user: str, password: str = PASSWORD, source: str | None = None
+    ) -> RelayLink:
+        """
+        A way to the relay's C{port}, pinning its key, as C{user}; from the
+        loopback address C{source} if given (127.0.0.1 otherwise), as
+        another host would come.
+        """
+        endpoint = endpointOf(port)
+        if source is not None:
+            endpoint = TCP4ClientEndpoint(
+                reactor, "127.0.0.1", port.getHost().port, bindAddress=(source, 0)
+            )
         return RelayLink(
-            endpointOf(port),
+            endpoint,
             PinnedRelay(self.identity.fingerprint),
             Credentials(user, password),
             reactor,

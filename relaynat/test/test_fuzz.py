@@ -35,7 +35,9 @@ from relaynat.auth import Users
 from relaynat.channel import Channel
 from relaynat.client import listServers
 from relaynat.identity import PinnedRelay, RelayIdentity
-from relaynat.relay import FIRST_BYTES_WAIT, ClientChannel, Relay, SkeletonChannel
+from relaynat.channel import CLOSE_GRACE
+from relaynat.caps import Limits
+from relaynat.relay import FAILED_LOGIN_DELAY, ClientChannel, Relay, SkeletonChannel
 from relaynat.seal import ClientHandshake
 from relaynat.test.loopback import ANYTHING, Stack, relayIdentity, writeUsers
 from relaynat.test.net import endpointOf, pollUntil, runAsync
@@ -203,7 +205,8 @@ class ChannelFuzzTests(FreshRelayTestCase):
         except Exception as e:
             escaped = e
         relay.reactor.advance(0)  # type: ignore[attr-defined]
-        relay.reactor.advance(relay.throttle.maxDelay)  # type: ignore[attr-defined]
+        relay.reactor.advance(FAILED_LOGIN_DELAY)  # type: ignore[attr-defined]
+        relay.reactor.advance(CLOSE_GRACE)  # type: ignore[attr-defined]
         return escaped
 
     def feed(self, channelClass: type, data: bytes) -> tuple[Relay, StringTransport, object]:
@@ -447,7 +450,7 @@ class PortFuzzTests(FreshRelayTestCase):
         for chunk in chunks:
             protocol.dataReceived(chunk)
             relay.reactor.advance(0)  # type: ignore[attr-defined]
-        relay.reactor.advance(FIRST_BYTES_WAIT)  # type: ignore[attr-defined]
+        relay.reactor.advance(Limits().first_bytes_timeout)  # type: ignore[attr-defined]
         written = transport.value()
         if isTls:
             # An alert (0x15), or a handshake record if this was one.

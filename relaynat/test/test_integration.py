@@ -348,8 +348,8 @@ class RelayBooksTests(TestCase):
         )
         self.assertEqual(
             str(error),
-            "server echo is already registered by skeleton 'test'; give this one"
-            " another id or stop the other skeleton",
+            "server echo is already registered by another skeleton;"
+            " give this one another id, or stop the other skeleton",
         )
         self.assertNotIn("127.0.0.1", str(error))
         [entry] = stack.relay.registry.listing()

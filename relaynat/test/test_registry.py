@@ -141,8 +141,8 @@ class RegisterTests(RegistryTestCase):
         )
         self.assertEqual(
             str(error),
-            "server web is already registered by skeleton 'first'; give this"
-            " one another id or stop the other skeleton",
+            "server web is already registered by another skeleton;"
+            " give this one another id, or stop the other skeleton",
         )
         self.assertEqual([s["id"] for s in self.registry.listing()], ["web"])
         self.assertEqual(second.requests, [])
@@ -378,8 +378,8 @@ class ClaimTests(RegistryTestCase):
     def test_failedRequestFailsWaiterEarly(self) -> None:
         """
         When the skeleton cannot open a connection a client is waiting for,
-        that client fails now with L{SkeletonGone} and the skeleton's reason,
-        rather than at its join timeout.
+        that client fails now with L{SkeletonGone} and the skeleton's reason
+        (quoted: it is the skeleton's words), rather than at its join timeout.
         """
         skeleton = FakeSkeleton()
         self.registry.register(skeleton, [("web", "")], pool=0)
@@ -388,8 +388,8 @@ class ClaimTests(RegistryTestCase):
         failure = self.failureResultOf(d, SkeletonGone)
         self.assertEqual(
             failure.getErrorMessage(),
-            "the skeleton of server web could not open a connection: target"
-            " host is down",
+            "the skeleton of server web could not open a connection: 'target"
+            " host is down'",
         )
         self.assertEqual(
             self.registry.counts(),

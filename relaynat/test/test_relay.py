@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import attrs
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -41,12 +42,13 @@ from relaynat.channel import Channel
 from relaynat.client import ClientControl, TunnelFactory
 from relaynat.identity import PinnedRelay
 from relaynat.link import Credentials, LoginSession, RelayLink
-from relaynat.relay import FIRST_BYTES_WAIT, DataConnection, FirstBytes, Relay
+from relaynat.caps import Limits
+from relaynat.relay import DataConnection, FirstBytes, Relay
 from relaynat.skeleton import FrontedServer, RelayEnd, Skeleton, SkeletonControl
 from relaynat.test.loopback import ANYTHING, PASSWORD, relayIdentity, writeUsers
 from relaynat.test.streams import Collect, Echo
 from relaynat.tickets import TICKET_LIFETIME
-from relaynat.users import Rights
+from relaynat.users import Rights, User, saveUsers
 from relaynat.wire import (
     JOIN_REFUSED,
     TICKET_BATCH,
@@ -62,11 +64,15 @@ from relaynat.wire import (
     Ping,
     Register,
     ServerOffline,
-    SessionRefused,
+    ServerWithdrawn,
+    SessionEnded,
     SkeletonGone,
     Tickets,
     UnknownServer,
 )
+
+#: The first-bytes deadline of a relay with the default limits.
+FIRST_BYTES_WAIT = Limits().first_bytes_timeout
 
 C = TypeVar("C", bound=Channel)
 
@@ -197,7 +203,26 @@ class Request:
     answer: Deferred[dict[str, object]]
 
 
-class StalledSkeleton(Channel):
+class Peer(Channel):
+    """A control connection that keeps what the relay tells it unasked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended: list[str] = []
+        self.withdrawn: list[tuple[str, str]] = []
+
+    @SessionEnded.responder
+    def sessionEnded(self, reason: str) -> dict[str, object]:
+        self.ended.append(reason)
+        return {}
+
+    @ServerWithdrawn.responder
+    def serverWithdrawn(self, server: str, reason: str) -> dict[str, object]:
+        self.withdrawn.append((server, reason))
+        return {}
+
+
+class StalledSkeleton(Peer):
     """
     A skeleton's control connection that registers like a real one but
     only keeps the relay's L{OpenConnection} requests in C{asked}: the test
@@ -316,8 +341,20 @@ class RelayTestCase(SynchronousTestCase):
         return {name: rights for name, rights in users.items() if rights is not None}
 
     def changeUsers(self, **changed: Rights | None) -> None:
-        """Rewrite the users file with C{changed} and have the relay reload it."""
-        writeUsers(self.usersPath, self.everyone(**changed))
+        """
+        Rewrite the users file with C{changed} rights (their passwords kept)
+        and have the relay reload it.
+        """
+        before = self.relay.users.users
+        saveUsers(
+            self.usersPath,
+            {
+                name: attrs.evolve(before[name], rights=rights)
+                if name in before
+                else User.create(name, PASSWORD, rights)
+                for name, rights in self.everyone(**changed).items()
+            },
+        )
         self.assertTrue(self.relay.users.reload())
 
     def makeEcho(self) -> Echo:
@@ -387,7 +424,7 @@ class RelayTestCase(SynchronousTestCase):
         self, server: str = "web", count: int = 1, user: str = "alice"
     ) -> tuple[Channel, list[bytes]]:
         """A client's logged-in control connection and C{count} tickets for C{server}."""
-        channel, _ = self.loggedIn(CLIENTS, Channel(), user)
+        channel, _ = self.loggedIn(CLIENTS, Peer(), user)
         answer = self.successResultOf(self.askTickets(channel, server, count))
         return channel, answer["tickets"]
 
@@ -498,7 +535,7 @@ class FirstBytesTests(RelayTestCase):
         AMP, which answers L{Ping} before any login.
         """
         for port in (CLIENTS, SKELETONS):
-            channel = self.connect(port, Channel())
+            channel = self.connect(port, Peer())
             self.assertEqual(self.successResultOf(self.call(channel, Ping)), {})
         self.assertEqual(self.net.relayData("client") + self.net.relayData("skeleton"), [])
 
@@ -590,7 +627,7 @@ class FirstBytesTests(RelayTestCase):
         raw = self.data(CLIENTS, bytes([TLS_HANDSHAKE]) + b"\x03\x01\x00\x05hello" * 10)
         self.assertTrue(raw.closed)
         self.assertEqual(self.net.relayData("client"), [])
-        channel = self.connect(CLIENTS, Channel())
+        channel = self.connect(CLIENTS, Peer())
         self.assertEqual(self.successResultOf(self.call(channel, Ping)), {})
 
     def test_dataConnectionKeepAlive(self) -> None:
@@ -660,7 +697,7 @@ class RegisterTests(RelayTestCase):
         L{Register} before a login is refused with L{LoginRequired}, and
         nothing is registered.
         """
-        channel = self.connect(SKELETONS, Channel())
+        channel = self.connect(SKELETONS, Peer())
         failure = self.failureResultOf(self.register(channel, ["web"]), LoginRequired)
         self.assertEqual(failure.getErrorMessage(), "log in first")
         self.assertEqual(self.relay.registry.listing(), [])
@@ -671,8 +708,8 @@ class RegisterTests(RelayTestCase):
         The login must be on the registering connection itself: a login
         on another connection of the same user does not count.
         """
-        self.loggedIn(SKELETONS, Channel())
-        other = self.connect(SKELETONS, Channel())
+        self.loggedIn(SKELETONS, Peer())
+        other = self.connect(SKELETONS, Peer())
         self.failureResultOf(self.register(other, ["web"]), LoginRequired)
         self.assertEqual(self.relay.registry.listing(), [])
 
@@ -681,7 +718,7 @@ class RegisterTests(RelayTestCase):
         A connection that has registered cannot register again: the second
         L{Register} fails with L{BadRequest} and the first stands.
         """
-        channel, _ = self.loggedIn(SKELETONS, Channel())
+        channel, _ = self.loggedIn(SKELETONS, Peer())
         self.successResultOf(self.register(channel, ["web"]))
         failure = self.failureResultOf(self.register(channel, ["db"]), BadRequest)
         self.assertEqual(failure.getErrorMessage(), "this connection is already in use")
@@ -689,14 +726,14 @@ class RegisterTests(RelayTestCase):
 
     def test_registerNothing(self) -> None:
         """A registration without servers is refused with L{BadRequest}."""
-        channel, _ = self.loggedIn(SKELETONS, Channel())
+        channel, _ = self.loggedIn(SKELETONS, Peer())
         failure = self.failureResultOf(self.register(channel, []), BadRequest)
         self.assertEqual(failure.getErrorMessage(), "a skeleton must register at least one server")
         self.assertEqual(self.relay.skeletons, {})
 
     def test_registerBadId(self) -> None:
         """A registration with a malformed id is refused with L{BadRequest}."""
-        channel, _ = self.loggedIn(SKELETONS, Channel())
+        channel, _ = self.loggedIn(SKELETONS, Peer())
         failure = self.failureResultOf(self.register(channel, ["no/slashes"]), BadRequest)
         self.assertIn("bad server id 'no/slashes'", failure.getErrorMessage())
         self.assertEqual(self.relay.registry.listing(), [])
@@ -725,12 +762,12 @@ class RegisterTests(RelayTestCase):
         ids on the same connection.
         """
         self.startSkeleton(name="first")
-        channel, _ = self.loggedIn(SKELETONS, Channel())
+        channel, _ = self.loggedIn(SKELETONS, Peer())
         failure = self.failureResultOf(self.register(channel, ["web"]), DuplicateServer)
         self.assertEqual(
             failure.getErrorMessage(),
-            "server web is already registered by skeleton 'first'; give this"
-            " one another id or stop the other skeleton",
+            "server web is already registered by another skeleton;"
+            " give this one another id, or stop the other skeleton",
         )
         self.successResultOf(self.register(channel, ["web2"]))
         self.assertEqual([s["id"] for s in self.relay.registry.listing()], ["web", "web2"])
@@ -753,7 +790,7 @@ class RegisterTests(RelayTestCase):
         self.assertEqual(self.relay.registry.counts()["servers"], 0)
         self.assertTrue(all(c.lost is not None for c in pooled))
         self.assertEqual(skeleton.dataConnections, set())
-        client, _ = self.loggedIn(CLIENTS, Channel())
+        client, _ = self.loggedIn(CLIENTS, Peer())
         self.assertEqual(self.successResultOf(self.call(client, ListServers)), {"servers": []})
 
     def test_openConnectionForUnknownServer(self) -> None:
@@ -783,7 +820,7 @@ class ListServersTests(RelayTestCase):
 
     def test_empty(self) -> None:
         """A relay without skeletons lists no servers."""
-        client, _ = self.loggedIn(CLIENTS, Channel())
+        client, _ = self.loggedIn(CLIENTS, Peer())
         self.assertEqual(self.successResultOf(self.call(client, ListServers)), {"servers": []})
 
     def test_registered(self) -> None:
@@ -793,7 +830,7 @@ class ListServersTests(RelayTestCase):
         """
         self.reactor.advance(1234.5)
         self.startSkeleton({"web": TARGET, "db": TARGET}, pool=1)
-        client, _ = self.loggedIn(CLIENTS, Channel())
+        client, _ = self.loggedIn(CLIENTS, Peer())
         self.assertEqual(
             self.successResultOf(self.call(client, ListServers)),
             {
@@ -807,7 +844,7 @@ class ListServersTests(RelayTestCase):
     def test_onlyWhatTheUserMayJoin(self) -> None:
         """A user sees only the servers its rights let it join."""
         self.startSkeleton({"web": TARGET, "db": TARGET}, pool=0)
-        client, _ = self.loggedIn(CLIENTS, Channel(), user="bob")
+        client, _ = self.loggedIn(CLIENTS, Peer(), user="bob")
         listed = self.successResultOf(self.call(client, ListServers))["servers"]
         self.assertEqual([s["id"] for s in listed], ["web"])
 
@@ -817,8 +854,8 @@ class ListServersTests(RelayTestCase):
         L{LoginRequired}: a login on another connection does not count.
         """
         self.startSkeleton(pool=0)
-        self.loggedIn(CLIENTS, Channel())
-        client = self.connect(CLIENTS, Channel())
+        self.loggedIn(CLIENTS, Peer())
+        client = self.connect(CLIENTS, Peer())
         failure = self.failureResultOf(self.call(client, ListServers), LoginRequired)
         self.assertEqual(failure.getErrorMessage(), "log in first")
 
@@ -827,23 +864,43 @@ class ListServersTests(RelayTestCase):
         The skeleton port does not answer L{ListServers}, even logged in:
         skeletons do not see each other's servers.
         """
-        channel, _ = self.loggedIn(SKELETONS, Channel())
+        channel, _ = self.loggedIn(SKELETONS, Peer())
         failure = self.failureResultOf(self.call(channel, ListServers), amp.UnhandledCommand)
         self.assertIn("ListServers", failure.getErrorMessage())
 
     def test_deletedUser(self) -> None:
         """
-        A user deleted from the users file since its login is refused with
-        L{SessionRefused}, said over the wire, and its session is ended.
+        A user deleted from the users file since its login is told so when
+        the file is reloaded (L{SessionEnded}), its session is ended and its
+        connection closed; another user's login stays.
         """
-        client, session = self.loggedIn(CLIENTS, Channel())
+        client, session = self.loggedIn(CLIENTS, Peer())
+        other, otherSession = self.loggedIn(CLIENTS, Peer(), "bob")
         self.changeUsers(alice=None)
-        d = self.call(client, ListServers)
-        logged = self.flushLoggedErrors(SessionRefused)
-        failure = self.failureResultOf(d, SessionRefused)
-        self.assertEqual(failure.getErrorMessage(), "user alice no longer exists")
-        self.assertEqual(logged, [])
+        self.net.settle()
+        self.assertEqual(client.ended, ["user alice was deleted"])
+        self.assertFalse(client.connected)
         self.assertIsNone(self.relay.sessions.get(session.id))
+        self.assertEqual(other.ended, [])
+        self.assertIsNotNone(self.relay.sessions.get(otherSession.id))
+        self.successResultOf(self.call(other, ListServers))
+
+    def test_passwordChanged(self) -> None:
+        """
+        A user whose password changed is told its login ended when the file
+        is reloaded, and its session goes; its rights changing alone ends
+        nothing.
+        """
+        client, session = self.loggedIn(CLIENTS, Peer())
+        self.changeUsers(alice=Rights(register=None, join=frozenset({"web"})))
+        self.net.settle()
+        self.assertEqual(client.ended, [])
+        writeUsers(self.usersPath, self.everyone())
+        self.assertTrue(self.relay.users.reload())
+        self.net.settle()
+        self.assertEqual(client.ended, ["the password of alice changed"])
+        self.assertIsNone(self.relay.sessions.get(session.id))
+        self.assertFalse(client.connected)
 
 
 class TicketsTests(RelayTestCase):
@@ -856,7 +913,7 @@ class TicketsTests(RelayTestCase):
         its session.
         """
         self.stalledSkeleton()
-        channel, session = self.loggedIn(CLIENTS, Channel())
+        channel, session = self.loggedIn(CLIENTS, Peer())
         tickets = self.successResultOf(self.askTickets(channel, count=3))["tickets"]
         self.assertEqual(len(set(tickets)), 3)
         self.assertEqual({len(t) for t in tickets}, {TICKET_BYTES})
@@ -870,7 +927,7 @@ class TicketsTests(RelayTestCase):
         L{BadRequest}, and hand out nothing.
         """
         self.stalledSkeleton()
-        channel, session = self.loggedIn(CLIENTS, Channel())
+        channel, session = self.loggedIn(CLIENTS, Peer())
         for count in (0, -1, TICKET_BATCH + 1):
             failure = self.failureResultOf(self.askTickets(channel, count=count), BadRequest)
             self.assertEqual(
@@ -887,7 +944,7 @@ class TicketsTests(RelayTestCase):
         one is used, one more may be had.
         """
         self.pooled(pool=1)
-        channel, session = self.loggedIn(CLIENTS, Channel())
+        channel, session = self.loggedIn(CLIENTS, Peer())
         held: list[bytes] = []
         for _ in range(TICKETS_PER_SESSION // TICKET_BATCH):
             held += self.successResultOf(self.askTickets(channel, count=TICKET_BATCH))["tickets"]
@@ -907,15 +964,15 @@ class TicketsTests(RelayTestCase):
     def test_capIsPerSession(self) -> None:
         """Another login of the same user has its own cap."""
         self.stalledSkeleton()
-        one, _ = self.loggedIn(CLIENTS, Channel())
+        one, _ = self.loggedIn(CLIENTS, Peer())
         for _ in range(TICKETS_PER_SESSION // TICKET_BATCH):
             self.successResultOf(self.askTickets(one, count=TICKET_BATCH))
-        two, _ = self.loggedIn(CLIENTS, Channel())
+        two, _ = self.loggedIn(CLIENTS, Peer())
         self.successResultOf(self.askTickets(two, count=TICKET_BATCH))
 
     def test_unknownServer(self) -> None:
         """Tickets for an id nobody registered are refused with L{UnknownServer}."""
-        channel, session = self.loggedIn(CLIENTS, Channel())
+        channel, session = self.loggedIn(CLIENTS, Peer())
         failure = self.failureResultOf(self.askTickets(channel, "nope"), UnknownServer)
         self.assertEqual(
             failure.getErrorMessage(),
@@ -930,7 +987,7 @@ class TicketsTests(RelayTestCase):
         registered: what it may not join, it does not learn about either.
         """
         self.stalledSkeleton(["web", "db"])
-        channel, session = self.loggedIn(CLIENTS, Channel(), user="bob")
+        channel, session = self.loggedIn(CLIENTS, Peer(), user="bob")
         hidden = self.failureResultOf(self.askTickets(channel, "db"), UnknownServer)
         unknown = self.failureResultOf(self.askTickets(channel, "dc"), UnknownServer)
         self.assertEqual(hidden.getErrorMessage(), unknown.getErrorMessage().replace("dc", "db"))
@@ -945,7 +1002,7 @@ class TicketsTests(RelayTestCase):
         control = self.stalledSkeleton()
         control.transport.loseConnection()
         self.net.settle()
-        channel, session = self.loggedIn(CLIENTS, Channel())
+        channel, session = self.loggedIn(CLIENTS, Peer())
         failure = self.failureResultOf(self.askTickets(channel), ServerOffline)
         self.assertEqual(
             failure.getErrorMessage(), "server web is offline: its skeleton is not connected"
@@ -958,34 +1015,34 @@ class TicketsTests(RelayTestCase):
         with L{LoginRequired}, and none is issued.
         """
         self.stalledSkeleton()
-        self.loggedIn(CLIENTS, Channel())
-        channel = self.connect(CLIENTS, Channel())
+        self.loggedIn(CLIENTS, Peer())
+        channel = self.connect(CLIENTS, Peer())
         failure = self.failureResultOf(self.askTickets(channel), LoginRequired)
         self.assertEqual(failure.getErrorMessage(), "log in first")
         self.assertEqual(len(self.relay.tickets), 0)
 
     def test_badServerId(self) -> None:
         """Tickets for a malformed id are refused with L{BadRequest}."""
-        channel, _ = self.loggedIn(CLIENTS, Channel())
+        channel, _ = self.loggedIn(CLIENTS, Peer())
         failure = self.failureResultOf(self.askTickets(channel, "a b"), BadRequest)
         self.assertIn("bad server id 'a b'", failure.getErrorMessage())
 
     def test_deletedUser(self) -> None:
         """
-        A user deleted since its login gets no tickets: L{SessionRefused},
-        and the tickets it already held are worthless.
+        A user deleted since its login gets no more tickets (its connection
+        is closed), and the tickets it already held are worthless.
         """
-        self.stalledSkeleton()
+        self.stalledSkeleton(user="bob")
         channel, [ticket] = self.clientTickets()
         self.changeUsers(alice=None)
-        failure = self.failureResultOf(self.askTickets(channel), SessionRefused)
-        self.assertEqual(failure.getErrorMessage(), "user alice no longer exists")
+        self.failureResultOf(self.askTickets(channel), ConnectionDone)
         self.assertEqual(len(self.relay.tickets), 0)
+        self.assertRefused(self.data(CLIENTS, ticket), SESSION_REFUSED)
 
     def test_notOnSkeletonPort(self) -> None:
         """The skeleton port hands out no client tickets, even logged in."""
         self.stalledSkeleton()
-        channel, _ = self.loggedIn(SKELETONS, Channel())
+        channel, _ = self.loggedIn(SKELETONS, Peer())
         failure = self.failureResultOf(self.askTickets(channel), amp.UnhandledCommand)
         self.assertIn("Tickets", failure.getErrorMessage())
         self.assertEqual(len(self.relay.tickets), 0)
@@ -1414,16 +1471,22 @@ class JoinTests(RelayTestCase):
 
     def test_registerRightRemoved(self) -> None:
         """
-        A skeleton whose user may no longer register its server (the users
-        file changed and was reloaded) is not asked for connection after
-        connection, each of them refused: the relay and the skeleton settle.
+        A skeleton whose user may no longer register one of its servers (the
+        users file changed and was reloaded) has that server withdrawn, and
+        is told so; its other server stays, and so does its connection.
         """
-        self.startSkeleton(pool=1)
-        self.changeUsers(alice=Rights(register=frozenset(), join=None))
-        _, [ticket] = self.clientTickets()
-        before = len(self.net.connections)
-        self.data(CLIENTS, ticket)
-        self.assertLess(len(self.net.connections) - before, 10)
+        control = self.stalledSkeleton(["web", "db"], pool=1)
+        pooled = {r.server: self.offer(r) for r in control.unanswered()}
+        self.changeUsers(alice=Rights(register=frozenset({"db"}), join=None))
+        self.net.settle()
+        self.assertEqual(control.withdrawn, [("web", "user alice may no longer register it")])
+        self.assertTrue(control.connected)
+        self.assertEqual([s["id"] for s in self.relay.registry.listing()], ["db"])
+        self.assertTrue(pooled["web"].closed)
+        self.assertFalse(pooled["db"].closed)
+        channel, _ = self.loggedIn(CLIENTS, Peer())
+        self.failureResultOf(self.askTickets(channel, "web"), ServerOffline)
+        self.successResultOf(self.askTickets(channel, "db"))
 
 
     def test_requestLostBeforeItsTicket(self) -> None:

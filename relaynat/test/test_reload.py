@@ -14,10 +14,10 @@ from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from relaynat.tap.relay import ReloadOnHangup
-from relaynat.test.loopback import ANYTHING, Stack, writeUsers
+from relaynat.test.loopback import PASSWORD, Stack
 from relaynat.test.net import pollUntil, reactor, runAsync
 from relaynat.test.streams import Collect, Echo
-from relaynat.users import Rights
+from relaynat.users import Rights, User
 
 
 class ReloadOnHangupTests(TestCase):
@@ -39,7 +39,8 @@ class ReloadOnHangupTests(TestCase):
         await stack.connect("echo", collector)
         await pollUntil(lambda: b"".join(collector.received) == b"before")
 
-        writeUsers(stack.users.path, {"alice": ANYTHING, "dave": Rights(join=None)})
+        with open(stack.users.path, "a") as f:
+            f.write(User.create("dave", PASSWORD, Rights(join=None)).line() + "\n")
         os.kill(os.getpid(), signal.SIGHUP)
         await pollUntil(lambda: stack.users.get("dave") is not None)
 
