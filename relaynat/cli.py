@@ -5,7 +5,7 @@ The C{relaynat} command: tools around the three twistd roles.
                  --user NAME --password-file FILE] [--json]
   relaynat keygen DIR --name NAME [--name NAME]... [--force]
   relaynat fingerprint FILE
-  relaynat trust URL --out FILE [--expect FINGERPRINT] [--timeout SECONDS]
+  relaynat trust URL --out FILE [--expect FINGERPRINT] [--force] [--timeout SECONDS]
   relaynat passwd FILE USER [--register IDS] [--join IDS]
                             [--password-file F | --keep-password]
   relaynat passwd FILE USER --delete
@@ -131,10 +131,12 @@ def runLocal(command: str, options: usage.Options, out: TextIO, err: TextIO) -> 
     return 0
 
 
-async def runTrust(reactor: Any, options: TrustOptions, out: TextIO, err: TextIO) -> int:
-    """Run C{relaynat trust}; its exit status."""
+async def runTrust(
+    reactor: Any, options: TrustOptions, out: TextIO, err: TextIO, terminal: TextIO | None = None
+) -> int:
+    """Run C{relaynat trust}, asking at C{terminal} if it is given; its exit status."""
     try:
-        await trust(reactor, options, out, err)
+        await trust(reactor, options, out, err, terminal)
     except FAILURES as e:
         err.write(f"relaynat trust: {e}\n")
         return 1
@@ -160,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _trusting(reactor: Any, options: TrustOptions) -> Any:
     async def trusting() -> None:
-        code = await runTrust(reactor, options, sys.stdout, sys.stderr)
+        terminal = sys.stdin if sys.stdin is not None and sys.stdin.isatty() else None
+        code = await runTrust(reactor, options, sys.stdout, sys.stderr, terminal)
         if code:
             raise SystemExit(code)
 

@@ -25,6 +25,8 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from zope.interface import implementer
 
+from relaynat.private import PrivateFileError, modeProblem, readPrivate
+
 KEY_FILE = "relay.key"
 CERT_FILE = "relay.pem"
 
@@ -57,9 +59,13 @@ def fingerprint(certOrKey: x509.Certificate | Any) -> str:
 
 
 def fingerprintOfFile(path: str) -> str:
-    """The fingerprint of a PEM certificate or private key file."""
+    """
+    The fingerprint of a PEM certificate or private key file; a key file
+    must be private (L{relaynat.private}), as it must be for the relay.
+    """
     try:
         with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
             data = f.read()
     except OSError as e:
         raise IdentityError(f"{path}: {e.strerror}") from e
@@ -74,6 +80,9 @@ def fingerprintOfFile(path: str) -> str:
         raise IdentityError(f"{path}: the private key is encrypted; give its certificate") from e
     except UnsupportedAlgorithm as e:
         raise IdentityError(f"{path}: a private key of a kind relaynat cannot read") from e
+    problem = modeProblem(path, mode)
+    if problem is not None:
+        raise IdentityError(f"{path}: {problem}")
     return fingerprint(key)
 
 
@@ -93,6 +102,27 @@ def loadCertificate(pem: bytes, source: str) -> x509.Certificate:
         return x509.load_pem_x509_certificate(pem)
     except ValueError as e:
         raise IdentityError(f"{source}: not a PEM certificate") from e
+
+
+def loadCertificates(pem: bytes, source: str) -> list[x509.Certificate]:
+    """Every certificate in C{pem}, in order; at least one."""
+    try:
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError as e:
+        raise IdentityError(f"{source}: not a PEM certificate") from e
+
+
+def trustRootFromPem(pem: bytes, source: str) -> Any:
+    """
+    A trust root (for L{ssl.optionsForClientTLS}) of every CA certificate
+    in C{pem}, from C{source}, named in errors: a CA file may hold several,
+    an old and a new root or one per CA the operator accepts, and the
+    relay's may be any of them.  (The interface, C{IOpenSSLTrustRoot},
+    lives in a private module of Twisted's, hence C{Any}.)
+    """
+    return ssl.trustRootFromCertificates(
+        [ssl.Certificate(crypto.X509.from_cryptography(c)) for c in loadCertificates(pem, source)]
+    )
 
 
 def serverEndPoint(cert: x509.Certificate) -> bytes:
@@ -155,7 +185,12 @@ def writePrivate(path: str, data: bytes) -> None:
 
 @attrs.frozen
 class RelayIdentity:
-    """The relay's key and certificate, loaded and checked to match."""
+    """
+    The relay's key and certificate, loaded and checked to match.  The
+    certificate file may hold the certificates that chain it to a CA after
+    it (leaf first, as in a web server's full-chain file); the relay sends
+    them all, since clients that check the chain have only the root.
+    """
 
     certificate: x509.Certificate
     certificatePem: bytes
@@ -172,13 +207,15 @@ class RelayIdentity:
     @classmethod
     def load(cls, keyPath: str, certPath: str) -> RelayIdentity:
         try:
-            with open(keyPath, "rb") as f:
-                keyPem = f.read()
+            keyPem = readPrivate(keyPath)
+        except PrivateFileError as e:
+            raise IdentityError(str(e)) from e
+        try:
             with open(certPath, "rb") as f:
                 certPem = f.read()
         except OSError as e:
-            raise IdentityError(f"{e.filename}: {e.strerror}") from e
-        cert = loadCertificate(certPem, certPath)
+            raise IdentityError(f"{certPath}: {e.strerror}") from e
+        cert, *chain = loadCertificates(certPem, certPath)
         try:
             key = crypto.load_privatekey(crypto.FILETYPE_PEM, keyPem)
         except crypto.Error as e:
@@ -188,6 +225,7 @@ class RelayIdentity:
         options = ssl.CertificateOptions(
             privateKey=key,
             certificate=crypto.X509.from_cryptography(cert),
+            extraCertChain=[crypto.X509.from_cryptography(c) for c in chain],
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
         options.getContext().set_mode(SSL.MODE_RELEASE_BUFFERS)

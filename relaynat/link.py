@@ -69,10 +69,13 @@ class LoginSession:
 
 def hostnameVerifier(hostname: str, caPem: bytes | None) -> Any:
     """
-    TLS options that check the relay's certificate chain (against C{caPem},
-    or the system's CAs) and its host name, with service-identity.
+    TLS options that check the relay's certificate chain (against every CA
+    certificate in C{caPem}, or the system's CAs) and its host name, with
+    service-identity.
     """
-    trustRoot = ssl.Certificate.loadPEM(caPem) if caPem is not None else ssl.platformTrust()
+    from relaynat.identity import trustRootFromPem
+
+    trustRoot = trustRootFromPem(caPem, "relay_ca") if caPem is not None else ssl.platformTrust()
     return ssl.optionsForClientTLS(
         hostname,
         trustRoot=trustRoot,

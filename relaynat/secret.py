@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import secrets
 
 from relaynat.identity import writePrivate
+from relaynat.private import PrivateFileError, readPrivate
 
 SECRET_BYTES = 32
 _MIN_BYTES = 16
@@ -31,18 +31,15 @@ def generateSecret(path: str) -> None:
 
 
 def loadSecret(path: str) -> bytes:
-    """The secret in C{path}."""
+    """The secret in C{path}, a private file (L{relaynat.private})."""
     try:
-        with open(path, "rb") as f:
-            text = f.read().strip()
-    except OSError as e:
-        raise SecretFileError(f"{path}: {e.strerror}") from e
+        text = readPrivate(path).strip()
+    except PrivateFileError as e:
+        raise SecretFileError(str(e)) from e
     try:
         secret = base64.urlsafe_b64decode(text)
     except (binascii.Error, ValueError):
         raise SecretFileError(f"{path}: not a secret file (make one with 'relaynat secret')") from None
     if len(secret) < _MIN_BYTES:
         raise SecretFileError(f"{path}: the secret is too short (make one with 'relaynat secret')")
-    if os.stat(path).st_mode & 0o077:
-        raise SecretFileError(f"{path}: others can read it; run chmod 600 {path}")
     return secret

@@ -4,7 +4,7 @@ and the per-server secrets:
 
   relaynat keygen DIR --name NAME [--name NAME]... [--force]
   relaynat fingerprint FILE
-  relaynat trust URL --out FILE [--expect FINGERPRINT] [--timeout SECONDS]
+  relaynat trust URL --out FILE [--expect FINGERPRINT] [--force] [--timeout SECONDS]
   relaynat passwd FILE USER [--register IDS] [--join IDS]
                             [--password-file F | --keep-password]
   relaynat passwd FILE USER --delete
@@ -26,14 +26,17 @@ import os
 import re
 import sys
 import tempfile
+import termios
 from collections.abc import Callable
 from getpass import getpass
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -41,6 +44,7 @@ from twisted.web.client import Agent, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
+from zope.interface import implementer
 
 from relaynat import __version__
 from relaynat.identity import (
@@ -54,6 +58,7 @@ from relaynat.identity import (
     loadCertificate,
     writePrivate,
 )
+from relaynat.private import PrivateFileError, readPrivate
 from relaynat.secret import SecretFileError, generateSecret
 from relaynat.tap.options import number
 from relaynat.users import (
@@ -215,13 +220,15 @@ def printFingerprint(options: FingerprintOptions, out: TextIO, err: TextIO) -> N
 
 
 class TrustOptions(ToolOptions):
-    synopsis = "URL --out FILE [--expect FINGERPRINT] [--timeout SECONDS]"
+    synopsis = "URL --out FILE [--expect FINGERPRINT] [--force] [--timeout SECONDS]"
     longdesc = (
         "Download the relay's certificate from its web endpoint (a URL with no"
-        f" path means {CERTIFICATE_PATH}), print its fingerprint for you to compare"
-        " with the one the relay's operator gave you, and save it to FILE."
-        " With --expect, refuse a certificate with any other fingerprint."
+        f" path means {CERTIFICATE_PATH}) and save it to FILE if its fingerprint is"
+        " the one the relay's operator gave you: the one given with --expect, or,"
+        " without it, the one you confirm at the terminal when asked (with no"
+        " terminal, --expect is needed). An existing FILE is replaced only with --force."
     )
+    optFlags = [["force", None, "replace FILE if it exists"]]
     optParameters = [
         ["out", "o", None, "where to save the certificate"],
         ["expect", None, None, "the fingerprint the relay's operator gave you (sha256:...)"],
@@ -259,29 +266,135 @@ class TrustOptions(ToolOptions):
             raise usage.UsageError("--timeout must be a positive number of seconds")
 
 
-async def trust(reactor: Any, options: TrustOptions, out: TextIO, err: TextIO) -> None:
+async def trust(
+    reactor: Any,
+    options: TrustOptions,
+    out: TextIO,
+    err: TextIO,
+    terminal: IO[str] | None = None,
+) -> None:
     """
     Download, check and save the relay's certificate.  Only the certificate
     that was fingerprinted is saved, re-encoded, whatever else came with it.
+
+    The answer came over plain HTTP, so anyone on the way could have sent
+    it: it is saved only if its fingerprint is the one C{--expect} gave or
+    the one the user, asked at C{terminal}, accepts.  Without either nothing
+    is saved.
     """
     url, path, expected = options["url"], options["out"], options["expect"]
+    replace = options["force"]
+    if not replace and os.path.lexists(path):
+        # Checked before the download to fail at once; saving checks again.
+        raise _exists(path)
     body = await download(reactor, url, options["timeout"])
     certificate = loadCertificate(body, url)
     seen = fingerprint(certificate)
-    if expected is not None and not hmac.compare_digest(seen, expected):
+    if expected is not None:
+        if not hmac.compare_digest(seen, expected):
+            raise ToolError(
+                f"{url} serves a certificate with fingerprint {seen}, but --expect"
+                f" gave {expected}; nothing was saved. Ask the relay's operator:"
+                " either the key changed or someone is intercepting."
+            )
+        out.write(f"fingerprint: {seen}\n")
+    elif terminal is None:
+        # The fingerprint seen is not shown: one copied from here into
+        # --expect would prove nothing.
         raise ToolError(
-            f"{url} serves a certificate with fingerprint {seen}, but --expect"
-            f" gave {expected}; nothing was saved. Ask the relay's operator:"
-            " either the key changed or someone is intercepting."
+            "nothing was saved: with no terminal to ask on, give --expect"
+            " sha256:FINGERPRINT, the fingerprint obtained from the relay's operator"
+            " (who prints it with 'relaynat fingerprint relay.pem' on the relay's host)"
         )
-    out.write(f"fingerprint: {seen}\n")
-    savePublic(path, certificate.public_bytes(serialization.Encoding.PEM))
+    else:
+        answer = await ask(
+            reactor,
+            terminal,
+            out,
+            f"fingerprint: {seen}\n"
+            "Compare it with the fingerprint the relay's operator gave you.\n"
+            "Trust this relay? [y/N] ",
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            raise ToolError("the relay was not trusted; nothing was saved")
+    savePublic(path, certificate.public_bytes(serialization.Encoding.PEM), replace)
     out.write(f"saved the certificate to {path}\n")
-    if expected is None:
-        out.write(
-            "compare the fingerprint with the one the relay's operator gave you;"
-            f" if they differ, delete {path}\n"
-        )
+
+
+def _exists(path: str) -> ToolError:
+    return ToolError(
+        f"{path} already exists (is it the relay's own certificate?); nothing was"
+        " saved: give another --out, or --force to replace it"
+    )
+
+
+def ask(reactor: IReactorFDSet, terminal: IO[str], out: TextIO, question: str) -> Deferred[str]:
+    """
+    Write C{question} to C{out} and read the line typed in answer at
+    C{terminal}, when the reactor sees it come: a blocking read would keep
+    the reactor from handling Ctrl-C.  What was typed before the question
+    is dropped, so that a key pressed too early does not answer it.
+    """
+    fd = terminal.fileno()
+    try:
+        termios.tcflush(fd, termios.TCIFLUSH)
+    except termios.error:
+        # Not a terminal after all (a pipe in a test): nothing to drop.
+        pass
+    out.write(question)
+    out.flush()
+    reader = _LineReader(reactor, fd)
+    reactor.addReader(reader)
+
+    def endLine(result: object) -> object:
+        # Ctrl-C and Ctrl-D echo no line end; what follows needs its own line.
+        if not reader.complete:
+            out.write("\n")
+        return result
+
+    return reader.line.addBoth(endLine)
+
+
+@implementer(IReadDescriptor)
+class _LineReader:
+    """Reads one line (or up to the end of input) from a descriptor."""
+
+    def __init__(self, reactor: IReactorFDSet, fd: int) -> None:
+        self.reactor, self.fd = reactor, fd
+        self.parts: list[bytes] = []
+        #: Whether the line ended with a line end, as typed lines do.
+        self.complete = False
+        self.line: Deferred[str] = Deferred(lambda d: self.reactor.removeReader(self))
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "terminal"
+
+    def doRead(self) -> None:
+        try:
+            # The reactor saw it readable: this read returns at once.
+            data = os.read(self.fd, 1024)
+        except OSError:
+            # A terminal that hung up (EIO) has nothing more to say.
+            data = b""
+        self.parts.append(data)
+        self.complete = b"\n" in data
+        if not data or self.complete:
+            self.reactor.removeReader(self)
+            text = b"".join(self.parts).split(b"\n", 1)[0]
+            self.line.callback(text.decode("utf-8", "replace"))
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.line.called:
+            return
+        if reason.check(ConnectionDone):
+            # Hung up, or the end of a pipe's input: no answer is a no.
+            self.line.callback(b"".join(self.parts).decode("utf-8", "replace"))
+        else:
+            # The reactor is stopping (Ctrl-C) before a line came.
+            self.line.errback(ToolError("interrupted; nothing was saved"))
 
 
 async def download(reactor: Any, url: str, timeout: float) -> bytes:
@@ -387,8 +500,27 @@ class _LimitedBody(Protocol):
             self.finished.errback(reason)
 
 
-def savePublic(path: str, data: bytes) -> None:
-    """Replace C{path} with C{data} at once, readable by all: it is public."""
+def savePublic(path: str, data: bytes, replace: bool = True) -> None:
+    """
+    Write C{data} to C{path}, readable by all: it is public.  With
+    C{replace}, an existing file is replaced at once, so that a reader sees
+    the old or the new one; without it an existing file is never touched.
+    """
+    if not replace:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise _exists(path) from None
+        except OSError as e:
+            raise ToolError(f"cannot save {path}: {e.strerror}") from e
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(fd, 0o644)
+                f.write(data)
+        except OSError as e:
+            os.unlink(path)
+            raise ToolError(f"cannot save {path}: {e.strerror}") from e
+        return
     try:
         fd, temporary = tempfile.mkstemp(
             dir=os.path.dirname(os.path.abspath(path)), prefix=".relaynat-"
@@ -486,14 +618,16 @@ def passwd(options: PasswdOptions, out: TextIO, err: TextIO) -> None:
 
 
 def readPassword(options: PasswdOptions) -> str:
-    """The new password: from C{--password-file}, or asked twice."""
+    """
+    The new password: from C{--password-file}, a private file like every
+    password file (L{relaynat.private}), or asked twice.
+    """
     source = options["password-file"]
     if source is not None:
         try:
-            with open(source, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except OSError as e:
-            raise ToolError(f"cannot read the password: {_describe(e)}") from e
+            lines = readPrivate(source).decode("utf-8").splitlines()
+        except PrivateFileError as e:
+            raise ToolError(f"cannot read the password: {e}") from e
         except UnicodeDecodeError:
             raise ToolError(f"cannot read the password: {source} is not UTF-8 text") from None
         password = lines[0] if lines else ""

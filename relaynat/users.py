@@ -17,6 +17,7 @@ import base64
 import binascii
 import os
 import secrets
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 
@@ -24,6 +25,7 @@ import attrs
 from scramp import ScramMechanism
 
 from relaynat.names import checkServerId
+from relaynat.private import PrivateFileError, readPrivate
 from relaynat.wire import BadRequest
 
 ITERATIONS = 4096
@@ -172,29 +174,58 @@ def parseUsers(text: str, source: str) -> dict[str, User]:
 
 
 def loadUsers(path: str) -> dict[str, User]:
+    """The users in C{path}, a private file (L{relaynat.private})."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsersFileError(f"{path}: {getattr(e, 'strerror', None) or e}") from e
+        text = readPrivate(path).decode("utf-8")
+    except PrivateFileError as e:
+        raise UsersFileError(str(e)) from e
+    except UnicodeDecodeError as e:
+        raise UsersFileError(f"{path}: {e}") from e
     return parseUsers(text, path)
 
 
 def saveUsers(path: str, users: Mapping[str, User]) -> None:
     """
     Write the users file atomically (a reader never sees half a file) and
-    readable by its owner only: the verifiers are not passwords, but a
-    stolen one can be attacked offline.
+    private: the verifiers are not passwords, but a stolen one can be
+    attacked offline.  A new file is readable by its owner only (0600); one
+    that replaces a file keeps that file's owner and group, and its group's
+    read bit, so a relay that reads it as its service group still can.
     """
     text = "# relaynat users: name, SCRAM-SHA-256 verifier, rights (relaynat passwd)\n"
     text += "".join(user.line() + "\n" for user in sorted(users.values(), key=lambda u: u.name))
+    try:
+        old: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        old = None
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=".users-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(fd, _replacementMode(fd, old))
             f.write(text)
-        os.chmod(temporary, 0o600)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def _replacementMode(fd: int, old: os.stat_result | None) -> int:
+    """
+    Give the new file C{fd} the owner and group of the file it replaces, as
+    far as this process may; its mode: 0600, or 0640 where the old file was
+    group-readable and the group could be kept (the group bit would
+    otherwise go to a group nobody chose).
+    """
+    if old is None:
+        return 0o600
+    for owner in (old.st_uid, -1):
+        try:
+            os.fchown(fd, owner, old.st_gid)
+            break
+        except PermissionError:
+            # Only root may give a file away; anyone may pick among their groups.
+            continue
+    if os.fstat(fd).st_gid != old.st_gid:
+        return 0o600
+    return 0o600 | (old.st_mode & stat.S_IRGRP)

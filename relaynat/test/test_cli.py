@@ -1,7 +1,8 @@
 """
 Tests for the C{relaynat} command: the table and JSON it prints, its option
-parsing, and C{relaynat list} run for real, as a separate process, against a
-relay running in the test's own reactor.
+parsing, and C{relaynat list} and C{relaynat trust} run for real, as
+separate processes (C{trust} on a terminal too), against a relay or its web
+endpoint running in the test's own reactor.
 """
 
 from __future__ import annotations
@@ -12,16 +13,23 @@ import sys
 from io import StringIO
 
 from twisted.internet import reactor
-from twisted.internet.protocol import Factory
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.server import Site
 
 from relaynat import __version__
-from relaynat.cli import ListOptions, Options, formatJson, formatTable, main
+from relaynat.cli import ListOptions, Options, formatJson, formatTable, main, runTrust
+from relaynat.identity import CERT_FILE, KEY_FILE, RelayIdentity, generate, writePrivate
 from relaynat.test.loopback import PASSWORD, Stack
 from relaynat.test.net import listen, runAsync
 from relaynat.test.streams import Echo
+from relaynat.tools import ToolError, TrustOptions, savePublic
+from relaynat.web import publicationResource
 
 #: The installed console script, next to the interpreter running the tests.
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "relaynat")
@@ -302,3 +310,270 @@ class ConfigProblemTests(SynchronousTestCase):
         self.patch(sys, "stderr", err)
         self.assertRaises(SystemExit, main, ["list", "--no-such-option"])
         self.assertIn("Options:", err.getvalue())
+
+
+#: The relay's identity for the C{trust} tests: a key pair is not free.
+RELAY_KEYS = generate(["127.0.0.1", "relay.example"])
+
+#: What C{trust} asks on a terminal.
+QUESTION = "Trust this relay? [y/N] "
+
+NO_TERMINAL = (
+    "relaynat trust: nothing was saved: with no terminal to ask on, give --expect"
+    " sha256:FINGERPRINT, the fingerprint obtained from the relay's operator"
+    " (who prints it with 'relaynat fingerprint relay.pem' on the relay's host)\n"
+)
+
+
+class Typist(ProcessProtocol):
+    """
+    A process run on a terminal: everything it writes is kept, and
+    C{answer} is typed once C{QUESTION} has been written.
+    """
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.output = b""
+        self.answered = False
+        #: The process's output (line ends as written) and exit status.
+        self.ended: Deferred[tuple[str, int]] = Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self.output += data
+        if not self.answered and QUESTION.encode("ascii") in self.output:
+            self.answered = True
+            self.transport.write(self.answer)  # type: ignore[union-attr]
+
+    def processEnded(self, reason: Failure) -> None:
+        # A terminal ends lines with CR LF.
+        text = self.output.replace(b"\r\n", b"\n").decode("utf-8", "replace")
+        self.ended.callback((text, reason.value.exitCode))
+
+
+class TrustCommandTests(TestCase):
+    """
+    C{relaynat trust} as a real process against the relay's web endpoint
+    (its real resource, served in this process): without C{--expect} it
+    asks at a terminal, and refuses to guess without one.
+    """
+
+    def setUp(self) -> None:
+        if not os.path.exists(SCRIPT):
+            raise self.skipTest(f"the relaynat script is not installed at {SCRIPT}")
+
+    async def serve(self) -> tuple[RelayIdentity, str]:
+        """The relay's web endpoint on 127.0.0.1; its identity and URL."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        keyPath, certPath = os.path.join(directory, KEY_FILE), os.path.join(directory, CERT_FILE)
+        writePrivate(keyPath, RELAY_KEYS[0])
+        writePrivate(certPath, RELAY_KEYS[1])
+        identity = RelayIdentity.load(keyPath, certPath)
+        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        port = await endpoint.listen(Site(publicationResource(identity)))
+        self.addCleanup(port.stopListening)
+        return identity, f"http://127.0.0.1:{port.getHost().port}/"  # type: ignore[attr-defined]
+
+    async def runScript(self, *args: str) -> tuple[str, str, int]:
+        """Run C{relaynat} with no terminal: its input is a pipe."""
+        out, err, code = await getProcessOutputAndValue(
+            SCRIPT, args, env=dict(os.environ), reactor=reactor
+        )
+        return out.decode(), err.decode(), code
+
+    async def runOnTerminal(self, answer: bytes, *args: str) -> tuple[str, int]:
+        """
+        Run C{relaynat} on a pseudo-terminal (the C{pty} module's, which
+        Twisted opens for C{usePTY}), typing C{answer} when asked.
+        """
+        typist = Typist(answer)
+        reactor.spawnProcess(  # type: ignore[attr-defined]
+            typist, SCRIPT, [SCRIPT, *args], env=dict(os.environ), usePTY=True
+        )
+        return await typist.ended
+
+    def contents(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    @runAsync
+    async def test_noTerminal(self) -> None:
+        """
+        Without C{--expect} and with no terminal to ask on, nothing is
+        saved and one line says to give C{--expect}; the fingerprint seen,
+        which proves nothing, is not shown.
+        """
+        identity, url = await self.serve()
+        path = self.mktemp()
+        out, err, code = await self.runScript("trust", url, "--out", path)
+        self.assertEqual((code, out, err), (1, "", NO_TERMINAL))
+        self.assertNotIn(identity.fingerprint, err)
+        self.assertFalse(os.path.lexists(path))
+
+    @runAsync
+    async def test_terminalYes(self) -> None:
+        """
+        On a terminal, the fingerprint is shown and the question asked; the
+        answer y saves the certificate.
+        """
+        identity, url = await self.serve()
+        path = self.mktemp()
+        output, code = await self.runOnTerminal(b"y\n", "trust", url, "--out", path)
+        self.assertEqual(code, 0, output)
+        self.assertEqual(
+            output,
+            f"fingerprint: {identity.fingerprint}\n"
+            "Compare it with the fingerprint the relay's operator gave you.\n"
+            f"{QUESTION}y\n"
+            f"saved the certificate to {path}\n",
+        )
+        self.assertEqual(self.contents(path), RELAY_KEYS[1])
+
+    @runAsync
+    async def test_terminalNo(self) -> None:
+        """On a terminal, the answer n saves nothing and says so; the status is 1."""
+        identity, url = await self.serve()
+        path = self.mktemp()
+        output, code = await self.runOnTerminal(b"n\n", "trust", url, "--out", path)
+        self.assertEqual(code, 1, output)
+        self.assertTrue(
+            output.endswith(
+                f"{QUESTION}n\nrelaynat trust: the relay was not trusted; nothing was saved\n"
+            ),
+            output,
+        )
+        self.assertIn(f"fingerprint: {identity.fingerprint}\n", output)
+        self.assertFalse(os.path.lexists(path))
+
+    @runAsync
+    async def test_existingOut(self) -> None:
+        """
+        C{--out} naming an existing file (here standing for the relay's own
+        certificate) is refused, even with the right C{--expect}, and the
+        file left as it was; C{--force} replaces it.
+        """
+        identity, url = await self.serve()
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"the relay's own certificate and its chain")
+        expect = ["--expect", identity.fingerprint]
+        out, err, code = await self.runScript("trust", url, "--out", path, *expect)
+        self.assertEqual(
+            (code, out, err),
+            (
+                1,
+                "",
+                f"relaynat trust: {path} already exists (is it the relay's own certificate?);"
+                " nothing was saved: give another --out, or --force to replace it\n",
+            ),
+        )
+        self.assertEqual(self.contents(path), b"the relay's own certificate and its chain")
+        out, err, code = await self.runScript("trust", url, "--out", path, *expect, "--force")
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(self.contents(path), RELAY_KEYS[1])
+
+
+class TrustAnswerTests(TestCase):
+    """
+    The answers C{trust} accepts, typed into a pipe that stands for the
+    terminal, with the command's own function run in this process.
+    """
+
+    async def answer(self, typed: bytes, close: bool = False) -> tuple[int, str, bool]:
+        """Run C{trust} with C{typed} as the answer; status, stderr, whether it saved."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        writePrivate(os.path.join(directory, KEY_FILE), RELAY_KEYS[0])
+        writePrivate(os.path.join(directory, CERT_FILE), RELAY_KEYS[1])
+        identity = RelayIdentity.load(
+            os.path.join(directory, KEY_FILE), os.path.join(directory, CERT_FILE)
+        )
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(publicationResource(identity))
+        )
+        self.addCleanup(port.stopListening)
+        path = os.path.join(directory, "trusted.pem")
+        options = TrustOptions()
+        options.parseOptions(
+            [f"http://127.0.0.1:{port.getHost().port}/", "--out", path]  # type: ignore[attr-defined]
+        )
+        readEnd, writeEnd = os.pipe()
+        terminal = os.fdopen(readEnd)
+        self.addCleanup(terminal.close)
+        os.write(writeEnd, typed)
+        if close:
+            os.close(writeEnd)
+        else:
+            self.addCleanup(os.close, writeEnd)
+        out, err = StringIO(), StringIO()
+        code = await runTrust(reactor, options, out, err, terminal)
+        self.assertTrue(out.getvalue().startswith(f"fingerprint: {identity.fingerprint}\n"))
+        return code, err.getvalue(), os.path.exists(path)
+
+    @runAsync
+    async def test_yes(self) -> None:
+        """y or yes, in any case and with spaces around, saves."""
+        for typed in [b"y\n", b"Y\n", b"yes\n", b" YES \n", b"Yes\r\n"]:
+            self.assertEqual(await self.answer(typed), (0, "", True), typed)
+
+    @runAsync
+    async def test_anythingElse(self) -> None:
+        """Any other line, an empty one included, saves nothing."""
+        refused = "relaynat trust: the relay was not trusted; nothing was saved\n"
+        for typed in [b"\n", b"n\n", b"no\n", b"yess\n", b"ja\n", b"y es\n"]:
+            self.assertEqual(await self.answer(typed), (1, refused, False), typed)
+
+    @runAsync
+    async def test_endOfInput(self) -> None:
+        """The end of input (Ctrl-D) with no line saves nothing."""
+        refused = "relaynat trust: the relay was not trusted; nothing was saved\n"
+        self.assertEqual(await self.answer(b"", close=True), (1, refused, False))
+
+    @runAsync
+    async def test_noTerminal(self) -> None:
+        """With no terminal given, C{runTrust} refuses as the command does."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        writePrivate(os.path.join(directory, KEY_FILE), RELAY_KEYS[0])
+        writePrivate(os.path.join(directory, CERT_FILE), RELAY_KEYS[1])
+        identity = RelayIdentity.load(
+            os.path.join(directory, KEY_FILE), os.path.join(directory, CERT_FILE)
+        )
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(publicationResource(identity))
+        )
+        self.addCleanup(port.stopListening)
+        options = TrustOptions()
+        path = os.path.join(directory, "trusted.pem")
+        options.parseOptions(
+            [f"http://127.0.0.1:{port.getHost().port}/", "--out", path]  # type: ignore[attr-defined]
+        )
+        out, err = StringIO(), StringIO()
+        self.assertEqual(await runTrust(reactor, options, out, err), 1)
+        self.assertEqual((out.getvalue(), err.getvalue()), ("", NO_TERMINAL))
+        self.assertFalse(os.path.exists(path))
+
+
+class SavePublicTests(SynchronousTestCase):
+    """L{savePublic}, which writes what C{trust} saves."""
+
+    def test_neverOverwrites(self) -> None:
+        """
+        Without C{replace}, a file that exists when saving (made after
+        C{trust} looked) is refused and left alone.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"mine")
+        error = self.assertRaises(ToolError, savePublic, path, b"theirs", False)
+        self.assertIn("already exists", str(error))
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"mine")
+
+    def test_newFileReadableByAll(self) -> None:
+        """A new file is readable by all, whatever the umask: a certificate is public."""
+        previous = os.umask(0o077)
+        self.addCleanup(os.umask, previous)
+        path = self.mktemp()
+        savePublic(path, b"public", False)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o644)

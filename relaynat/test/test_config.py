@@ -1331,10 +1331,11 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
 
     def test_groupReadableSecret(self) -> None:
         """
-        A secret file others can read stops the skeleton with a usage
-        error that names the file and says how to fix it.
+        A secret file everyone can read stops the skeleton with a usage
+        error that names the file and says how to fix it (its group may
+        read it: L{relaynat.test.test_files} has the rule).
         """
-        for mode in (0o640, 0o604):
+        for mode in (0o644, 0o604):
             os.chmod(self.web, mode)
             error = self.assertRaises(
                 UsageError,
@@ -1345,7 +1346,7 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
                 ],
             )
             self.assertTrue(str(error).startswith(f"{self.web}: secret of web: "), str(error))
-            self.assertIn(f"others can read it; run chmod 600 {self.web}", str(error))
+            self.assertIn(f"readable by everyone (mode {mode:04o}); run chmod", str(error))
 
     def test_unreadableSecret(self) -> None:
         """
@@ -1611,7 +1612,7 @@ class ClientOptionsTests(FilesMixin, SynchronousTestCase):
         self.assertEqual(str(error), "command line: tunnel[0].secret_file: missing")
 
     def test_groupReadableSecret(self) -> None:
-        """A secret file others can read is a usage error naming the file."""
+        """A secret file everyone can read is a usage error naming the file."""
         os.chmod(self.web, 0o644)
         error = self.assertRaises(
             UsageError,
@@ -1620,7 +1621,7 @@ class ClientOptionsTests(FilesMixin, SynchronousTestCase):
              "--secret", f"web={self.web}"],
         )
         self.assertTrue(str(error).startswith(f"{self.web}: secret of web: "), str(error))
-        self.assertIn(f"run chmod 600 {self.web}", str(error))
+        self.assertIn(f"run chmod 640 {self.web}", str(error))
 
     def test_tunnelWithoutEquals(self) -> None:
         """C{--tunnel} without C{=} is a usage error that shows the form."""

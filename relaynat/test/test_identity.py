@@ -19,12 +19,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from relaynat.cli import Options, main
-from relaynat.test.runcommand import command
 from relaynat.identity import (
     CERT_FILE,
     KEY_FILE,
@@ -34,8 +44,11 @@ from relaynat.identity import (
     fingerprint,
     fingerprintOfFile,
     generate,
+    trustRootFromPem,
     writePrivate,
 )
+from relaynat.link import hostnameVerifier
+from relaynat.test.runcommand import command
 
 #: Two key pairs for the whole module: a key pair is not free.
 KEYS = generate(["relay.example", "192.0.2.7", "2001:db8::7"])
@@ -139,9 +152,10 @@ class FingerprintTests(SynchronousTestCase):
         )
 
     def test_ofFile(self) -> None:
-        """A certificate file and its key file have the same fingerprint."""
+        """A certificate file and its (private) key file have the same fingerprint."""
         certPath = write(self.mktemp(), KEYS[1])
-        keyPath = write(self.mktemp(), KEYS[0])
+        keyPath = self.mktemp()
+        writePrivate(keyPath, KEYS[0])
         self.assertEqual(fingerprintOfFile(certPath), opensslFingerprint(KEYS[1]))
         self.assertEqual(fingerprintOfFile(keyPath), opensslFingerprint(KEYS[1]))
 
@@ -369,9 +383,9 @@ class FingerprintCommandTests(SynchronousTestCase):
         """The fingerprint of a certificate or its key is printed alone on a line."""
         expected = opensslFingerprint(KEYS[1])
         for data in KEYS:
-            self.assertEqual(
-                command("fingerprint", write(self.mktemp(), data)), (0, expected + "\n", "")
-            )
+            path = self.mktemp()
+            writePrivate(path, data)
+            self.assertEqual(command("fingerprint", path), (0, expected + "\n", ""))
 
     def test_keygenAgrees(self) -> None:
         """It prints what C{keygen} printed."""
@@ -445,3 +459,185 @@ class MainTests(SynchronousTestCase):
 
         code, out, err = self.runMain("keygen", "--version")
         self.assertEqual((code, out), (0, f"relaynat {__version__}\n"))
+
+
+class Authority:
+    """A certificate authority for the tests: a key and its certificate."""
+
+    def __init__(self, name: str, issuer: Authority | None = None) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
+        self.certificate = (issuer or self).sign(self.key, self.name, ca=True)
+
+    def sign(
+        self, key: ec.EllipticCurvePrivateKey, name: x509.Name, ca: bool, dns: str | None = None
+    ) -> x509.Certificate:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(self.name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(
+                    digital_signature=False, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+        if dns is not None:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False
+            )
+        return builder.sign(self.key, hashes.SHA256())
+
+    def pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+
+class Closing(Protocol):
+    """Fires C{closed} when its connection is gone, so a test can wait for it."""
+
+    def __init__(self) -> None:
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closed.callback(None)
+
+
+@implementer(IHandshakeListener)
+class Handshake(Closing):
+    """Fires C{done} when the TLS handshake completes, or fails it with the reason."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done: Deferred[None] = Deferred()
+
+    def handshakeCompleted(self) -> None:
+        self.done.callback(None)
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self.done.called:
+            self.done.errback(reason)
+        super().connectionLost(reason)
+
+
+class CertificateChainTests(TestCase):
+    """
+    The relay with a certificate from a CA (C{relay_verify = "hostname"}):
+    it sends the whole chain from its certificate file, and a client trusts
+    every CA certificate in its C{relay_ca} file.  Real TLS on loopback.
+    """
+
+    NAME = "relay.example"
+
+    def setUp(self) -> None:
+        self.root = Authority("Test Root CA")
+        self.intermediate = Authority("Test Intermediate CA", issuer=self.root)
+        self.unrelated = Authority("Unrelated CA")
+        self.leafKey = ec.generate_private_key(ec.SECP256R1())
+        leaf = self.intermediate.sign(
+            self.leafKey,
+            x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, self.NAME)]),
+            ca=False,
+            dns=self.NAME,
+        )
+        self.leafPem = leaf.public_bytes(serialization.Encoding.PEM)
+        #: The usual relay_ca: another CA first, the relay's root second.
+        self.caFile = self.unrelated.pem() + self.root.pem()
+
+    def relay(self, certPem: bytes) -> RelayIdentity:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        keyPath, certPath = os.path.join(directory, KEY_FILE), os.path.join(directory, CERT_FILE)
+        writePrivate(
+            keyPath,
+            self.leafKey.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        write(certPath, certPem)
+        return RelayIdentity.load(keyPath, certPath)
+
+    def handshake(self, identity: RelayIdentity, caPem: bytes) -> Deferred[None]:
+        """
+        A TLS handshake on loopback between the relay's TLS settings and a
+        client verifying C{NAME} against C{caPem}; both ends closed after.
+        """
+
+        async def run() -> None:
+            served: list[Closing] = []
+
+            def serve() -> Closing:
+                served.append(Closing())
+                return served[-1]
+
+            endpoint = SSL4ServerEndpoint(reactor, 0, identity.options, interface="127.0.0.1")
+            port = await endpoint.listen(Factory.forProtocol(serve))
+            client = wrapClientTLS(
+                hostnameVerifier(self.NAME, caPem),
+                TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),  # type: ignore[attr-defined]
+            )
+            protocol = Handshake()
+            try:
+                await client.connect(Factory.forProtocol(lambda: protocol))
+                await protocol.done
+            finally:
+                await protocol.closed
+                for server in served:
+                    await server.closed
+                await port.stopListening()
+
+        return Deferred.fromCoroutine(run())
+
+    async def test_chainAndSecondCA(self) -> None:
+        """
+        A relay whose certificate file holds its certificate and the
+        intermediate is verified by a client whose CA file holds an
+        unrelated CA and then the root: the relay sends the intermediate,
+        and the client trusts the second CA in its file, not only the first.
+        """
+        identity = self.relay(self.leafPem + self.intermediate.pem())
+        self.assertEqual(identity.certificatePem, self.leafPem + self.intermediate.pem())
+        self.assertEqual(identity.fingerprint, fingerprint(self.leafKey))
+        await self.handshake(identity, self.caFile)
+
+    async def test_leafOnly(self) -> None:
+        """
+        With only its own certificate in the file, the relay cannot be
+        verified: the client has the root but not the intermediate.
+        """
+        identity = self.relay(self.leafPem)
+        with self.assertRaises(SSL.Error) as raised:
+            await self.handshake(identity, self.caFile)
+        self.assertIn("certificate verify failed", str(raised.exception))
+
+    async def test_otherCAOnly(self) -> None:
+        """A CA file without the relay's root does not verify it."""
+        identity = self.relay(self.leafPem + self.intermediate.pem())
+        with self.assertRaises(SSL.Error) as raised:
+            await self.handshake(identity, self.unrelated.pem())
+        self.assertIn("certificate verify failed", str(raised.exception))
+
+    def test_notACAFile(self) -> None:
+        """A CA file with no certificate in it is an error naming it."""
+        error = self.assertRaises(IdentityError, trustRootFromPem, b"hello\n", "ca.pem")
+        self.assertEqual(str(error), "ca.pem: not a PEM certificate")
+
+    def test_chainNotTheKeysFirst(self) -> None:
+        """
+        The certificate the key must match is the file's first: a file
+        with the intermediate first is refused.
+        """
+        error = self.assertRaises(IdentityError, self.relay, self.intermediate.pem() + self.leafPem)
+        self.assertTrue(str(error).endswith(" do not belong together"), str(error))

@@ -95,6 +95,17 @@ class SecretCommandTests(SynchronousTestCase):
 class LoadSecretTests(SynchronousTestCase):
     """L{loadSecret}'s refusals, each naming the file and what to do."""
 
+    def test_groupReadable(self) -> None:
+        """
+        A secret file its group may read (0640) is read: a service's group
+        must be able to, as the README says to set it up.
+        """
+        path = self.mktemp()
+        command("secret", path)
+        before = loadSecret(path)
+        os.chmod(path, 0o640)
+        self.assertEqual(loadSecret(path), before)
+
     def write(self, text: str, mode: int = 0o600) -> str:
         path = self.mktemp()
         with open(path, "w") as f:
@@ -103,7 +114,11 @@ class LoadSecretTests(SynchronousTestCase):
         return path
 
     def test_refusals(self) -> None:
-        """A missing, malformed, short or world-readable secret file is refused."""
+        """
+        A missing, malformed, short or world-readable secret file is refused
+        (the rule on modes, the same for every private file, is tested in
+        L{relaynat.test.test_files}).
+        """
         missing = self.mktemp()
         malformed = self.write("not base64 at all!\n")
         short = self.write("c2hvcnQ=\n")
@@ -114,7 +129,7 @@ class LoadSecretTests(SynchronousTestCase):
             (missing, "No such file or directory"),
             (malformed, "not a secret file (make one with 'relaynat secret')"),
             (short, "the secret is too short (make one with 'relaynat secret')"),
-            (path, f"others can read it; run chmod 600 {path}"),
+            (path, f"readable by everyone (mode 0644); run chmod 640 {path}"),
         ]:
             error = self.assertRaises(SecretFileError, loadSecret, where)
             self.assertEqual(str(error), f"{where}: {problem}")

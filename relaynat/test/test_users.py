@@ -332,6 +332,7 @@ class PasswdTests(SynchronousTestCase):
         source = self.mktemp()
         with open(source, "w") as f:
             f.write(" two words \r\nsecond line\n")
+        os.chmod(source, 0o600)
         code, out, err = self.passwd("alice", "--password-file", source, "--join", "web")
         self.assertEqual(code, 0)
         self.assertEqual(self.prompts, [])
@@ -351,6 +352,7 @@ class PasswdTests(SynchronousTestCase):
         )
         empty = self.mktemp()
         open(empty, "w").close()
+        os.chmod(empty, 0o600)
         self.assertEqual(
             self.passwd("alice", "--password-file", empty),
             (1, "", "relaynat passwd: the password is empty; nothing was changed\n"),
@@ -376,6 +378,7 @@ class PasswdTests(SynchronousTestCase):
         """A users file that does not parse is reported, file and line, and left alone."""
         with open(self.path, "w") as f:
             f.write("# users\nalice\n")
+        os.chmod(self.path, 0o600)
         code, out, err = self.passwd("bob", answers=("b", "b"))
         self.assertEqual(
             (code, err),

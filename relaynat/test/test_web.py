@@ -196,17 +196,17 @@ class TrustTests(Served):
     async def test_saves(self) -> None:
         """
         The certificate is saved as published, readable by all (it is
-        public), and its fingerprint printed with a reminder to compare it.
+        public), and its fingerprint printed.  (Without C{--expect}, which
+        asks at a terminal, see L{relaynat.test.test_cli}.)
         """
         identity, base = await self.servePublication()
         path = self.mktemp()
-        code, out, err = await self.trust(base + "/relay.pem", "--out", path)
+        code, out, err = await self.trust(
+            base + "/relay.pem", "--out", path, "--expect", identity.fingerprint
+        )
         self.assertEqual((code, err), (0, ""))
-        lines = out.splitlines()
-        self.assertEqual(lines[0], f"fingerprint: {identity.fingerprint}")
-        self.assertEqual(lines[1], f"saved the certificate to {path}")
-        self.assertIn(
-            "compare the fingerprint with the one the relay's operator gave you", lines[2]
+        self.assertEqual(
+            out, f"fingerprint: {identity.fingerprint}\nsaved the certificate to {path}\n"
         )
         with open(path, "rb") as f:
             self.assertEqual(f.read(), identity.certificatePem)
@@ -216,18 +216,20 @@ class TrustTests(Served):
         """Given only the web endpoint's address, C{trust} finds the certificate."""
         identity, base = await self.servePublication()
         path = self.mktemp()
-        code, out, err = await self.trust(base, "--out", path)
+        code, out, err = await self.trust(base, "--out", path, "--expect", identity.fingerprint)
         self.assertEqual((code, err), (0, ""))
         self.assertIn(f"fingerprint: {identity.fingerprint}\n", out)
         self.assertTrue(os.path.exists(path))
 
     async def test_replaces(self) -> None:
-        """An older certificate in the file is replaced (the way to re-trust)."""
+        """With C{--force}, an older certificate in the file is replaced (the way to re-trust)."""
         identity, base = await self.servePublication()
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(b"an older certificate")
-        code, out, err = await self.trust(base, "--out", path)
+        code, out, err = await self.trust(
+            base, "--out", path, "--force", "--expect", identity.fingerprint
+        )
         self.assertEqual(code, 0)
         with open(path, "rb") as f:
             self.assertEqual(f.read(), identity.certificatePem)
@@ -275,7 +277,8 @@ class TrustTests(Served):
         root.putChild(b"both.pem", Data(_KEYS[1] + _KEYS[0], "application/x-pem-file"))
         base = await self.serve(root)
         path = self.mktemp()
-        code, out, err = await self.trust(base + "/both.pem", "--out", path)
+        expected = identityIn(self.mktemp()).fingerprint
+        code, out, err = await self.trust(base + "/both.pem", "--out", path, "--expect", expected)
         self.assertEqual(code, 0)
         with open(path, "rb") as f:
             self.assertEqual(f.read(), _KEYS[1])
@@ -337,7 +340,7 @@ class TrustTests(Served):
         """A file that cannot be written is a failure naming it."""
         identity, base = await self.servePublication()
         path = os.path.join(self.mktemp(), "missing", "relay.pem")
-        code, out, err = await self.trust(base, "--out", path)
+        code, out, err = await self.trust(base, "--out", path, "--expect", identity.fingerprint)
         self.assertEqual(code, 1)
         self.assertEqual(err, f"relaynat trust: cannot save {path}: No such file or directory\n")
 
