@@ -370,7 +370,7 @@ class FirstBytes(Protocol):
     def _tooSlow(self, why: str) -> None:
         self._deadline = None
         self.relay.budget.warn(
-            "slow connections", "dropping connection from {source}: it {why}",
+            f"connections that {why}", "dropping connection from {source}: it {why}",
             source=self.source(), why=why,
         )
         self.transport.abortConnection()  # type: ignore[union-attr]

@@ -128,5 +128,6 @@ class Throttle:
 
     def _charge(self, host: str, seconds: float) -> None:
         address, prefix = sourceKeys(host)
-        self._addresses.charge(address, seconds, self.allowance + self.longest)
-        self._prefixes.charge(prefix, seconds, self.prefixAllowance + self.longest)
+        # Capped where the refusal (debt + penalty - allowance) is longest.
+        self._addresses.charge(address, seconds, self.allowance - self.penalty + self.longest)
+        self._prefixes.charge(prefix, seconds, self.prefixAllowance - self.penalty + self.longest)

@@ -28,6 +28,7 @@ from relaynat.relay import Relay
 from relaynat.skeleton import FrontedServer, Skeleton
 from relaynat.splice import OneProtocolFactory
 from relaynat.test.net import endpointOf, listen, openConnections, pollUntil, reactor
+from relaynat.caps import Limits
 from relaynat.users import Rights, User, saveUsers
 
 PASSWORD = "correct horse battery staple"
@@ -103,12 +104,15 @@ class Stack:
         users: dict[str, Rights] | None = None,
         user: str = "alice",
         sealed: bool = True,
+        limits: Limits | None = None,
     ) -> Stack:
         self.identity = relayIdentity(self.directory)
         self.users = writeUsers(
             os.path.join(self.directory, "users"), users if users is not None else {user: ANYTHING}
         )
-        self.relay = Relay(reactor, self.identity, self.users, joinTimeout=joinTimeout)
+        self.relay = Relay(
+            reactor, self.identity, self.users, joinTimeout=joinTimeout, limits=limits
+        )
         self.clientPort = await listen(self.relay.clientFactory())
         self.skeletonPort = await listen(self.relay.skeletonFactory())
         self.ports += [self.clientPort, self.skeletonPort]
