@@ -772,7 +772,8 @@ def writeRelaynatFiles(d: str, take: Callable[[], int], target: str, *,
     clientUser = conf["client"]["client"].get("user", "bench-client")
     for user, rights in ((skeletonUser, ["--register", serverId]),
                          (clientUser, ["--join", serverId])):
-        with open(os.path.join(d, f"{user}.password"), "w") as f:
+        fd = os.open(os.path.join(d, f"{user}.password"), os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as f:
             f.write(f"bench-{random.getrandbits(64):x}\n")
         run("passwd", "users", user, "--password-file", f"{user}.password", *rights)
     run("secret", f"{serverId}.secret")
@@ -780,7 +781,8 @@ def writeRelaynatFiles(d: str, take: Callable[[], int], target: str, *,
     entry = take()
     relay = dict(conf["relay"]["relay"], key="relay.key", cert="relay.pem", users="users",
                  clients=f"tcp:{clientsPort}:interface={clientsHost}",
-                 skeletons=f"tcp:{skeletonsPort}:interface={skeletonsHost}")
+                 skeletons=f"tcp:{skeletonsPort}:interface={skeletonsHost}",
+                 **BENCH_LIMITS)
     if "web" in relay:
         relay["web"] = f"tcp:{take()}:interface={clientsHost}"
     skeleton = dict(conf["skeleton"]["skeleton"], relay=f"tcp:{skeletonsHost}:{skeletonsPort}",
@@ -802,6 +804,18 @@ def writeRelaynatFiles(d: str, take: Callable[[], int], target: str, *,
     settings = {"pool": skeleton.get("pool", 1), "max_pool": relay.get("max_pool", 64),
                 "join_timeout": relay.get("join_timeout", 10), "server": serverTable}
     return RelaynatFiles(d, clientsPort, skeletonsPort, entry, settings)
+
+
+#: The relay's caps raised for the benchmark, which is one client of one
+#: user on one address opening 10,000 tunnels at once: the defaults (a
+#: stranger's connections, one user's tunnels) are sized for a public relay.
+BENCH_LIMITS = {
+    "max_unauthenticated": 20_000,
+    "max_unauthenticated_per_source": 20_000,
+    "max_pending_per_session": 20_000,
+    "max_pending_per_user": 20_000,
+    "max_tunnels_per_user": 20_000,
+}
 
 
 #: The skeleton's [[server]] keys of the relaynat-open path: a server whose

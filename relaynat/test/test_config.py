@@ -41,12 +41,12 @@ from relaynat.config import (
     withFlags,
 )
 from relaynat.identity import fingerprintOfFile, generate, writePrivate
+from relaynat.names import checkServerId, printable
 from relaynat.secret import generateSecret, loadSecret
 from relaynat.tap import client as clientTap
 from relaynat.tap import relay as relayTap
 from relaynat.tap import skeleton as skeletonTap
 from relaynat.users import Rights, User, saveUsers
-from relaynat.names import checkServerId
 from relaynat.wire import SERVER_ID, BadRequest
 
 #: A well-formed fingerprint of no key in particular.
@@ -984,9 +984,12 @@ class ServerIdTests(SynchronousTestCase):
     @settings(deadline=None)
     @given(st.text(max_size=80).filter(lambda s: not _isValidId(s)))
     def test_invalidIdsRefused(self, serverId: str) -> None:
-        """Every string that breaks the rule for ids raises L{BadRequest}."""
+        """
+        Every string that breaks the rule for ids raises L{BadRequest},
+        which shows it quoted (cut short past 40 characters).
+        """
         error = self.assertRaises(BadRequest, checkServerId, serverId)
-        self.assertIn(repr(serverId), str(error))
+        self.assertIn(printable(serverId, 40), str(error))
 
     @settings(deadline=None)
     @given(
