@@ -229,6 +229,20 @@ class Channel(amp.AMP):
         if not self._dropped:
             super().resumeProducing()
 
+    def unhandledError(self, failure: Failure) -> None:
+        # A command the peer sent without asking for an answer, which failed
+        # (nobody handles it, its arguments do not parse): the peer's
+        # mistake, one line; anything else is this program's, a traceback.
+        if failure.check(amp.RemoteAmpError):
+            _log.warn(
+                "dropping {peer}: {why}",
+                peer=self.transport.getPeer(),
+                why=failure.getErrorMessage()[:200],
+            )
+            self._drop()
+            return
+        super().unhandledError(failure)
+
     @Ping.responder
     def _ping(self) -> dict[str, object]:
         return {}

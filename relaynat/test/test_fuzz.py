@@ -577,3 +577,108 @@ class StartTLSTests(SynchronousTestCase):
         channel.dataReceived(amp.AmpBox(_command=b"StartTLS", _ask=b"1").serialize())
         [answer] = amp.parseString(transport.value())
         self.assertEqual(answer[b"_error_code"], amp.UNHANDLED_ERROR_CODE)
+
+
+def _command(name: str, **arguments: bytes) -> bytes:
+    return _serialize({b"_command": name.encode(), b"_ask": b"7", **{k.encode(): v for k, v in arguments.items()}})
+
+
+#: Every command of the wire, well formed, with plausible arguments: sent
+#: in any order (a LoginFinish before its Login, a Register before any
+#: login, a skeleton's command on the clients' port, the relay's own
+#: commands sent to it).
+_commands = st.one_of(
+    _clientFirst.map(lambda m: _command("Login", message=m.encode())),
+    st.text(max_size=60).map(lambda m: _command("LoginFinish", message=m.encode())),
+    st.just(_registerBox()),
+    st.builds(
+        lambda server, count: _command("Tickets", server=server.encode(), count=str(count).encode()),
+        st.sampled_from([TARGET, "web", "é", ""]),
+        st.integers(-1, 300),
+    ),
+    st.just(_command("ListServers")),
+    st.binary(max_size=40).map(lambda t: _command("OpenConnection", server=TARGET.encode(), ticket=t)),
+    st.just(_command("Ping")),
+    st.just(_command("StartTLS")),
+    st.just(_command("SessionEnded", reason=b"no")),
+    st.just(_command("ServerWithdrawn", server=TARGET.encode(), reason=b"no")),
+)
+
+#: What one fuzzing connection sends: garbage, or commands out of order.
+_connectionBytes = st.one_of(garbage, st.lists(_commands, min_size=1, max_size=8).map(b"".join))
+
+
+def examples(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
+    """
+    C{count} examples that hypothesis draws from C{strategy} (its edge
+    cases first, the same ones every run), for a test on real sockets,
+    which hypothesis cannot drive itself.
+    """
+    drawn: list[Any] = []
+
+    @settings(
+        max_examples=count, derandomize=True, database=None, deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def collect(example: Any) -> None:
+        drawn.append(example)
+
+    collect()
+    return drawn
+
+
+class HypothesisSocketFuzzTests(TestCase):
+    """
+    Hypothesis's inputs (random bytes, malformed boxes, valid commands out
+    of order) on both real ports, inside TLS and outside it.
+    """
+
+    timeout = 120
+
+    @runAsync
+    async def test_relayStaysUp(self) -> None:
+        """
+        After each batch the relay logs no traceback and no error, gives
+        no session or ticket to the fuzz, keeps its skeleton, and serves
+        the next honest tunnel.
+        """
+        stack = await Stack().start({TARGET: Factory.forProtocol(Echo)})
+        self.addCleanup(stack.stop)
+        stack.relay.failedLoginDelay = 0.0
+        # Every fuzzing connection comes from 127.0.0.1 like the honest
+        # roles: the throttle must not refuse those.
+        stack.relay.throttle.allowance = stack.relay.throttle.prefixAllowance = 1e9
+        await pollUntil(lambda: stack.relay.registry.counts()["requested"] == 0)
+        issued = len(stack.relay.tickets)
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        inputs = examples(_connectionBytes, 120)
+        for batch in range(0, len(inputs), 30):
+            blurts = []
+            for i, data in enumerate(inputs[batch : batch + 30]):
+                port = (stack.clientPort, stack.skeletonPort)[i % 2]
+                if i % 4 < 2:
+                    secure = wrapClientTLS(PinnedRelay(stack.identity.fingerprint), endpointOf(port))
+                    blurt: Blurt = SecureBlurt(data)
+                    await connectProtocol(secure, blurt)
+                else:
+                    blurt = Blurt(data)
+                    await connectProtocol(endpointOf(port), blurt)
+                blurts.append(blurt)
+            await pollUntil(lambda b=blurts: all(x.closed for x in b), timeout=30)
+            self.assertEqual(len(stack.relay.sessions), 2)
+            self.assertEqual(len(stack.relay.skeletons), 1)
+            self.assertEqual(len(stack.relay.tickets), issued)
+            collector = Collect(b"served after batch %d" % batch, halfClose=True)
+            await stack.connect(TARGET, collector)
+            self.assertEqual(await collector.finished, b"served after batch %d" % batch)
+            issued = len(stack.relay.tickets)
+        bad = [
+            formatEvent(e) for e in events
+            if "log_failure" in e or e.get("log_level", None) is not None
+            and e["log_level"].name in ("error", "critical")
+        ]
+        self.assertEqual(bad, [])
