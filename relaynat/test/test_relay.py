@@ -57,6 +57,7 @@ from relaynat.wire import (
     TLS_HANDSHAKE,
     BadRequest,
     DuplicateServer,
+    LimitReached,
     ListServers,
     LoginRequired,
     OpenConnection,
@@ -87,7 +88,7 @@ SECRET = b"s" * 32
 #: spelled out so that a changed code fails here.  (Code 1, UnknownServer,
 #: cannot be had with a ticket: tickets are only issued for servers the
 #: relay has seen, which it never forgets.)
-SERVER_OFFLINE, JOIN_TIMEOUT, SKELETON_GONE, SESSION_REFUSED = 2, 3, 4, 5
+SERVER_OFFLINE, JOIN_TIMEOUT, SKELETON_GONE, SESSION_REFUSED, LIMIT_REACHED = 2, 3, 4, 5, 6
 
 #: The most bytes a data connection may send after its ticket before it is
 #: joined (the relay's limit, which is private to it).
@@ -294,6 +295,7 @@ class RelayTestCase(SynchronousTestCase):
 
     joinTimeout = 5.0
     sessionLifetime = 86400.0
+    limits = Limits()
 
     def setUp(self) -> None:
         self.net = Network()
@@ -324,6 +326,7 @@ class RelayTestCase(SynchronousTestCase):
             users,
             joinTimeout=self.joinTimeout,
             sessionLifetime=self.sessionLifetime,
+            limits=self.limits,
         )
         self.reactor.listenTCP(CLIENTS, self.relay.clientFactory())
         self.reactor.listenTCP(SKELETONS, self.relay.skeletonFactory())
@@ -653,6 +656,107 @@ class FirstBytesTests(RelayTestCase):
             self.assertFalse(control.keepAlive)
             protocol.connectionLost(Failure(Exception("test over")))
             self.reactor.advance(FIRST_BYTES_WAIT * 2)
+
+
+class DeadlineTests(RelayTestCase):
+    """
+    The deadlines and caps of connections that have not logged in (or sent
+    a good ticket), on the clock: L{Limits}, L{relaynat.lobby}.
+    """
+
+    limits = Limits(
+        handshake_timeout=4.0, login_timeout=6.0, max_unauthenticated=5,
+        max_unauthenticated_per_source=3,
+    )
+
+    def test_handshakeDeadline(self) -> None:
+        """A TLS handshake begun and never finished is aborted at the handshake timeout."""
+        raw = self.data(CLIENTS, bytes([TLS_HANDSHAKE, 3, 1]))
+        self.reactor.advance(3.9)
+        self.net.settle()
+        self.assertFalse(raw.closed)
+        self.reactor.advance(0.2)
+        self.net.settle()
+        self.assertTrue(raw.closed)
+        self.assertTrue(self.net.abortedByRelay(raw))
+
+    def test_loginDeadline(self) -> None:
+        """
+        A control connection that finished its handshake but does not log
+        in is aborted at the login timeout, counted from its start; one that
+        logged in stays, however long it is quiet.
+        """
+        idle = self.connect(CLIENTS, Peer())
+        busy, _ = self.loggedIn(CLIENTS, Peer())
+        self.reactor.advance(5.9)
+        self.net.settle()
+        self.assertTrue(idle.connected)
+        self.reactor.advance(0.2)
+        self.net.settle()
+        self.assertFalse(idle.connected)
+        self.reactor.advance(3600)
+        self.net.settle()
+        self.assertTrue(busy.connected)
+        self.assertEqual(len(self.relay.lobby), 0)
+
+    def test_oldestEvictedPerSource(self) -> None:
+        """
+        Past the cap per source, each new connection pushes the oldest
+        unauthenticated one of its source out; logged-in ones are not
+        counted, and their logins keep working.
+        """
+        busy, _ = self.loggedIn(CLIENTS, Peer())
+        raws = [self.data(CLIENTS, b"") for _ in range(5)]
+        self.assertEqual([r.closed for r in raws], [True, True, False, False, False])
+        self.assertTrue(self.net.abortedByRelay(raws[0]))
+        self.assertEqual(len(self.relay.lobby), 3)
+        self.successResultOf(self.call(busy, ListServers))
+
+    def test_goodTicketLeavesTheLobby(self) -> None:
+        """A data connection whose ticket is good is no longer counted."""
+        self.stalledSkeleton(pool=0)
+        _, tickets = self.clientTickets(count=3)
+        raws = [self.data(CLIENTS, t) for t in tickets]
+        self.assertEqual(len(self.relay.lobby), 0)
+        self.assertEqual([r.closed for r in raws], [False] * 3)
+
+
+class UserCapsTests(RelayTestCase):
+    """What one user may hold (L{Limits}), on the clock."""
+
+    limits = Limits(max_pending_per_session=2, max_pending_per_user=3, max_servers_per_user=2)
+
+    def test_pendingJoinsCapped(self) -> None:
+        """
+        Joins waiting for a skeleton's connection are capped per login and
+        per user; past the cap the client reads the limit's code.  When one
+        stops waiting, another may.
+        """
+        self.stalledSkeleton(pool=0)
+        _, first = self.clientTickets(count=3)
+        _, second = self.clientTickets(count=2)
+        waiting = [self.data(CLIENTS, t) for t in first[:2]]
+        self.assertRefused(self.data(CLIENTS, first[2]), LIMIT_REACHED)
+        waiting.append(self.data(CLIENTS, second[0]))
+        self.assertRefused(self.data(CLIENTS, second[1]), LIMIT_REACHED)
+        self.assertEqual([w.closed for w in waiting], [False] * 3)
+        self.assertEqual(self.relay.usage.hits["pending"], 2)
+        waiting[0].transport.loseConnection()
+        self.net.settle()
+        self.reactor.advance(self.joinTimeout + 1)
+        self.net.settle()
+        self.assertEqual(self.relay.usage.pending, {})
+
+    def test_serversCapped(self) -> None:
+        """A user's skeletons may register so many servers together, no more."""
+        self.stalledSkeleton(["web"])
+        channel, _ = self.loggedIn(SKELETONS, Peer())
+        failure = self.failureResultOf(self.register(channel, ["db", "mail"]), LimitReached)
+        self.assertEqual(
+            failure.getErrorMessage(),
+            "user alice may register at most 2 servers (1 registered now)",
+        )
+        self.successResultOf(self.register(channel, ["db"]))
 
 
 class RegisterTests(RelayTestCase):
