@@ -9,25 +9,40 @@ ticket from the login.
 from __future__ import annotations
 
 import hmac
+import re
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import attrs
 from cryptography import x509
 from scramp import ScramClient, ScramException
-from twisted.internet import ssl
-from twisted.internet.defer import Deferred, succeed
+from twisted.application.internet import ClientService
+from twisted.internet import defer, ssl
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import clientFromString, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.error import ConnectingCancelledError, ConnectionLost
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from relaynat.channel import Channel
 from relaynat.config import ConfigError, RelayAccess
-from relaynat.identity import IdentityError, PinnedRelay, fingerprintOfFile, serverEndPoint
+from relaynat.identity import (
+    IdentityError,
+    PinnedRelay,
+    RelayKeyMismatch,
+    fingerprintOfFile,
+    serverEndPoint,
+)
 from relaynat.splice import OneProtocolFactory
 from relaynat.wire import (
     HEARTBEAT,
@@ -37,11 +52,25 @@ from relaynat.wire import (
     LoginFailed,
     LoginFinish,
     Ping,
+    RelaynatError,
+    SessionEnded,
     SkeletonGone,
     Tickets,
 )
 
 _log = Logger()
+
+#: Seconds a stopping skeleton or client waits for the relay to answer the
+#: close of its control connection (TLS's close_notify) before it drops the
+#: connection: a relay that cannot be reached never answers, and would hold
+#: the stop (and `systemctl stop`) until TCP gives up, a minute or more.
+STOP_GRACE = 2.0
+
+#: Seconds a new control connection may take from its TCP connect to ready
+#: (TLS, the login, a skeleton's registration): a relay that accepts TCP but
+#: never answers (stopped, or not a relay) is given up and tried again,
+#: rather than holding the attempt, and the service, forever.
+LOGIN_TIMEOUT = 30.0
 
 C = TypeVar("C", bound=Channel)
 T = TypeVar("T")
@@ -49,6 +78,10 @@ T = TypeVar("T")
 
 class RelayUnreachable(Exception):
     """The relay could not be reached, or the TLS handshake failed."""
+
+
+class RelayUnproven(LoginFailed):
+    """The relay's last login step did not prove that it knows this user's verifier."""
 
 
 @attrs.frozen
@@ -95,8 +128,11 @@ class RelayLink:
         verifier: Any,
         credentials: Credentials,
         clock: IReactorTime,
+        passwordFile: str | None = None,
     ) -> None:
         self._verifier = verifier
+        #: Where the password came from: a refused login names it.
+        self.passwordFile = passwordFile
         #: Data connections: plain TCP, their bytes sealed end to end.
         self.raw = endpoint
         self.endpoint = wrapClientTLS(verifier, endpoint)
@@ -166,7 +202,7 @@ class RelayLink:
             scram.set_server_final(final["message"])
         except ScramException as e:
             channel.transport.abortConnection()
-            raise LoginFailed(f"the relay failed to prove it knows this user: {e}") from e
+            raise RelayUnproven(f"the relay failed to prove it knows this user: {e}") from e
         _log.info("logged in to the relay as {user}", user=self.credentials.user)
         return LoginSession(final["session"], final["expires"])
 
@@ -246,20 +282,27 @@ class RelayLink:
 
 def preparing(channel: Channel, work: Coroutine[Any, Any, T]) -> Deferred[T]:
     """
-    Run C{work} (a login, a registration) on C{channel} as a
-    L{ClientService}'s C{prepareConnection}.  The service cancels it when it
-    stops; an AMP call cannot be cancelled (its answer would come to a
-    finished Deferred), so cancelling drops the connection instead, which
-    fails the calls and ends C{work}.
+    Run C{work} (a login, a registration) on C{channel}; if it fails, the
+    connection is dropped, so that no refused connection stays open.
+    Cancelling it drops the connection too: an AMP call cannot be cancelled
+    (its answer would come to a finished Deferred), and the loss fails the
+    calls and ends C{work}.
+
+    L{ControlService} runs it for each new connection.  (As a
+    L{ClientService}'s own C{prepareConnection} it cannot fail cleanly:
+    ClientService's state machine has no transition for the loss of a
+    connection it has not taken yet.)
     """
     inner = Deferred.fromCoroutine(work)
 
     def cancel(outer: Deferred[T]) -> None:
-        channel.transport.abortConnection()
+        _drop(channel)
 
     outer: Deferred[T] = Deferred(cancel)
 
     def settle(result: Any) -> None:
+        if isinstance(result, Failure):
+            _drop(channel)
         if not outer.called:
             outer.callback(result)
 
@@ -267,17 +310,27 @@ def preparing(channel: Channel, work: Coroutine[Any, Any, T]) -> Deferred[T]:
     return outer
 
 
+def _drop(channel: Channel) -> None:
+    """Abort C{channel}'s connection, if it has one that is still open."""
+    if channel.connected:
+        channel.transport.abortConnection()
+
+
 class ControlChannel(Channel):
     """
-    A control connection that logs in when made ready (the
-    C{prepareConnection} of a L{ClientService}), logs in again before its
-    session expires, and pings the relay every C{heartbeat} seconds, for as
-    long as it is open: a relay that does not answer within
-    C{pingTimeout} is dropped, and the service connects again.
+    A control connection that logs in when made ready (L{prepare}, run by a
+    L{ControlService}), logs in again before its session expires, and pings
+    the relay every C{heartbeat} seconds, for as long as it is open: a relay
+    that does not answer within C{pingTimeout} is dropped, and the service
+    connects again.  A relay that revokes the login says so (L{SessionEnded})
+    before it closes.
     """
 
     #: Log in again when this share of the session's life has passed.
     RENEW_AT = 0.8
+
+    #: What this end is, in the relay's refusals of it.
+    role = "client"
 
     def __init__(
         self, link: RelayLink, heartbeat: float = HEARTBEAT, pingTimeout: float = PING_TIMEOUT
@@ -287,16 +340,27 @@ class ControlChannel(Channel):
         self.heartbeat = heartbeat
         self.pingTimeout = pingTimeout
         self._renewal: Any = None
-        self._session: LoginSession | None = None
+        #: The session this connection's login holds, once logged in.
+        self.session: LoginSession | None = None
         self._pings = LoopingCall(self._sendPing)
         self._pings.clock = link.clock
+        self._onLoss: list[Callable[[Failure], object]] = []
+        self._endSaid = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._pings.start(self.heartbeat, now=False)
 
+    async def prepare(self) -> object:
+        """Make this new connection ready for use: log in."""
+        return await self.start()
+
+    def onLoss(self, callback: Callable[[Failure], object]) -> None:
+        """Call C{callback} with the reason when this connection is lost."""
+        self._onLoss.append(callback)
+
     async def start(self) -> LoginSession:
-        self._session = session = await self.link.login(self, sorted(self.link.wanted))
+        self.session = session = await self.link.login(self, sorted(self.link.wanted))
         self.link.adopt(self, session)
         now = self.link.clock.seconds()
         if self.connected:
@@ -328,15 +392,207 @@ class ControlChannel(Channel):
             )
             self.transport.abortConnection()
 
+    @SessionEnded.responder
+    def sessionEnded(self, reason: str) -> dict[str, object]:
+        if not self._endSaid:
+            self._endSaid = True
+            _log.warn("the relay ended this login: {reason}", reason=reason)
+        if self.session is not None:
+            # Revoked: no data connection may start with it from now on.
+            self.link.loggedOut(self.session)
+        # The relay closes next; closing from this end as well lets the
+        # service connect (and log in, or say why not) again without
+        # waiting on it.
+        self.transport.loseConnection()
+        return {}
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self._pings.running:
             self._pings.stop()
         if self._renewal is not None and self._renewal.active():
             self._renewal.cancel()
-        if self._session is not None:
+        if self.session is not None:
             # The relay revokes a session when its login's connection closes.
-            self.link.loggedOut(self._session)
+            self.link.loggedOut(self.session)
         super().connectionLost(reason)
+        told, self._onLoss = self._onLoss, []
+        for callback in told:
+            callback(reason)
+
+
+class FailureNotes:
+    """
+    What failed attempts to make a control connection ready have said: an
+    attempt that fails as the last one did stays quiet (a wrong password
+    would otherwise fill the log at every retry), one that fails otherwise
+    is said, and after a success the next failure is said again.
+    """
+
+    def __init__(self) -> None:
+        self._last: str | None = None
+
+    def succeeded(self) -> None:
+        self._last = None
+
+    def failed(self, error: BaseException, channel: ControlChannel, timeout: float) -> None:
+        """Log why C{channel}'s attempt failed with C{error}, unless it was said last."""
+        level, text, fields = _describe(error, channel, timeout)
+        # Numbers do not make a failure a new one: the minutes of the
+        # relay's lock-out count down from one retry to the next.
+        said = re.sub(r"\d+", "#", text.format(**fields))
+        if said == self._last:
+            return
+        self._last = said
+        _log.emit(level, text, **fields)
+
+
+def _describe(
+    error: BaseException, channel: ControlChannel, timeout: float
+) -> tuple[LogLevel, str, dict[str, object]]:
+    """How to log the failure C{error} of an attempt: its level, format and fields."""
+    link = channel.link
+    why = str(error) or repr(error)
+    if isinstance(error, LoginFailed) and not isinstance(error, RelayUnproven):
+        where = f" in {link.passwordFile}" if link.passwordFile else ""
+        return (
+            LogLevel.error,
+            "login as {user} refused: {why}; check the user name and the password{where}",
+            {"user": link.credentials.user, "why": why, "where": where},
+        )
+    if isinstance(error, (RelayKeyMismatch, RelayUnproven)):
+        return LogLevel.error, "no control connection to the relay: {why}", {"why": why}
+    if isinstance(error, RelaynatError):
+        return (
+            LogLevel.error,
+            "the relay refused this {role}: {why}",
+            {"role": channel.role, "why": why},
+        )
+    if isinstance(error, defer.TimeoutError):
+        why = f"it was not ready within {timeout:g} s (TLS, login); trying again"
+    return LogLevel.warn, "no control connection to the relay: {why}", {"why": why}
+
+
+@implementer(IStreamClientEndpoint)
+class LoginEndpoint:
+    """
+    Control connections that are ready when made: each is a new
+    C{channels()} connected through C{endpoint} (TLS), and C{connect} fires
+    once its C{prepare} (the login, and a skeleton's registration) has
+    succeeded, within C{timeout} seconds.  A connection whose TLS, login or
+    registration fails is dropped and the attempt fails, so that a
+    L{ClientService} counts it as a failed attempt and backs off; why is
+    logged once (L{FailureNotes}).
+
+    The service is given, for each ready connection, a plain protocol that
+    is made with the connection's transport and lost with it: it never
+    holds a connection that is not ready, so none is lost under it while it
+    does not expect one.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        channels: Callable[[], ControlChannel],
+        clock: IReactorTime,
+        timeout: float = LOGIN_TIMEOUT,
+    ) -> None:
+        self.endpoint = endpoint
+        self.channels = channels
+        self.clock = clock
+        self.timeout = timeout
+        #: The ready connection now in use, if any.
+        self.current: ControlChannel | None = None
+        self.notes = FailureNotes()
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        channel = self.channels()
+        attempt = Deferred.fromCoroutine(self._attempt(channel, protocolFactory))
+        attempt.addTimeout(self.timeout, self.clock)
+        attempt.addErrback(self._failed, channel)
+        return attempt
+
+    async def _attempt(self, channel: ControlChannel, factory: IProtocolFactory) -> IProtocol:
+        try:
+            try:
+                # Not connectProtocol: its factory logs two lines per connection.
+                await self.endpoint.connect(OneProtocolFactory(channel))
+            except CancelledError:
+                raise
+            except ConnectingCancelledError:
+                # Stopped, or timed out, while connecting: as at any step.
+                raise CancelledError() from None
+            except Exception as e:
+                raise RelayUnreachable(f"cannot reach the relay: {e}") from e
+            await preparing(channel, channel.prepare())
+        except BaseException:
+            _drop(channel)
+            raise
+        if not channel.connected:
+            raise ConnectionLost("the connection closed as it became ready")
+        held = factory.buildProtocol(channel.transport.getPeer())
+        assert held is not None
+        held.makeConnection(channel.transport)
+        self.current = channel
+        channel.onLoss(lambda reason: self._lost(channel, held, reason))
+        self.notes.succeeded()
+        return held
+
+    def _lost(self, channel: ControlChannel, held: IProtocol, reason: Failure) -> None:
+        if self.current is channel:
+            self.current = None
+        held.connectionLost(reason)
+
+    def _failed(self, failure: Failure, channel: ControlChannel) -> Failure:
+        # Cancelled: the service is stopping, which is no failure to report.
+        if not failure.check(CancelledError):
+            self.notes.failed(failure.value, channel, self.timeout)
+        return failure
+
+
+class ControlService(ClientService):
+    """
+    A skeleton's or a client's control connection, kept up: each one made
+    ready by a L{LoginEndpoint}, made again after a loss or a failed attempt
+    with C{retryPolicy}'s backoff.  Stopping takes at most L{STOP_GRACE}
+    seconds, whatever the network does.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        channels: Callable[[], ControlChannel],
+        clock: IReactorTime,
+        retryPolicy: Callable[[int], float] | None = None,
+        timeout: float = LOGIN_TIMEOUT,
+    ) -> None:
+        self.ready = LoginEndpoint(endpoint, channels, clock, timeout)
+        self._clock = clock
+        super().__init__(
+            self.ready, Factory.forProtocol(Protocol), retryPolicy=retryPolicy, clock=clock
+        )
+
+    def stopService(self) -> Deferred[None]:
+        # ClientService closes a ready connection with TLS's goodbye and
+        # waits for the relay's answer, which one that cannot be reached
+        # never sends: past the grace the connection is dropped.  (An
+        # attempt under way is cancelled, which drops its connection now.)
+        channel = self.ready.current
+        stopping = super().stopService()
+        timer = None
+        if channel is not None and not stopping.called:
+            timer = self._clock.callLater(STOP_GRACE, _drop, channel)
+        stopped: Deferred[None] = Deferred()
+
+        def done(result: object) -> None:
+            if timer is not None and timer.active():
+                timer.cancel()
+            # Told a turn later: ClientService fires its Deferred inside a
+            # transition of its state machine, where whoever waits could
+            # not start or stop it again (automat refuses reentry).
+            self._clock.callLater(0, stopped.callback, None)
+
+        stopping.addBoth(done)
+        return stopped
 
 
 def linkFromConfig(access: RelayAccess, reactor: Any) -> RelayLink:
@@ -361,7 +617,9 @@ def linkFromConfig(access: RelayAccess, reactor: Any) -> RelayLink:
                 raise ConfigError(access.relay_key, "relay_key", str(e)) from None
         verifier = PinnedRelay(expected)
     endpoint = clientFromString(reactor, access.relay)
-    return RelayLink(endpoint, verifier, Credentials(access.user, password), reactor)
+    return RelayLink(
+        endpoint, verifier, Credentials(access.user, password), reactor, access.password_file
+    )
 
 
 def _readFile(path: str, key: str) -> bytes:

@@ -29,7 +29,9 @@ from relaynat.wire import (
     TICKET_BYTES,
     BadRequest,
     OpenConnection,
+    RelaynatError,
     Register,
+    ServerWithdrawn,
     SkeletonGone,
     UnknownServer,
 )
@@ -91,44 +93,80 @@ class Skeleton:
 
     def register(self, control: IProtocol) -> Deferred[None]:
         """
-        Log in and register every server on a new control connection (the
-        C{prepareConnection} of the skeleton's L{ClientService}).
+        Log in and register every server on a new control connection; if
+        that fails, the connection is dropped.
         """
-        # ClientService hands over a proxy of the SkeletonControl it built.
+        # A ClientService hands over a proxy of the SkeletonControl it built.
         channel = cast(SkeletonControl, control)
-        return preparing(channel, self._register(channel))
+        return preparing(channel, channel.prepare())
 
-    async def _register(self, control: SkeletonControl) -> None:
+    async def registerOn(self, control: SkeletonControl) -> None:
+        """Register every server still offered on C{control}, logged in."""
         servers = [
             {"id": s.id, "description": s.description} for s in self.servers.values()
         ]
-        try:
-            await control.start()
-            await control.callRemote(
-                Register, name=self.name, servers=servers, pool=self.pool
+        if not servers:
+            raise NothingToRegister(
+                "every server of it was withdrawn; restart it once its user may"
+                " register them again"
             )
-        except Exception as e:
-            _log.error("the relay refused this skeleton: {why}", why=str(e))
-            raise
+        await control.callRemote(Register, name=self.name, servers=servers, pool=self.pool)
         _log.info(
             "registered {servers} with the relay",
             servers=", ".join(sorted(self.servers)),
         )
 
+    def withdraw(self, serverId: str, reason: str) -> None:
+        """
+        The relay no longer registers C{serverId}: stop offering it (and
+        leave it out of the next registration, which the relay would refuse
+        whole), and close its connections that carry no tunnel yet.  The
+        other servers stay.
+        """
+        _log.warn("relay withdrew server {server}: {reason}", server=serverId, reason=reason)
+        if self.servers.pop(serverId, None) is None:
+            return
+        for end in list(self.dataConnections):
+            if end.server.id == serverId and end.splice is None:
+                end.transport.loseConnection()
+
     async def offerConnection(self, serverId: str, ticket: bytes) -> None:
         """Open a data connection for C{serverId} with C{ticket}, for the relay's pool."""
+        server = self.servers.get(serverId)
+        if server is None:
+            # Withdrawn while the request waited its turn.
+            raise UnknownServer(f"this skeleton no longer offers {serverId}")
         try:
-            await self.link.connectData(RelayEnd(self, self.servers[serverId], ticket))
+            await self.link.connectData(RelayEnd(self, server, ticket))
         except Exception as e:
             raise SkeletonGone(f"cannot reach the relay: {e}") from e
 
 
+class NothingToRegister(RelaynatError):
+    """Every server of this skeleton was withdrawn: there is nothing left to register."""
+
+
 class SkeletonControl(ControlChannel):
-    """The control connection, as the relay sees it: asks for connections."""
+    """
+    The skeleton's control connection: logs in and registers, answers the
+    relay's requests for connections, and hears of servers withdrawn.
+    """
+
+    role = "skeleton"
 
     def __init__(self, skeleton: Skeleton) -> None:
         super().__init__(skeleton.link, skeleton.heartbeat, skeleton.pingTimeout)
         self.skeleton = skeleton
+
+    async def prepare(self) -> None:
+        """Log in, then register the skeleton's servers."""
+        await self.start()
+        await self.skeleton.registerOn(self)
+
+    @ServerWithdrawn.responder
+    def serverWithdrawn(self, server: str, reason: str) -> dict[str, object]:
+        self.skeleton.withdraw(server, reason)
+        return {}
 
     @OpenConnection.responder
     def openConnection(self, server: str, ticket: bytes) -> Deferred[dict[str, object]]:

@@ -6,13 +6,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.interfaces import IProtocol, IProtocolFactory
-
+from twisted.application.internet import backoffPolicy
 from twisted.python.usage import UsageError
 
 from relaynat.config import ConfigError, splitAssignment
-from relaynat.link import RelayLink
+from relaynat.link import ControlChannel, ControlService, RelayLink
 from relaynat.secret import SecretFileError, loadSecret
 from relaynat.tap.options import ConfigOptions
 
@@ -70,22 +68,19 @@ class AccessOptions(ConfigOptions):
 
 def controlService(
     link: RelayLink,
-    factory: IProtocolFactory,
-    prepare: Callable[[IProtocol], object],
+    channels: Callable[[], ControlChannel],
     reactor: Any,
-) -> ClientService:
+    retryPolicy: Callable[[int], float] | None = None,
+) -> ControlService:
     """
-    The control connection to the relay, kept up: C{prepare} (log in,
-    register) runs on each new connection; a lost one is made again after
-    0.5 s, doubling up to 30 s.
+    The control connection to the relay, kept up: each new one a
+    C{channels()}, logged in (and registered) before it is used; a lost or
+    refused one is made again after 0.5 s, then 1.5 times longer after each
+    failure in a row, up to 30 s (or as C{retryPolicy} says).
     """
-    return ClientService(
-        link.endpoint,
-        factory,
-        retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
-        clock=reactor,
-        prepareConnection=prepare,
-    )
+    if retryPolicy is None:
+        retryPolicy = backoffPolicy(initialDelay=0.5, maxDelay=30.0)
+    return ControlService(link.endpoint, channels, reactor, retryPolicy)
 
 
 def loadSecrets(paths: dict[str, str]) -> dict[str, bytes]:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.python.usage import UsageError
 
-from relaynat.client import ClientControl, TunnelFactory, controlFactory
+from relaynat.client import ClientControl, TunnelFactory
 from relaynat.config import ClientConfig, ConfigError, clientConfig, splitAssignment, withFlags
-from relaynat.link import linkFromConfig, preparing
+from relaynat.link import linkFromConfig
 from relaynat.tap.limits import keepBuffersOnHeap, raiseOpenFileLimit
 from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, controlService, loadSecrets
 from relaynat.tap.options import ConfigOptions
@@ -56,12 +56,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     config = options.client
     link = linkFromConfig(config.access, reactor)
     service = MultiService()
-    controlService(
-        link,
-        controlFactory(link),
-        lambda p: preparing(cast(ClientControl, p), cast(ClientControl, p).start()),
-        reactor,
-    ).setServiceParent(service)
+    controlService(link, lambda: ClientControl(link), reactor).setServiceParent(service)
     for tunnel in config.tunnels:
         factory = TunnelFactory(link, tunnel.server, options.secrets[tunnel.server])
         strports.service(tunnel.listen, factory, reactor=reactor).setServiceParent(service)

@@ -10,7 +10,7 @@ from twisted.python.usage import UsageError
 
 from relaynat.config import ConfigError, SkeletonConfig, skeletonConfig, splitAssignment, withFlags
 from relaynat.link import linkFromConfig
-from relaynat.skeleton import FrontedServer, Skeleton
+from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
 from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, controlService, loadSecrets
 from relaynat.tap.limits import keepBuffersOnHeap, raiseOpenFileLimit
 from relaynat.tap.options import ConfigOptions, number
@@ -66,7 +66,5 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     }
     skeleton = Skeleton(link, config.name, servers, config.pool)
     service = MultiService()
-    controlService(link, skeleton.controlFactory(), skeleton.register, reactor).setServiceParent(
-        service
-    )
+    controlService(link, lambda: SkeletonControl(skeleton), reactor).setServiceParent(service)
     return service
