@@ -67,6 +67,7 @@ from relaynat.wire import (
     ServerOffline,
     ServerWithdrawn,
     SessionEnded,
+    SessionRefused,
     SkeletonGone,
     Tickets,
     UnknownServer,
@@ -1863,6 +1864,31 @@ class LoginRenewalTests(RelayTestCase):
         [replacement] = self.relay.registry.idleConnections()
         assert isinstance(replacement, DataConnection) and replacement.grant is not None
         self.assertEqual(replacement.grant.session, second.id)
+
+
+class SessionExpiryTests(RelayTestCase):
+    """A login's session ends with its lifetime, on the clock."""
+
+    sessionLifetime = 100.0
+
+    def test_expiredSessionRefused(self) -> None:
+        """
+        Past its lifetime a session gets no more tickets (L{SessionRefused})
+        and the tickets it got are refused, though its connection is open;
+        just before, both still work.
+        """
+        self.stalledSkeleton(pool=0)
+        channel, [early, late] = self.clientTickets(count=2)
+        self.reactor.advance(99.9)
+        self.net.settle()
+        self.successResultOf(self.askTickets(channel))
+        self.assertFalse(self.data(CLIENTS, early).closed)
+        self.reactor.advance(0.2)
+        self.net.settle()
+        failure = self.failureResultOf(self.askTickets(channel), SessionRefused)
+        self.assertEqual(failure.getErrorMessage(), "this login's session expired: log in again")
+        self.assertTrue(channel.connected)
+        self.assertRefused(self.data(CLIENTS, late), SESSION_REFUSED)
 
 
 class HeartbeatTests(RelayTestCase):
