@@ -58,11 +58,11 @@ def writeUsers(path: str, users: dict[str, Rights]) -> Users:
     return Users(path)
 
 
-def rewriteUsers(users: Users, changed: dict[str, Rights | None]) -> bool:
+def rewriteUsers(users: Users, changed: dict[str, Rights | None], reload: bool = True) -> bool:
     """
     Rewrite C{users}' file with the C{changed} users' rights (C{None}:
     deleted; a new name: added with L{PASSWORD}), every other user and
-    every password kept, and reload it.
+    every password kept, and reload it (unless told not to: a SIGHUP will).
     """
     after: dict[str, User] = dict(users.users)
     for name, rights in changed.items():
@@ -73,7 +73,7 @@ def rewriteUsers(users: Users, changed: dict[str, Rights | None]) -> bool:
         else:
             after[name] = User.create(name, PASSWORD, rights)
     saveUsers(users.path, after)
-    return users.reload()
+    return users.reload() if reload else True
 
 
 ANYTHING = Rights(register=None, join=None)
@@ -105,6 +105,7 @@ class Stack:
         user: str = "alice",
         sealed: bool = True,
         limits: Limits | None = None,
+        clientUser: str | None = None,
     ) -> Stack:
         self.identity = relayIdentity(self.directory)
         self.users = writeUsers(
@@ -136,7 +137,7 @@ class Stack:
             self.skeletonLink, "test", fronted, pool, heartbeat=heartbeat, pingTimeout=heartbeat
         )
         await self.startSkeleton()
-        self.clientLink = self.link(self.clientPort, user)
+        self.clientLink = self.link(self.clientPort, clientUser or user)
         await self.startClient()
         for serverId in targets:
             factory = TunnelFactory(self.clientLink, serverId, self.secrets[serverId])
