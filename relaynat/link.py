@@ -504,6 +504,10 @@ class LoginEndpoint:
         self.current: ControlChannel | None = None
         self.notes = FailureNotes()
 
+    def __repr__(self) -> str:
+        # As ClientService's "Scheduling retry N to connect ..." names it.
+        return "the relay"
+
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         channel = self.channels()
         attempt = Deferred.fromCoroutine(self._attempt(channel, protocolFactory))
@@ -513,20 +517,17 @@ class LoginEndpoint:
 
     async def _attempt(self, channel: ControlChannel, factory: IProtocolFactory) -> IProtocol:
         try:
-            try:
-                # Not connectProtocol: its factory logs two lines per connection.
-                await self.endpoint.connect(OneProtocolFactory(channel))
-            except CancelledError:
-                raise
-            except ConnectingCancelledError:
-                # Stopped, or timed out, while connecting: as at any step.
-                raise CancelledError() from None
-            except Exception as e:
-                raise RelayUnreachable(f"cannot reach the relay: {e}") from e
-            await preparing(channel, channel.prepare())
-        except BaseException:
-            _drop(channel)
+            # Not connectProtocol: its factory logs two lines per connection.
+            await self.endpoint.connect(OneProtocolFactory(channel))
+        except CancelledError:
             raise
+        except ConnectingCancelledError:
+            # Stopped, or timed out, while connecting: as at any later step.
+            raise CancelledError() from None
+        except Exception as e:
+            raise RelayUnreachable(f"cannot reach the relay: {e}") from e
+        # TLS, the login, a registration: their failure drops the connection.
+        await preparing(channel, channel.prepare())
         if not channel.connected:
             raise ConnectionLost("the connection closed as it became ready")
         held = factory.buildProtocol(channel.transport.getPeer())

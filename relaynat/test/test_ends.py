@@ -7,8 +7,10 @@ login the relay revokes, and a server it withdraws, are heard and acted on.
 
 from __future__ import annotations
 
+import os
 from typing import Any, cast
 
+import attrs
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -40,10 +42,12 @@ from relaynat.link import (
 )
 from relaynat.skeleton import FrontedServer, NothingToRegister, Skeleton, SkeletonControl
 from relaynat.tap.access import controlService
-from relaynat.test.loopback import Stack
-from relaynat.test.net import listen, openConnections, pollUntil, reactor, runAsync
+from relaynat.users import Rights, saveUsers
+from relaynat.test.loopback import ANYTHING, Stack, relayIdentity
+from relaynat.test.net import endpointOf, listen, openConnections, pollUntil, reactor, runAsync
 from relaynat.test.streams import Echo
 from relaynat.wire import (
+    Login,
     LoginFailed,
     OpenConnection,
     Register,
@@ -167,6 +171,29 @@ class RefusedLoginTests(TestCase):
         self.assertEqual([s["id"] for s in stack.relay.registry.listing()], ["echo"])
 
     @runAsync
+    async def test_refusedConnectionDropped(self) -> None:
+        """
+        A refused login's connection is dropped by the end that was refused,
+        not left to the relay: against one that keeps it open (as the relay
+        did until it learnt to close it), four retries leave nothing open.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        identity = relayIdentity(directory)
+        port = await listen(
+            TLSMemoryBIOFactory(identity.options, False, Factory.forProtocol(KeepsRefused))
+        )
+        self.addCleanup(port.stopListening)
+        link = RelayLink(
+            endpointOf(port),
+            PinnedRelay(identity.fingerprint),
+            Credentials("alice", "not the password"),
+            reactor,
+            passwordFile="/etc/relaynat/alice.password",
+        )
+        await self.assertRefusedQuietly(link, Counted(lambda: ClientControl(link)))
+
+    @runAsync
     async def test_wrongRelayKey(self) -> None:
         """
         A relay whose key is not the pinned one is said once, with the key it
@@ -199,6 +226,106 @@ class RefusedLoginTests(TestCase):
         [second] = lines(events)[1:]
         self.assertIn(f"seen {fingerprint(other.original.to_cryptography())}", second)
         self.assertLessEqual(len(openConnections()) - baseline, 2)
+
+
+class RevokedTests(TestCase):
+    """A relay that takes a login or a server back on a reload, on real sockets."""
+
+    async def startStack(self) -> Stack:
+        # The stack's own ends log in as alice; bob is for the ends here.
+        stack = await Stack().start(
+            {"echo": Factory.forProtocol(Echo)}, users={"alice": ANYTHING, "bob": ANYTHING}
+        )
+        self.addCleanup(stack.stop)
+        return stack
+
+    def startService(self, link: RelayLink, channels: Counted) -> ControlService:
+        service = controlService(link, channels, reactor, retryPolicy=QUICKLY)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    def reload(self, stack: Stack, bob: Rights | None) -> None:
+        """
+        The relay's users file rewritten with bob's C{rights} (None: bob
+        deleted), the other users as they were, and reloaded.
+        """
+        users = dict(stack.users.users)
+        if bob is None:
+            del users["bob"]
+        else:
+            users["bob"] = attrs.evolve(users["bob"], rights=bob)
+        saveUsers(stack.users.path, users)
+        self.assertTrue(stack.users.reload())
+
+    @runAsync
+    async def test_withdrawnStaysWithdrawn(self) -> None:
+        """
+        A server the relay withdraws is said once at the skeleton and left
+        out when it registers again (after a lost connection): its other
+        server is registered again, not refused with it.
+        """
+        stack = await self.startStack()
+        events = said(self)
+        link = stack.link(stack.skeletonPort, "bob")
+        fronted = {
+            s: FrontedServer(s, f"bob's {s}", SOMEWHERE, s.encode().ljust(32, b"."))
+            for s in ("web", "db")
+        }
+        skeleton = Skeleton(link, "bobs", fronted, pool=0)
+        channels = Counted(lambda: SkeletonControl(skeleton))
+        service = self.startService(link, channels)
+        listed = lambda: sorted(str(e["id"]) for e in stack.relay.registry.listing())  # noqa: E731
+        await pollUntil(lambda: listed() == ["db", "echo", "web"])
+
+        self.reload(stack, Rights(register=frozenset({"db"}), join=None))
+        await pollUntil(lambda: listed() == ["db", "echo"])
+        await pollUntil(lambda: bool(events))
+        self.assertEqual(
+            lines(events), ["relay withdrew server web: user bob may no longer register it"]
+        )
+
+        [first] = channels.made
+        first.transport.abortConnection()
+        await pollUntil(lambda: len(channels.made) == 2 and service.ready.current is not None)
+        self.assertEqual(listed(), ["db", "echo"])
+        self.assertEqual(len(lines(events)), 1, lines(events))
+
+    @runAsync
+    async def test_deletedUser(self) -> None:
+        """
+        A client whose user is deleted hears why from the relay, once, then
+        its next logins are refused, which is said once more, however often
+        it tries; no refused connection stays open.
+        """
+        stack = await self.startStack()
+        events = said(self)
+        link = stack.link(stack.clientPort, "bob")
+        channels = Counted(lambda: ClientControl(link))
+        service = self.startService(link, channels)
+        await pollUntil(lambda: link.session is not None)
+        baseline = len(openConnections())
+
+        self.reload(stack, None)
+        # Stopped between attempts: the relay holds back its answer to a
+        # failed login, and an attempt stopped before that leaves its timer.
+        await pollUntil(
+            lambda: len(channels.made) >= 5 and not channels.made[-1].connected, timeout=60
+        )
+        await service.stopService()
+        self.assertIsNone(link.session)
+        [ended, refused] = lines(events)
+        self.assertEqual(ended, "the relay ended this login: user bob was deleted")
+        self.assertIn("login as bob refused: ", refused)
+        await pollUntil(lambda: len(openConnections()) == baseline - 2)
+
+
+class KeepsRefused(amp.AMP):
+    """A relay's control channel that refuses every login and keeps the connection open."""
+
+    @Login.responder
+    def login(self, message: str) -> dict[str, object]:
+        raise LoginFailed("login failed: unknown user or wrong password")
 
 
 @implementer(IStreamClientEndpoint)
@@ -256,6 +383,17 @@ class NeverLoggedIn(ClientControl):
 
     async def prepare(self) -> None:
         await Deferred()
+
+
+class Scripted(ClientControl):
+    """A client's control connection whose logins end as the test has scripted."""
+
+    outcomes: list[Exception | None] = []
+
+    async def prepare(self) -> None:
+        outcome = self.outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
 
 
 class ControlServiceTests(SynchronousTestCase):
@@ -330,6 +468,29 @@ class ControlServiceTests(SynchronousTestCase):
         self.assertEqual(len(endpoint.transports), 2)
         clock.advance(LOGIN_TIMEOUT)
         self.assertEqual(len(lines(events)), 1)
+        stopped = service.stopService()
+        clock.advance(0)
+        self.successResultOf(stopped)
+
+
+    def test_saidAgainAfterSuccess(self) -> None:
+        """
+        A refusal repeated is said once; after a login that worked, the
+        same refusal is said again.
+        """
+        events = said(self)
+        refused = LoginFailed("login failed: unknown user or wrong password")
+        self.patch(Scripted, "outcomes", [refused, refused, None, refused, refused])
+        service, endpoint, clock = self.start(Scripted)
+        clock.pump([0.05, 0.05])
+        self.assertEqual(len(endpoint.transports), 3)
+        self.assertEqual(len(lines(events)), 1)
+        self.successResultOf(service.whenConnected())
+        endpoint.transports[-1].abortConnection()
+        clock.pump([0.05, 0.05])
+        self.assertEqual(len(endpoint.transports), 5)
+        self.assertEqual(Scripted.outcomes, [])
+        self.assertEqual(lines(events)[1:], lines(events)[:1])
         stopped = service.stopService()
         clock.advance(0)
         self.successResultOf(stopped)
@@ -436,13 +597,18 @@ class ToldTests(SynchronousTestCase):
         control.onLoss(lost.append)
         for _ in range(2):
             relay.callRemote(SessionEnded, reason="user alice was deleted")
-        pump.flush()
+        # The commands arrive; the close they cause comes at a later pump.
+        pump.pump()
         self.assertEqual(lines(events), ["the relay ended this login: user alice was deleted"])
         self.assertEqual(events[0]["log_level"], LogLevel.warn)
         self.assertIsNone(link.session)
         self.assertNoResult(link.loggedIn())
+        self.assertTrue(control.connected)
+        self.assertTrue(control.transport.disconnecting)
+        pump.flush()
         self.assertFalse(control.connected)
         self.assertEqual(len(lost), 1)
+        self.assertEqual(len(lines(events)), 1)
 
     def fronting(self, clock: Clock) -> tuple[Skeleton, Accepting]:
         raw = Accepting()
