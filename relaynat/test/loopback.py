@@ -21,12 +21,13 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 
 from relaynat.auth import Users
-from relaynat.client import ClientControl, TunnelFactory, controlFactory
+from relaynat.client import ClientControl, TunnelFactory
 from relaynat.identity import CERT_FILE, KEY_FILE, PinnedRelay, RelayIdentity, generate, writePrivate
-from relaynat.link import Credentials, RelayLink, preparing
+from relaynat.link import Credentials, RelayLink
 from relaynat.relay import Relay
-from relaynat.skeleton import FrontedServer, Skeleton
+from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
 from relaynat.splice import OneProtocolFactory
+from relaynat.tap.access import controlService
 from relaynat.test.net import endpointOf, listen, openConnections, pollUntil, reactor
 from relaynat.caps import Limits
 from relaynat.users import Rights, User, saveUsers
@@ -172,23 +173,18 @@ class Stack:
         )
 
     async def startSkeleton(self) -> None:
-        service = ClientService(
-            self.skeletonLink.endpoint,
-            self.skeleton.controlFactory(),
-            prepareConnection=self.skeleton.register,
-        )
+        # The roles' own service: a login or registration refused on a
+        # reconnect is dropped and retried, where a ClientService with a
+        # prepareConnection meets the loss with no transition for it.
+        skeleton = self.skeleton
+        service = controlService(self.skeletonLink, lambda: SkeletonControl(skeleton), reactor)
         service.startService()
         self.services.append(service)
         await service.whenConnected(failAfterFailures=1)
 
     async def startClient(self) -> None:
-        service = ClientService(
-            self.clientLink.endpoint,
-            controlFactory(self.clientLink, self.heartbeat, self.heartbeat),
-            prepareConnection=lambda p: preparing(
-                cast(ClientControl, p), cast(ClientControl, p).start()
-            ),
-        )
+        link, heartbeat = self.clientLink, self.heartbeat
+        service = controlService(link, lambda: ClientControl(link, heartbeat, heartbeat), reactor)
         service.startService()
         self.services.insert(0, service)
         await service.whenConnected(failAfterFailures=1)
