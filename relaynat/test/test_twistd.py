@@ -399,7 +399,11 @@ class TwistdTests(TwistdStack):
             await pollUntil(reactor, stalledSender, timeout=5, what="the sender staying stalled",
                             step=0.25)
         after = residentBytes(relayPid)
-        self.assertLess(sender.sentBytes, 64 * MB)
+        # Not all of it.  The rest is in eight sockets' buffers on the way,
+        # which the kernel grows while bytes flow fast (up to 32 MB in and
+        # 4 MB out each here): usually 30-50 MB, 68 MB seen on a loaded
+        # machine.
+        self.assertLess(sender.sentBytes, 128 * MB, f"{sender.sentBytes} bytes sent")
         self.assertGreater(sender.toSend, 0)
         self.assertLess(
             after - before, 10 * MB, f"relay RSS {before} -> {after} bytes"
