@@ -164,3 +164,16 @@ class LogBudgetTests(SynchronousTestCase):
         self.assertEqual(self.lines()[3:], ["2 more warnings of slow left out of the log in 60 s"])
         self.budget.flush()
         self.assertEqual(len(self.lines()), 4)
+
+
+class FitTests(SynchronousTestCase):
+    def test_quarterOfTheOpenFiles(self) -> None:
+        """
+        Strangers may hold at most a quarter of the relay's descriptors:
+        a cap above that is lowered (and logged), one below it is kept.
+        """
+        from relaynat.tap.relay import lowerToFit
+
+        self.assertEqual(lowerToFit(Limits(), 1024).max_unauthenticated, 256)
+        self.assertEqual(lowerToFit(Limits(), 1_048_576).max_unauthenticated, 1024)
+        self.assertEqual(lowerToFit(Limits(max_unauthenticated=10), 1024).max_unauthenticated, 10)
