@@ -287,9 +287,12 @@ class RevokedTests(TestCase):
 
         [first] = channels.made
         first.transport.abortConnection()
-        await pollUntil(lambda: len(channels.made) == 2 and service.ready.current is not None)
+        await pollUntil(lambda: len(channels.made) >= 2 and service.ready.current is not None)
         self.assertEqual(listed(), ["db", "echo"])
-        self.assertEqual(len(lines(events)), 1, lines(events))
+        # Nothing refused for web.  (A retry that beats the relay's notice
+        # of the old connection's loss may be refused once for db, which is
+        # still registered then; that is not what this test is about.)
+        self.assertEqual([line for line in lines(events)[1:] if "web" in line], [])
 
     @runAsync
     async def test_deletedUser(self) -> None:
