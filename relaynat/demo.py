@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import attrs
-from twisted.internet import error
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
@@ -508,7 +508,8 @@ class ChildProcess(ProcessProtocol):
         d.addTimeout(timeout, reactor)
         try:
             await d
-        except error.TimeoutError:
+        except defer.TimeoutError:
+            # What addTimeout raises (not twisted.internet.error's).
             return False
         return True
 

@@ -34,7 +34,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relaynat.channel import Channel
+from relaynat.channel import CLOSE_GRACE, Channel
 from relaynat.config import ConfigError, RelayAccess
 from relaynat.identity import (
     IdentityError,
@@ -42,7 +42,9 @@ from relaynat.identity import (
     RelayKeyMismatch,
     fingerprintOfFile,
     serverEndPoint,
+    trustRootFromPem,
 )
+from relaynat.private import PrivateFileError, readPrivate
 from relaynat.splice import OneProtocolFactory
 from relaynat.wire import (
     HEARTBEAT,
@@ -64,7 +66,7 @@ _log = Logger()
 #: close of its control connection (TLS's close_notify) before it drops the
 #: connection: a relay that cannot be reached never answers, and would hold
 #: the stop (and `systemctl stop`) until TCP gives up, a minute or more.
-STOP_GRACE = 2.0
+STOP_GRACE = CLOSE_GRACE
 
 #: Seconds a new control connection may take from its TCP connect to ready
 #: (TLS, the login, a skeleton's registration): a relay that accepts TCP but
@@ -106,8 +108,6 @@ def hostnameVerifier(hostname: str, caPem: bytes | None) -> Any:
     certificate in C{caPem}, or the system's CAs) and its host name, with
     service-identity.
     """
-    from relaynat.identity import trustRootFromPem
-
     trustRoot = trustRootFromPem(caPem, "relay_ca") if caPem is not None else ssl.platformTrust()
     return ssl.optionsForClientTLS(
         hostname,
@@ -607,7 +607,10 @@ def linkFromConfig(access: RelayAccess, reactor: Any) -> RelayLink:
         caPem = None
         if access.relay_ca is not None:
             caPem = _readFile(access.relay_ca, "relay_ca")
-        verifier = hostnameVerifier(access.relay_name, caPem)
+        try:
+            verifier = hostnameVerifier(access.relay_name, caPem)
+        except IdentityError as e:
+            raise ConfigError(access.relay_ca or "relay_ca", "relay_ca", str(e)) from None
     else:
         assert access.relay_key is not None
         expected = access.relay_key
@@ -632,7 +635,12 @@ def _readFile(path: str, key: str) -> bytes:
 
 
 def _readPassword(path: str) -> str:
-    lines = _readFile(path, "password_file").decode("utf-8", "replace").splitlines()
+    # The password file is held to the rule of every private file.
+    try:
+        data = readPrivate(path)
+    except PrivateFileError as e:
+        raise ConfigError(e.path, "password_file", e.problem) from None
+    lines = data.decode("utf-8", "replace").splitlines()
     if not lines or not lines[0]:
         raise ConfigError(path, "password_file", "the first line must hold the password")
     return lines[0]

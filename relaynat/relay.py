@@ -529,6 +529,7 @@ class RelayChannel(Channel):
         self.lastHeard = relay.reactor.seconds()
         self._scram: ScramLogin | None = None
         self._failing = False
+        self._failureAnswer: Deferred[dict[str, object]] | None = None
 
     def dataReceived(self, data: bytes) -> None:
         self.lastHeard = self.relay.reactor.seconds()
@@ -614,7 +615,13 @@ class RelayChannel(Channel):
             self.relay.reactor.callLater(0, self.closeSoon, self.relay.reactor)
             raise LoginFailed(_LOGIN_FAILED)
 
-        return deferLater(self.relay.reactor, self.relay.failedLoginDelay, refuse)
+        def gone(failure: Failure) -> Failure:
+            # Cancelled: the connection went before the answer; nobody reads it.
+            failure.trap(CancelledError)
+            return Failure(LoginFailed(_LOGIN_FAILED))
+
+        self._failureAnswer = deferLater(self.relay.reactor, self.relay.failedLoginDelay, refuse)
+        return self._failureAnswer.addErrback(gone)
 
     def loginRenewed(self, previous: Session, current: Session) -> None:
         """This connection logged in again: what was filed under the old session moves."""
@@ -654,6 +661,8 @@ class RelayChannel(Channel):
         self.relay.channels.discard(self)
         if self.login is not None:
             self.relay.endSession(self.login)
+        if self._failureAnswer is not None and not self._failureAnswer.called:
+            self._failureAnswer.cancel()
         super().connectionLost(reason)
 
 

@@ -13,6 +13,7 @@ from typing import cast
 
 import attrs
 from twisted.application.internet import ClientService
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
@@ -163,7 +164,8 @@ class Stack:
         endpoint = endpointOf(port)
         if source is not None:
             endpoint = TCP4ClientEndpoint(
-                reactor, "127.0.0.1", port.getHost().port, bindAddress=(source, 0)
+                reactor, "127.0.0.1", cast(IPv4Address, port.getHost()).port,
+                bindAddress=(source, 0),
             )
         return RelayLink(
             endpoint,

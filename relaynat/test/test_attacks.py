@@ -174,6 +174,7 @@ class Deaf(Channel):
 
 class AttackTestCase(TestCase):
     timeout = 60
+    stack: Stack
 
     async def startStack(self, limits: Limits | None = None, **kw: Any) -> Stack:
         stack = await Stack().start({"web": Factory.forProtocol(Echo)}, limits=limits, **kw)
@@ -311,7 +312,11 @@ class LoginAttackTests(AttackTestCase):
         events = self.logEvents()
         prepared: list[str] = []
         original = scramp.core.saslprep
-        self.patch(scramp.core, "saslprep", lambda s: prepared.append(s) or original(s))
+        def counted(name: str) -> str:
+            prepared.append(name)
+            return cast(str, original(name))
+
+        self.patch(scramp.core, "saslprep", counted)
         huge = await self.secure(stack.clientPort, "127.0.5.1", Channel())
         message = "p=tls-server-end-point,,n=" + "a" * 60_000 + ",r=abc"
         d = huge.callRemote(Login, message=message)

@@ -214,8 +214,7 @@ class ListCommandTests(TestCase):
         stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
         self.addCleanup(stack.stop)
         password = os.path.join(stack.directory, "password")
-        with open(password, "w") as f:
-            f.write(PASSWORD + "\n")
+        writePrivate(password, (PASSWORD + "\n").encode())
         return [
             "--relay", f"tcp:127.0.0.1:{stack.clientPort.getHost().port}",  # type: ignore[attr-defined]
             "--relay-key", stack.identity.fingerprint,
@@ -257,8 +256,7 @@ class ListCommandTests(TestCase):
         number = port.getHost().port  # type: ignore[attr-defined]
         await port.stopListening()  # type: ignore[misc]
         password = self.mktemp()
-        with open(password, "w") as f:
-            f.write("secret\n")
+        writePrivate(password, b"secret\n")
         out, err, code = await self.runScript(
             "list", "--relay", f"tcp:127.0.0.1:{number}", *ACCESS[2:6], "--password-file", password
         )

@@ -11,6 +11,7 @@ next honest skeleton or client must be served.
 from __future__ import annotations
 
 import base64
+from functools import partial
 import os
 import random
 import string
@@ -628,6 +629,10 @@ def examples(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
     return drawn
 
 
+def _allClosed(blurts: list[Blurt]) -> bool:
+    return all(b.closed for b in blurts)
+
+
 class HypothesisSocketFuzzTests(TestCase):
     """
     Hypothesis's inputs (random bytes, malformed boxes, valid commands out
@@ -668,7 +673,7 @@ class HypothesisSocketFuzzTests(TestCase):
                     blurt = Blurt(data)
                     await connectProtocol(endpointOf(port), blurt)
                 blurts.append(blurt)
-            await pollUntil(lambda b=blurts: all(x.closed for x in b), timeout=30)
+            await pollUntil(partial(_allClosed, blurts), timeout=30)
             self.assertEqual(len(stack.relay.sessions), 2)
             self.assertEqual(len(stack.relay.skeletons), 1)
             self.assertEqual(len(stack.relay.tickets), issued)

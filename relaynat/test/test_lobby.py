@@ -5,10 +5,10 @@ the log budget, as plain objects.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaynat.caps import Limits, Usage
@@ -132,7 +132,9 @@ class LogBudgetTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.events: list[dict[str, Any]] = []
-        self.budget = LogBudget(self.clock, Logger(observer=self.events.append), burst=3, window=60)
+        self.budget = LogBudget(
+            self.clock, Logger(observer=cast(ILogObserver, self.events.append)), burst=3, window=60
+        )
 
     def lines(self) -> list[str]:
         return [formatEvent(e) for e in self.events if e["log_level"] == LogLevel.warn]
