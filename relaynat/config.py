@@ -9,6 +9,7 @@ work alike.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -55,6 +56,7 @@ class RelayConfig:
     max_pool: int = 64
     session_lifetime: float = 86400.0
     limits: Limits = Limits()
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @attrs.frozen
@@ -163,6 +165,7 @@ def relayConfig(document: dict[str, Any], source: str, base: str | None = None) 
         max_pool=int(table.number("max_pool", 64, low=0, high=10_000, integer=True)),
         session_lifetime=table.number("session_lifetime", 86400.0, low=60, high=365 * 86400),
         limits=_limits(table),
+        metrics_allow=_networks(table, "metrics_allow", ("127.0.0.0/8", "::1/128")),
     )
     table.done()
     return config
@@ -184,6 +187,20 @@ _LIMIT_BOUNDS: dict[str, tuple[float, float]] = {
     "max_tunnels_per_user": (1, 10_000_000),
     "max_servers_per_user": (1, 1_000_000),
 }
+
+
+def _networks(table: _Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of networks (C{"192.0.2.0/24"}, C{"::1/128"}, or one address)."""
+    values = table._take(key, list, list(default))
+    networks = []
+    for value in values:
+        try:
+            networks.append(str(ipaddress.ip_network(value, strict=False)))
+        except (TypeError, ValueError):
+            raise ConfigError(
+                table.source, table._key(key), f"{value!r} is not a network such as 10.0.0.0/8"
+            ) from None
+    return tuple(networks)
 
 
 def _limits(table: _Table) -> Limits:
@@ -401,7 +418,10 @@ _REQUIRED = object()
 
 def _plain(number: float) -> str:
     return str(int(number)) if number == int(number) else str(number)
-_NOUNS = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+_NOUNS = {
+    str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+    list: "a list",
+}
 
 
 def checkEndpoint(description: str, server: bool, source: str, key: str) -> None:

@@ -10,6 +10,7 @@ configured as not sealed sends.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 import math
 import secrets
 from typing import Any
@@ -29,6 +30,7 @@ from relaynat.channel import Channel, keepAlive
 from relaynat.identity import RelayIdentity
 from relaynat.lobby import Lobby
 from relaynat.lograte import LogBudget
+from relaynat.metrics import RelayMetrics
 from relaynat.names import checkServerId, checkText, printable
 from relaynat.registry import PooledConnection, Registry
 from relaynat.splice import Outcome, SpliceHalf, splice
@@ -123,6 +125,11 @@ class Relay:
         self._tunnelIds = itertools.count(1)
         self.pepper = pepperFromKey(identity.options.privateKey)
         users.watchers.append(self.usersChanged)
+        #: Deadlines that dropped a connection, by limit (for the metrics;
+        #: the lobby and L{Usage} count their own caps).
+        self.timeouts: Counter[str] = Counter()
+        self.metrics = RelayMetrics()
+        self.metrics.collecting(self)
 
     def clientFactory(self) -> PortFactory:
         """The factory for port X."""
@@ -356,19 +363,23 @@ class FirstBytes(Protocol):
         self._started = self.relay.reactor.seconds()
         self._guest = True
         self.relay.lobby.enter(self, self.source())
-        self._until(self.relay.limits.first_bytes_timeout, "sent no ticket or TLS handshake in time")
+        self._until(
+            self.relay.limits.first_bytes_timeout,
+            "sent no ticket or TLS handshake in time", "first_bytes_timeout",
+        )
 
-    def _until(self, seconds: float, why: str) -> None:
+    def _until(self, seconds: float, why: str, limit: str) -> None:
         self._cancelDeadline()
-        self._deadline = self.relay.reactor.callLater(seconds, self._tooSlow, why)
+        self._deadline = self.relay.reactor.callLater(seconds, self._tooSlow, why, limit)
 
     def _cancelDeadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
 
-    def _tooSlow(self, why: str) -> None:
+    def _tooSlow(self, why: str, limit: str) -> None:
         self._deadline = None
+        self.relay.timeouts[limit] += 1
         self.relay.budget.warn(
             f"connections that {why}", "dropping connection from {source}: it {why}",
             source=self.source(), why=why,
@@ -388,7 +399,7 @@ class FirstBytes(Protocol):
         """Its TLS is up: it has what is left of the login timeout to log in."""
         if self._guest:
             left = self.relay.limits.login_timeout - (self.relay.reactor.seconds() - self._started)
-            self._until(max(left, 0.0), "did not log in in time")
+            self._until(max(left, 0.0), "did not log in in time", "login_timeout")
 
     def admitted(self) -> None:
         """It logged in, or its ticket was good: it is no longer a guest."""
@@ -404,7 +415,10 @@ class FirstBytes(Protocol):
                 channel: RelayChannel = tls.wrappedProtocol  # type: ignore[assignment]
                 channel.guest = self
                 self.inner = tls
-                self._until(self.relay.limits.handshake_timeout, "did not finish its TLS handshake in time")
+                self._until(
+                    self.relay.limits.handshake_timeout,
+                    "did not finish its TLS handshake in time", "handshake_timeout",
+                )
             else:
                 self.inner = DataConnection(self.relay, self.portFactory.kind, self)
             self.inner.makeConnection(self.transport)
@@ -447,6 +461,7 @@ class DataConnection(SpliceHalf):
         self.guest = guest
         self.grant: Ticket | None = None
         self.claim: Deferred[PooledConnection] | None = None
+        self.admittedAt = 0.0
         self._preamble: bytes | None = b""
 
     def connectionMade(self) -> None:
@@ -472,6 +487,7 @@ class DataConnection(SpliceHalf):
 
     def admitted(self) -> None:
         """Its ticket was good."""
+        self.admittedAt = self.relay.reactor.seconds()
         if self.guest is not None:
             self.guest.admitted()
 
@@ -497,6 +513,8 @@ class DataConnection(SpliceHalf):
 
     def refuse(self, error: RelaynatError) -> None:
         """Tell a client why it was not joined, and close."""
+        if self.kind == "client":
+            self.relay.metrics.refusals.labels(type(error).__name__).inc()
         if self.kind == "client" and self.lost is None:
             self.transport.write(refusalCode(error))
         self.transport.loseConnection()
@@ -561,6 +579,7 @@ class RelayChannel(Channel):
                 "login from {source} refused: too many attempts from there",
                 source=self.source(),
             )
+            self.relay.metrics.loginFailures.labels("throttled").inc()
             raise LoginFailed(
                 "too many login attempts from this address or its network;"
                 f" try again in {math.ceil(refused)} s"
@@ -576,6 +595,7 @@ class RelayChannel(Channel):
                 "failed logins", "malformed login from {source}: {why}",
                 source=self.source(), why=str(e),
             )
+            self.relay.metrics.loginFailures.labels("malformed").inc()
             raise LoginFailed(_LOGIN_FAILED) from None
         self._scram = scram
         return {"message": serverFirst}
@@ -604,6 +624,7 @@ class RelayChannel(Channel):
 
     def _loginFailed(self, user: str | None) -> Deferred[dict[str, object]]:
         self._failing = True
+        self.relay.metrics.loginFailures.labels("password").inc()
         self.relay.budget.warn(
             "failed logins", "failed login for {user} from {source}",
             user=user if user and user.isprintable() else printable(user or ""),
@@ -852,7 +873,14 @@ class TunnelRecord:
             user=self.user,
             server=self.server,
         )
+        metrics = relay.metrics
+        metrics.tunnelsSetUp.labels(self.server).inc()
+        metrics.setupSeconds.observe(self.started - client.admittedAt)
         self.splice = splice(relay.reactor, client, server, self.finished, ended=self.ended)
+
+    def carried(self) -> tuple[int, int]:
+        """Bytes so far, up (client to server) and down."""
+        return self.splice.carried("client"), self.splice.carried("server")
 
     def belongsTo(self, sessionId: str) -> bool:
         return sessionId in self.sessions
@@ -892,6 +920,9 @@ class TunnelRecord:
     def finished(self, joined: Any, outcome: Outcome) -> None:
         self.relay.tunnels.discard(self)
         self.relay.usage.tunnelEnded(self.user)
+        done = self.relay.metrics.bytesDone
+        done[(self.server, "up")] += joined.carried("client")
+        done[(self.server, "down")] += joined.carried("server")
         if outcome is None:
             how = f"closed by {self.firstEnd or 'both'}"
         else:

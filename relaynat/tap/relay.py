@@ -124,6 +124,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     strports.service(config.clients, relay.clientFactory(), reactor=reactor).setServiceParent(service)
     strports.service(config.skeletons, relay.skeletonFactory(), reactor=reactor).setServiceParent(service)
     if config.web is not None:
-        site = Site(publicationResource(options.identity))
+        site = Site(
+            publicationResource(options.identity, relay.metrics.registry, config.metrics_allow)
+        )
         strports.service(config.web, site, reactor=reactor).setServiceParent(service)
     return service

@@ -34,6 +34,7 @@ from relaynat.relay import RelayChannel
 from relaynat.test.loopback import ANYTHING, PASSWORD, Stack
 from relaynat.test.net import pollUntil, reactor, runAsync
 from relaynat.test.streams import Collect, Echo
+from relaynat.test.test_metrics import scrape
 from relaynat.users import Rights
 from relaynat.wire import JOIN_REFUSED, Login, LoginFailed, Tickets
 
@@ -524,6 +525,13 @@ class UserCapTests(AttackTestCase):
         refused = [h for h in held if h.reason is not None]
         self.assertEqual({h.received for h in refused}, {JOIN_REFUSED + b"\x06"})
         self.assertLessEqual(stack.relay.usage.tunnels["mallory"], 5)
+        samples = scrape(stack)
+        self.assertEqual(
+            samples[("relaynat_join_refusals_total", (("reason", "LimitReached"),))], len(refused)
+        )
+        hit = samples[("relaynat_limits_hit_total", (("limit", "max_tunnels_per_user"),))]
+        hit += samples.get(("relaynat_limits_hit_total", (("limit", "max_pending"),)), 0)
+        self.assertEqual(hit, len(refused))
         await self.assertServes(stack)
         grown = connectionsTo(skeletonSide) - before
         _log.info(

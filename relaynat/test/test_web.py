@@ -23,7 +23,6 @@ from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
-from twisted.web.test.requesthelper import DummyRequest
 
 from relaynat.cli import Options, runTrust
 from relaynat.identity import CERT_FILE, KEY_FILE, RelayIdentity, generate, writePrivate
@@ -82,12 +81,11 @@ class PublicationTests(Served):
 
     async def test_nothingElse(self) -> None:
         """
-        Every other path is not found: the root, other names, and paths
-        below or beside the two published ones.
+        Every other path is not found: other names, and paths below or
+        beside the published ones.
         """
         identity, base = await self.servePublication()
         for path in [
-            "/",
             "/relay.key",
             "/relay.pem/",
             "/relay.pem/x",
@@ -101,18 +99,54 @@ class PublicationTests(Served):
             self.assertNotIn(b"PRIVATE", body)
 
 
-class PublicationRootTests(SynchronousTestCase):
-    """The root resource itself, which no ordinary URL reaches."""
+class PublicationRootTests(Served):
+    """The page at the root, the health check and the metrics."""
 
-    def test_rootNotFound(self) -> None:
+    async def get(self, url: str) -> tuple[int, bytes]:
+        response = await Agent(reactor).request(b"GET", url.encode("ascii"))
+        return response.code, await readBody(response)
+
+    async def test_rootPage(self) -> None:
         """
-        A request that ends at the root (an absolute URI without a path)
-        gets 404, not the 405 a bare L{Resource} would give.
+        C{GET /} shows the fingerprint and the command that trusts this
+        relay (with this page's own address), and nothing else of the relay.
         """
-        root = publicationResource(identityIn(self.mktemp()))
-        request = DummyRequest([])
-        root.render(request)
-        self.assertEqual(request.responseCode, 404)
+        identity, base = await self.servePublication()
+        code, body = await self.get(base + "/")
+        self.assertEqual(code, 200)
+        page = body.decode("utf-8")
+        self.assertIn(f"<pre>{identity.fingerprint}</pre>", page)
+        self.assertIn(
+            f"relaynat trust {base}/relay.pem --expect {identity.fingerprint} --out relay.pem",
+            page,
+        )
+        self.assertNotIn("PRIVATE", page)
+
+    async def test_healthz(self) -> None:
+        _, base = await self.servePublication()
+        self.assertEqual(await self.get(base + "/healthz"), (200, b"ok\n"))
+
+    async def test_metricsOnlyToAllowedNetworks(self) -> None:
+        """
+        C{GET /metrics} answers the relay's metrics to the networks of
+        C{metrics_allow}, and 403 to anyone else; without metrics there is
+        no such page.
+        """
+        from prometheus_client import CollectorRegistry, Counter
+
+        registry = CollectorRegistry()
+        Counter("relaynat_test", "a test counter", registry=registry).inc()
+        identity = identityIn(self.mktemp())
+        base = await self.serve(publicationResource(identity, registry, ("127.0.0.1/32",)))
+        code, body = await self.get(base + "/metrics")
+        self.assertEqual(code, 200)
+        self.assertIn(b"relaynat_test_total 1.0", body)
+        refusing = await self.serve(publicationResource(identity, registry, ("10.0.0.0/8",)))
+        code, body = await self.get(refusing + "/metrics")
+        self.assertEqual(code, 403)
+        self.assertNotIn(b"relaynat_test", body)
+        bare = await self.serve(publicationResource(identity))
+        self.assertEqual((await self.get(bare + "/metrics"))[0], 404)
 
 
 class TrustOptionsTests(SynchronousTestCase):
