@@ -777,6 +777,16 @@ class SkeletonChannel(RelayChannel):
         )
         return {}
 
+    @ListServers.responder
+    def wrongPortList(self) -> dict[str, object]:
+        _log.warn("{source} lists servers at the skeletons' port", source=self.source())
+        raise BadRequest(_AT_SKELETONS_PORT)
+
+    @Tickets.responder
+    def wrongPortTickets(self, server: str, count: int) -> dict[str, object]:
+        _log.warn("{source} asks for tickets at the skeletons' port", source=self.source())
+        raise BadRequest(_AT_SKELETONS_PORT)
+
     def withdraw(self, serverId: str, why: str) -> None:
         """Take C{serverId} off this skeleton: its registration is no longer allowed."""
         _log.warn(
@@ -807,8 +817,25 @@ class SkeletonChannel(RelayChannel):
         super().connectionLost(reason)
 
 
+#: What a role at the other role's port is told: the commonest mistake in
+#: a configuration, and a command nobody handles says nothing of it.
+_AT_CLIENTS_PORT = (
+    "this is the relay's port for clients (port X); a skeleton connects to"
+    " its port for skeletons (port Y): check [skeleton] relay"
+)
+_AT_SKELETONS_PORT = (
+    "this is the relay's port for skeletons (port Y); a client connects to"
+    " its port for clients (port X): check [client] relay"
+)
+
+
 class ClientChannel(RelayChannel):
     """A client's control connection: lists servers and hands out tickets."""
+
+    @Register.responder
+    def wrongPort(self, name: str, servers: list[dict[str, str]], pool: int) -> dict[str, object]:
+        _log.warn("{source} registers at the clients' port", source=self.source())
+        raise BadRequest(_AT_CLIENTS_PORT)
 
     @ListServers.responder
     def listServers(self) -> dict[str, object]:

@@ -288,14 +288,15 @@ class ChannelFuzzTests(FreshRelayTestCase):
 
     def test_skeletonCommandsRefusedOnClientPort(self) -> None:
         """
-        A client cannot register servers: the client port does not know
-        L{Register}, even when it is well-formed.
+        A client cannot register servers: the client port answers a
+        well-formed L{Register} with where a skeleton should connect.
         """
         register = _registerBox()
         relay, transport, escaped = self.feed(ClientChannel, register)
         self.assertIsNone(escaped)
         [answer] = amp.parseString(transport.value())
-        self.assertEqual(answer[b"_error_code"], b"UNHANDLED")
+        self.assertEqual(answer[b"_error_code"], b"BAD_REQUEST")
+        self.assertIn(b"port for clients (port X)", answer[b"_error_description"])
         self.assertUntouched(relay)
 
     def test_brokenArguments(self) -> None:

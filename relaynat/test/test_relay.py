@@ -966,12 +966,17 @@ class ListServersTests(RelayTestCase):
 
     def test_notOnSkeletonPort(self) -> None:
         """
-        The skeleton port does not answer L{ListServers}, even logged in:
-        skeletons do not see each other's servers.
+        The skeleton port does not list servers, even logged in (skeletons
+        do not see each other's servers): a client sent there is told it is
+        at the wrong port.
         """
         channel, _ = self.loggedIn(SKELETONS, Peer())
-        failure = self.failureResultOf(self.call(channel, ListServers), amp.UnhandledCommand)
-        self.assertIn("ListServers", failure.getErrorMessage())
+        failure = self.failureResultOf(self.call(channel, ListServers), BadRequest)
+        self.assertEqual(
+            failure.getErrorMessage(),
+            "this is the relay's port for skeletons (port Y); a client connects to"
+            " its port for clients (port X): check [client] relay",
+        )
 
     def test_deletedUser(self) -> None:
         """
@@ -1148,8 +1153,8 @@ class TicketsTests(RelayTestCase):
         """The skeleton port hands out no client tickets, even logged in."""
         self.stalledSkeleton()
         channel, _ = self.loggedIn(SKELETONS, Peer())
-        failure = self.failureResultOf(self.askTickets(channel), amp.UnhandledCommand)
-        self.assertIn("Tickets", failure.getErrorMessage())
+        failure = self.failureResultOf(self.askTickets(channel), BadRequest)
+        self.assertIn("this is the relay's port for skeletons", failure.getErrorMessage())
         self.assertEqual(len(self.relay.tickets), 0)
 
 
