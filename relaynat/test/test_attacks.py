@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -31,6 +31,7 @@ from relaynat.caps import Limits
 from relaynat.channel import Channel
 from relaynat.identity import PinnedRelay, serverEndPoint
 from relaynat.relay import RelayChannel
+from relaynat.test.logs import logEvents
 from relaynat.test.loopback import ANYTHING, PASSWORD, Stack
 from relaynat.test.net import pollUntil, reactor, runAsync
 from relaynat.test.streams import Collect, Echo
@@ -183,11 +184,7 @@ class AttackTestCase(TestCase):
         return stack
 
     def logEvents(self) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        observer = cast(ILogObserver, events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
-        return events
+        return logEvents(self)
 
     def lines(self, events: list[dict[str, Any]], level: LogLevel = LogLevel.warn) -> list[str]:
         return [formatEvent(e) for e in events if e.get("log_level") == level]

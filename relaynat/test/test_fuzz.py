@@ -40,6 +40,7 @@ from relaynat.channel import CLOSE_GRACE
 from relaynat.caps import Limits
 from relaynat.relay import FAILED_LOGIN_DELAY, ClientChannel, Relay, SkeletonChannel
 from relaynat.seal import ClientHandshake
+from relaynat.test.logs import logEvents
 from relaynat.test.loopback import ANYTHING, Stack, relayIdentity, writeUsers
 from relaynat.test.net import endpointOf, pollUntil, runAsync
 from relaynat.test.streams import Collect, Echo
@@ -657,10 +658,7 @@ class HypothesisSocketFuzzTests(TestCase):
         stack.relay.throttle.allowance = stack.relay.throttle.prefixAllowance = 1e9
         await pollUntil(lambda: stack.relay.registry.counts()["requested"] == 0)
         issued = len(stack.relay.tickets)
-        events: list[dict[str, Any]] = []
-        observer = cast(ILogObserver, events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        events = logEvents(self)
         inputs = examples(_connectionBytes, 120)
         for batch in range(0, len(inputs), 30):
             blurts = []

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any, cast
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial.unittest import TestCase
 
 from relaynat.client import listServers
 from relaynat.tap.relay import ReloadOnHangup
+from relaynat.test.logs import logEvents
 from relaynat.test.loopback import Stack, rewriteUsers
 from relaynat.test.net import pollUntil, reactor, runAsync
 from relaynat.test.streams import Collect, Echo
@@ -37,10 +37,7 @@ class RevocationTests(TestCase):
         The stack (skeleton of alice, client of carol), a relay reloading
         on SIGHUP, an open tunnel that has carried bytes, and the log.
         """
-        events: list[dict[str, Any]] = []
-        observer = cast(ILogObserver, events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        events = logEvents(self)
         stack = await Stack().start(
             {"web": Factory.forProtocol(Echo)}, users=USERS, user="alice", clientUser="carol"
         )

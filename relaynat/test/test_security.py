@@ -30,7 +30,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -61,6 +61,7 @@ from relaynat.relay import Relay
 from relaynat.seal import ClientHandshake, SealBroken, Sealed
 from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
 from relaynat.splice import OneProtocolFactory
+from relaynat.test.logs import logEvents
 from relaynat.test.loopback import rewriteUsers, ANYTHING, PASSWORD, Stack, writeUsers
 from relaynat.test.net import endpointOf, listen, openConnections, pollUntil, reactor, runAsync
 from relaynat.test.streams import Collect, Echo
@@ -424,11 +425,7 @@ class SecurityTestCase(TestCase):
 
     def logEvents(self) -> list[dict[str, Any]]:
         """Every log event from now to the end of the test."""
-        events: list[dict[str, Any]] = []
-        observer = cast(ILogObserver, events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
-        return events
+        return logEvents(self)
 
     def unprovenLines(self, events: list[dict[str, Any]], serverId: str) -> list[str]:
         """The error lines a client logged because C{serverId} did not prove its secret."""
