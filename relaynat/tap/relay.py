@@ -6,7 +6,6 @@ import signal
 from typing import Any
 
 import attrs
-from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
@@ -18,6 +17,7 @@ from relaynat.config import ConfigError, RelayConfig, relayConfig, withFlags
 from relaynat.identity import IdentityError, RelayIdentity
 from relaynat.relay import Relay
 from relaynat.tap.limits import raiseOpenFileLimit
+from relaynat.tap.listening import Listening
 from relaynat.tap.options import ConfigOptions, number
 from relaynat.users import UsersFileError
 from relaynat.web import publicationResource
@@ -121,11 +121,15 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     heartbeat.clock = reactor
     heartbeat.setServiceParent(service)
     ReloadOnHangup(reactor, options.users).setServiceParent(service)
-    strports.service(config.clients, relay.clientFactory(), reactor=reactor).setServiceParent(service)
-    strports.service(config.skeletons, relay.skeletonFactory(), reactor=reactor).setServiceParent(service)
+    Listening(reactor, config.clients, relay.clientFactory(), "[relay] clients").setServiceParent(
+        service
+    )
+    Listening(
+        reactor, config.skeletons, relay.skeletonFactory(), "[relay] skeletons"
+    ).setServiceParent(service)
     if config.web is not None:
         site = Site(
             publicationResource(options.identity, relay.metrics.registry, config.metrics_allow)
         )
-        strports.service(config.web, site, reactor=reactor).setServiceParent(service)
+        Listening(reactor, config.web, site, "[relay] web").setServiceParent(service)
     return service
