@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Iterable
@@ -424,6 +425,17 @@ _NOUNS = {
 }
 
 
+#: What a well-formed endpoint of each kind looks like, for error messages.
+_EXAMPLES = {
+    ("tcp", False): "tcp:relay.example.com:7000",
+    ("tcp", True): "tcp:7000 or tcp:7000:interface=127.0.0.1",
+    ("tcp6", False): "tcp6:[2001:db8::1]:7000",
+    ("tcp6", True): "tcp6:7000",
+    ("unix", False): "unix:/run/relaynat.sock",
+    ("unix", True): "unix:/run/relaynat.sock",
+}
+
+
 def checkEndpoint(description: str, server: bool, source: str, key: str) -> None:
     """
     Raise L{ConfigError} unless C{description} parses as a listening
@@ -442,6 +454,13 @@ def checkEndpoint(description: str, server: bool, source: str, key: str) -> None
         why = str(e) or repr(e)
         if kind == "systemd":
             why = "systemd: endpoints work only under systemd socket activation (LISTEN_FDS)"
+        missing = re.search(r"missing \d+ required positional arguments?: (.*)", why)
+        if missing is not None:
+            # Twisted's words name its constructor's arguments; say it as
+            # an endpoint string's parts, with an example.
+            parts = ", ".join(re.findall(r"'(\w+)'", missing.group(1)))
+            example = _EXAMPLES.get((kind, server), "see the README's configuration reference")
+            why = f"{kind}: needs its {parts}, e.g. {example}"
         raise ConfigError(source, key, f"not a valid {role} endpoint {description!r}: {why}") from e
 
 

@@ -407,6 +407,29 @@ class RelayConfigTests(ConfigErrorMixin, SynchronousTestCase):
             " with base 10: 'seven'",
         )
 
+    def test_endpointWithoutItsPort(self) -> None:
+        """
+        An endpoint without a port says which part is missing with an
+        example, not the argument list of a Twisted constructor.
+        """
+        self.assertConfigError(
+            relayConfig, '[relay]\nclients = "tcp:interface=127.0.0.1"\nskeletons = "tcp:7001"\n',
+            "relay.toml", "relay.clients",
+            "not a valid listening endpoint 'tcp:interface=127.0.0.1': tcp: needs its port,"
+            " e.g. tcp:7000 or tcp:7000:interface=127.0.0.1",
+        )
+        error = self.assertRaises(
+            ConfigError,
+            skeletonConfig,
+            parseToml(SKELETON.replace("tcp:127.0.0.1:8000", "tcp:127.0.0.1")),
+            "skel.toml",
+        )
+        self.assertEqual(
+            error.problem,
+            "not a valid connecting endpoint 'tcp:127.0.0.1': tcp: needs its port,"
+            " e.g. tcp:relay.example.com:7000",
+        )
+
     @settings(deadline=None)
     @given(
         port=st.integers(min_value=0, max_value=65535),
