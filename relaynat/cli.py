@@ -1,5 +1,6 @@
 """
-The C{relaynat} command: tools around the three twistd roles.
+The C{relaynat} command: tools around the three twistd roles, one
+subcommand per module of L{relaynat.scripts}.
 
   relaynat list [--config client.toml] [--relay ENDPOINT --relay-key KEY
                  --user NAME --password-file FILE] [--json]
@@ -10,16 +11,17 @@ The C{relaynat} command: tools around the three twistd roles.
                             [--password-file F | --keep-password]
   relaynat passwd FILE USER --delete
   relaynat secret FILE [--force]
+  relaynat check --config FILE [--bind]
+  relaynat connect [--config client.toml] [--secret FILE] SERVER
 
-The commands but C{list} live in L{relaynat.tools}.  A usage error exits
-with status 2, a failure with status 1, each with one line on stderr.
+A usage or configuration error exits with status 2, a failure with status
+1, each with one line on stderr.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from datetime import datetime, timezone
+from collections.abc import Callable, Coroutine
 from typing import Any, TextIO
 
 from twisted.internet.defer import ensureDeferred
@@ -27,42 +29,37 @@ from twisted.internet.task import react
 from twisted.python import usage
 
 from relaynat import __version__
-from relaynat.client import listServers
-from relaynat.config import ConfigError, clientConfig, withFlags
-from relaynat.link import linkFromConfig
-from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions
-from relaynat.tap.options import ConfigOptions, number
-from relaynat.tools import (
-    FAILURES,
-    LOCAL_COMMANDS,
-    FingerprintOptions,
-    KeygenOptions,
-    PasswdOptions,
-    SecretOptions,
-    TrustOptions,
-    trust,
-)
+from relaynat.config import ConfigError
+from relaynat.scripts.check import CheckOptions, checkCommand
+from relaynat.scripts.command import FAILURES
+from relaynat.scripts.connect import ConnectOptions, connectCommand
+from relaynat.scripts.fingerprint import FingerprintOptions, printFingerprint
+from relaynat.scripts.keygen import KeygenOptions, keygen
+from relaynat.scripts.list import ListOptions, listCommand
+from relaynat.scripts.passwd import PasswdOptions, passwd
+from relaynat.scripts.secret import SecretOptions, secret
+from relaynat.scripts.trust import TrustOptions, trustCommand
 
+#: The commands that need no reactor, by name: each raises one of
+#: L{FAILURES} when it cannot do its work.
+LOCAL_COMMANDS: dict[str, Callable[[Any, TextIO, TextIO], None]] = {
+    "keygen": keygen,
+    "fingerprint": printFingerprint,
+    "passwd": passwd,
+    "secret": secret,
+}
 
-class ListOptions(AccessOptions):
-    synopsis = "[--config client.toml] [--relay ENDPOINT --relay-key KEY --user NAME --password-file FILE] [--json]"
-    longdesc = "Log in to the relay and print the servers this user may join."
-    optFlags = [["json", None, "print JSON instead of a table"]]
-    optParameters = ConfigOptions.optParameters + ACCESS_PARAMETERS + [
-        ["relay", None, None, "the relay's client endpoint (port X)"],
-        ["timeout", None, 10.0, "seconds to wait for the relay", number("timeout", float)],
-    ]
-
-    def build(self) -> None:
-        document, source = self.document()
-        flags = {"relay": self["relay"], **self.accessFlags()}
-        # The tunnels' secrets are not needed to list.
-        merged = {k: v for k, v in withFlags(document, "client", flags).items() if k != "tunnel"}
-        self.client = clientConfig(merged, source, needTunnels=False)
+#: The commands that run in the reactor, by name: each returns its exit status.
+REACTOR_COMMANDS: dict[str, Callable[[Any, Any, TextIO, TextIO], Coroutine[Any, Any, int]]] = {
+    "list": listCommand,
+    "trust": trustCommand,
+    "check": checkCommand,
+    "connect": connectCommand,
+}
 
 
 class Options(usage.Options):
-    synopsis = "relaynat COMMAND [options]"
+    synopsis = "Usage: relaynat COMMAND [options]"
     subCommands: list[list[Any]] = [
         ["list", None, ListOptions, "print the servers the relay has available"],
         ["keygen", None, KeygenOptions, "create the relay's key and certificate"],
@@ -70,6 +67,8 @@ class Options(usage.Options):
         ["trust", None, TrustOptions, "download, check and save the relay's certificate"],
         ["passwd", None, PasswdOptions, "add, change or delete a user of the relay"],
         ["secret", None, SecretOptions, "create a secret file for one server"],
+        ["check", None, CheckOptions, "check a relay's, skeleton's or client's config and its files"],
+        ["connect", None, ConnectOptions, "carry stdin and stdout through one tunnel (ssh ProxyCommand)"],
     ]
 
     def opt_version(self) -> None:
@@ -81,41 +80,6 @@ class Options(usage.Options):
         if self.subCommand is None:
             names = ", ".join(command[0] for command in self.subCommands)
             raise usage.UsageError(f"name a command: {names}")
-
-
-def formatTable(servers: list[dict[str, Any]]) -> str:
-    """The server list as an aligned text table."""
-    rows = [("ID", "DESCRIPTION", "ONLINE SINCE (UTC)", "IDLE")]
-    for s in servers:
-        rows.append((_printable(s["id"]), _printable(s["description"]), _utc(s["since"]), str(s["idle"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    if not servers:
-        lines.append("(no servers are available)")
-    return "\n".join(lines) + "\n"
-
-
-def formatJson(servers: list[dict[str, Any]]) -> str:
-    return json.dumps(
-        [{**s, "since_utc": _utc(s["since"])} for s in servers], indent=2
-    ) + "\n"
-
-
-def _printable(text: str) -> str:
-    # A relay this version did not write may pass on anything.
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-async def _list(reactor: Any, options: ListOptions, out: TextIO) -> None:
-    link = linkFromConfig(options.client.access, reactor)
-    d = ensureDeferred(listServers(link))
-    d.addTimeout(options["timeout"], reactor)
-    servers = await d
-    out.write(formatJson(servers) if options["json"] else formatTable(servers))
 
 
 def runLocal(command: str, options: usage.Options, out: TextIO, err: TextIO) -> int:
@@ -131,18 +95,6 @@ def runLocal(command: str, options: usage.Options, out: TextIO, err: TextIO) -> 
     return 0
 
 
-async def runTrust(
-    reactor: Any, options: TrustOptions, out: TextIO, err: TextIO, terminal: TextIO | None = None
-) -> int:
-    """Run C{relaynat trust}, asking at C{terminal} if it is given; its exit status."""
-    try:
-        await trust(reactor, options, out, err, terminal)
-    except FAILURES as e:
-        err.write(f"relaynat trust: {e}\n")
-        return 1
-    return 0
-
-
 def main(argv: list[str] | None = None) -> None:
     options = Options()
     try:
@@ -151,30 +103,21 @@ def main(argv: list[str] | None = None) -> None:
         # A configuration problem is said alone; the usage text only helps
         # when the command line itself is wrong.
         configProblem = isinstance(e, ConfigError) or isinstance(e.__cause__, ConfigError)
-        sys.stderr.write(("" if configProblem else f"{options}\n") + f"relaynat: {e}\n")
+        shown = options.subOptions if getattr(options, "subOptions", None) else options
+        sys.stderr.write(("" if configProblem else f"{shown}\n") + f"relaynat: {e}\n")
         sys.exit(2)
 
     command = options.subCommand
+    assert command is not None
     if command in LOCAL_COMMANDS:
         sys.exit(runLocal(command, options.subOptions, sys.stdout, sys.stderr))
-    react(_trusting if command == "trust" else _listing, [options.subOptions])
+    react(_inReactor, [REACTOR_COMMANDS[command], options.subOptions])
 
 
-def _trusting(reactor: Any, options: TrustOptions) -> Any:
-    async def trusting() -> None:
-        terminal = sys.stdin if sys.stdin is not None and sys.stdin.isatty() else None
-        code = await runTrust(reactor, options, sys.stdout, sys.stderr, terminal)
+def _inReactor(reactor: Any, run: Callable[..., Coroutine[Any, Any, int]], options: Any) -> Any:
+    async def running() -> None:
+        code = await run(reactor, options, sys.stdout, sys.stderr)
         if code:
             raise SystemExit(code)
 
-    return ensureDeferred(trusting())
-
-
-def _listing(reactor: Any, options: ListOptions) -> Any:
-    d = ensureDeferred(_list(reactor, options, sys.stdout))
-
-    def failed(f: Any) -> None:
-        sys.stderr.write(f"relaynat list: cannot list servers: {f.getErrorMessage()}\n")
-        raise SystemExit(1)
-
-    return d.addErrback(failed)
+    return ensureDeferred(running())

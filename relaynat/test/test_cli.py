@@ -23,12 +23,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
 from relaynat import __version__
-from relaynat.cli import ListOptions, Options, formatJson, formatTable, main, runTrust
+from relaynat.cli import Options, main
 from relaynat.identity import CERT_FILE, KEY_FILE, RelayIdentity, generate, writePrivate
 from relaynat.test.loopback import PASSWORD, Stack
 from relaynat.test.net import listen, runAsync
 from relaynat.test.streams import Echo
-from relaynat.tools import ToolError, TrustOptions, savePublic
+from relaynat.scripts.command import CommandFailed
+from relaynat.scripts.list import ListOptions, formatJson, formatTable
+from relaynat.scripts.trust import TrustOptions, runTrust, savePublic
 from relaynat.web import publicationResource
 
 #: The installed console script, next to the interpreter running the tests.
@@ -139,8 +141,20 @@ class OptionsTests(SynchronousTestCase):
         """Without a command, the usage error names the commands."""
         error = self.assertRaises(UsageError, Options().parseOptions, [])
         self.assertEqual(
-            str(error), "name a command: list, keygen, fingerprint, trust, passwd, secret"
+            str(error), "name a command: list, keygen, fingerprint, trust, passwd, secret, check, connect"
         )
+
+    def test_usageNamesTheCommand(self) -> None:
+        """
+        A subcommand's usage line names that subcommand after the program,
+        not the top level's synopsis with the subcommand pasted after it.
+        """
+        options = Options()
+        options.parseOptions(["secret", "s"])
+        self.assertEqual(
+            str(options.subOptions).splitlines()[0], "Usage: relaynat secret FILE [--force]"
+        )
+        self.assertEqual(str(Options()).splitlines()[0], "Usage: relaynat COMMAND [options]")
 
     def test_unknownCommand(self) -> None:
         """An unknown command is a usage error."""
@@ -563,7 +577,7 @@ class SavePublicTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(b"mine")
-        error = self.assertRaises(ToolError, savePublic, path, b"theirs", False)
+        error = self.assertRaises(CommandFailed, savePublic, path, b"theirs", False)
         self.assertIn("already exists", str(error))
         with open(path, "rb") as f:
             self.assertEqual(f.read(), b"mine")

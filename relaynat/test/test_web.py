@@ -24,9 +24,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from relaynat.cli import Options, runTrust
+from relaynat.cli import Options
 from relaynat.identity import CERT_FILE, KEY_FILE, RelayIdentity, generate, writePrivate
-from relaynat.tools import MAX_DOWNLOAD, ToolError, TrustOptions, trust
+from relaynat.scripts.command import CommandFailed
+from relaynat.scripts.download import MAX_DOWNLOAD
+from relaynat.scripts.trust import TrustOptions, runTrust, trust
 from relaynat.web import publicationResource
 
 #: A relay identity for the whole module: a key pair is not free.
@@ -400,7 +402,7 @@ class TrustTimeoutTests(SynchronousTestCase):
         clock.advance(4.9)
         self.assertNoResult(result)
         clock.advance(0.1)
-        error = self.failureResultOf(result, ToolError).value
+        error = self.failureResultOf(result, CommandFailed).value
         self.assertEqual(
             str(error),
             "cannot download http://relay.example:7080/relay.pem: no answer within 5 seconds",
