@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import attrs
 from cryptography import x509
 from scramp import ScramClient, ScramException
-from twisted.application.internet import ClientService
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, ssl
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import clientFromString, wrapClientTLS
@@ -568,9 +568,36 @@ class ControlService(ClientService):
     ) -> None:
         self.ready = LoginEndpoint(endpoint, channels, clock, timeout)
         self._clock = clock
+        if retryPolicy is None:
+            retryPolicy = backoffPolicy()
+        self._retryPolicy = retryPolicy
+        self._atOnce = False
         super().__init__(
-            self.ready, Factory.forProtocol(Protocol), retryPolicy=retryPolicy, clock=clock
+            self.ready, Factory.forProtocol(Protocol), retryPolicy=self._delay, clock=clock
         )
+
+    def _delay(self, attempt: int) -> float:
+        if self._atOnce:
+            self._atOnce = False
+            return 0.0
+        return self._retryPolicy(attempt)
+
+    def reconnect(self) -> None:
+        """
+        Replace the ready connection with a new one at once, not after the
+        back-off a lost connection waits: what it registered is no longer
+        what this end offers (a reload changed it).  With no ready
+        connection there is nothing to do: the next attempt prepares what
+        is current.
+        """
+        channel = self.ready.current
+        if channel is None or not channel.connected:
+            return
+        self._atOnce = True
+        # Dropped, not closed with TLS's goodbye: the relay forgets it now,
+        # before the new connection's registration arrives, and one that
+        # cannot be reached does not hold the reload.
+        _drop(channel)
 
     def stopService(self) -> Deferred[None]:
         # ClientService closes a ready connection with TLS's goodbye and

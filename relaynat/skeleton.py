@@ -81,6 +81,10 @@ class Skeleton:
         self.name = name
         self.servers = dict(servers)
         self.pool = pool
+        #: Servers the relay withdrew: left out of every registration,
+        #: reloads included, since the relay refuses a registration whole
+        #: for one server it will not take.
+        self.withdrawn: set[str] = set()
         #: Open data connections, pooled or joined.
         self.dataConnections: set[RelayEnd] = set()
         #: The relay's requests for connections being worked on; the rest
@@ -100,21 +104,70 @@ class Skeleton:
         channel = cast(SkeletonControl, control)
         return preparing(channel, channel.prepare())
 
-    async def registerOn(self, control: SkeletonControl) -> None:
-        """Register every server still offered on C{control}, logged in."""
-        servers = [
-            {"id": s.id, "description": s.description} for s in self.servers.values()
-        ]
+    def registration(self) -> Registration:
+        """What a registration says now: the name, the pool, each server's id and description."""
+        return Registration(
+            self.name,
+            self.pool,
+            tuple(sorted((s.id, s.description) for s in self.servers.values())),
+        )
+
+    async def registerOn(self, control: SkeletonControl) -> Registration:
+        """Register every server still offered on C{control}, logged in; what it registered."""
+        registration = self.registration()
+        servers = [{"id": i, "description": d} for i, d in registration.servers]
         if not servers:
             raise NothingToRegister(
                 "every server of it was withdrawn; restart it once its user may"
                 " register them again"
             )
-        await control.callRemote(Register, name=self.name, servers=servers, pool=self.pool)
+        await control.callRemote(
+            Register, name=registration.name, servers=servers, pool=registration.pool
+        )
         _log.info(
             "registered {servers} with the relay",
-            servers=", ".join(sorted(self.servers)),
+            servers=", ".join(i for i, _ in registration.servers),
         )
+        return registration
+
+    def reconfigure(
+        self, servers: Mapping[str, FrontedServer], name: str, pool: int
+    ) -> bool:
+        """
+        Take a reloaded configuration: C{servers} to front from now on, the
+        unchanged ones the same objects as before.  A server removed or
+        changed loses its connections that carry nothing yet (pooled at the
+        relay, or joined and waiting for a client's first record), so that
+        the relay's pool is refilled with the new settings; its open tunnels
+        finish as they began.  Returns whether the relay must be told: the
+        registration (ids, descriptions, name, pool) changed.
+        """
+        before = self.registration()
+        # Forgotten once gone from the file: added again later, it is tried again.
+        self.withdrawn &= set(servers)
+        for serverId in sorted(self.withdrawn):
+            _log.warn(
+                "server {server} stays withdrawn by the relay until the skeleton"
+                " restarts",
+                server=serverId,
+            )
+        offered = {i: s for i, s in servers.items() if i not in self.withdrawn}
+        changed = {i for i, s in self.servers.items() if offered.get(i) is not s}
+        for end in list(self.dataConnections):
+            if end.server.id in changed and end.unused():
+                end.transport.loseConnection()
+        added = sorted(set(offered) - set(self.servers))
+        removed = sorted(set(self.servers) - set(offered))
+        self.servers, self.name, self.pool = offered, name, pool
+        if added or removed or changed:
+            _log.info(
+                "configuration reloaded: servers added {added}, removed {removed},"
+                " changed {changed}",
+                added=", ".join(added) or "none",
+                removed=", ".join(removed) or "none",
+                changed=", ".join(sorted(changed - set(removed))) or "none",
+            )
+        return self.registration() != before
 
     def withdraw(self, serverId: str, reason: str) -> None:
         """
@@ -126,6 +179,7 @@ class Skeleton:
         _log.warn("relay withdrew server {server}: {reason}", server=serverId, reason=reason)
         if self.servers.pop(serverId, None) is None:
             return
+        self.withdrawn.add(serverId)
         for end in list(self.dataConnections):
             if end.server.id == serverId and end.splice is None:
                 end.transport.loseConnection()
@@ -140,6 +194,19 @@ class Skeleton:
             await self.link.connectData(RelayEnd(self, server, ticket))
         except Exception as e:
             raise SkeletonGone(f"cannot reach the relay: {e}") from e
+
+
+@attrs.frozen
+class Registration:
+    """What one L{Register} call told the relay."""
+
+    name: str
+    pool: int
+    servers: tuple[tuple[str, str], ...]
+
+
+class StaleRegistration(Exception):
+    """A reload changed the servers while this connection registered the old ones."""
 
 
 class NothingToRegister(RelaynatError):
@@ -161,7 +228,14 @@ class SkeletonControl(ControlChannel):
     async def prepare(self) -> None:
         """Log in, then register the skeleton's servers."""
         await self.start()
-        await self.skeleton.registerOn(self)
+        registered = await self.skeleton.registerOn(self)
+        if registered != self.skeleton.registration():
+            # A reload came while the answer was on its way: this
+            # connection holds the old servers, so it is dropped and the
+            # next one registers the new.
+            raise StaleRegistration(
+                "the configuration was reloaded during the registration; registering again"
+            )
 
     @ServerWithdrawn.responder
     def serverWithdrawn(self, server: str, reason: str) -> dict[str, object]:
@@ -211,6 +285,10 @@ class RelayEnd(SpliceHalf):
         self.sealed: Sealed | None = None
         self._begun = False
         self._warm: Any = None
+
+    def unused(self) -> bool:
+        """Whether this connection carries nothing yet: no client's first record came."""
+        return self.splice is None and not self._begun
 
     def connectionMade(self) -> None:
         super().connectionMade()

@@ -1,18 +1,26 @@
-"""The flags a skeleton and a client share: how to reach and trust the relay."""
+"""
+What a skeleton and a client share: the flags that say how to reach and
+trust the relay, their control service, and their reload on SIGHUP.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import backoffPolicy
+from twisted.application.service import Service
+from twisted.logger import Logger
 from twisted.python.usage import UsageError
 
 from relaynat.config import ConfigError, splitAssignment
 from relaynat.link import ControlChannel, ControlService, RelayLink
 from relaynat.secret import SecretFileError, loadSecret
 from relaynat.tap.options import ConfigOptions
+
+_log = Logger()
 
 ACCESS_PARAMETERS: list[list[Any]] = [
     ["relay-key", None, None, "the relay's key: sha256:FINGERPRINT, or its certificate file"],
@@ -93,3 +101,52 @@ def loadSecrets(paths: dict[str, str]) -> dict[str, bytes]:
             problem = str(e).removeprefix(f"{path}: ")
             raise ConfigError(path, f"secret of {serverId}", problem) from None
     return secrets
+
+
+class ReloadOnHangup(Service):
+    """
+    Call C{reload} from the reactor at each SIGHUP while running (as the
+    relay reloads its users file).  A handler that was there before is
+    called too, so that roles sharing a process each reload.
+    """
+
+    def __init__(self, reactor: Any, reload: Callable[[], object]) -> None:
+        self.reactor, self.reload = reactor, reload
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
+    def stopService(self) -> Any:
+        signal.signal(signal.SIGHUP, self._previous or signal.SIG_DFL)
+        return super().stopService()
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        # Not in a signal handler's context: reload from the reactor.
+        self.reactor.callFromThread(self.reload)
+        if callable(self._previous):
+            self._previous(signum, frame)
+
+
+def reloaded(options: AccessOptions, what: str) -> bool:
+    """
+    Read C{options}' configuration file again (under the same flags), with
+    the files it names; a bad one is logged in one line and False returned,
+    so that the running configuration stays.
+    """
+    try:
+        options.build()
+    except ConfigError as e:
+        _log.error("{what} not reloaded, the running one stays: {why}", what=what, why=str(e))
+        return False
+    return True
+
+
+def accessUnchanged(before: Any, after: Any) -> None:
+    """Say that a change to how the relay is reached waits for a restart: a reload keeps it."""
+    if before != after:
+        _log.warn(
+            "the relay's address, key, user or password file changed: a reload keeps"
+            " the running ones; restart to use the new"
+        )

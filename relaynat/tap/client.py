@@ -4,16 +4,39 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
 from relaynat.client import ClientControl, TunnelFactory
-from relaynat.config import ClientConfig, ConfigError, clientConfig, splitAssignment, withFlags
-from relaynat.link import linkFromConfig
+from relaynat.config import (
+    ClientConfig,
+    ConfigError,
+    TunnelConfig,
+    clientConfig,
+    splitAssignment,
+    withFlags,
+)
+from relaynat.link import RelayLink, linkFromConfig
+from relaynat.tap.access import (
+    ACCESS_PARAMETERS,
+    AccessOptions,
+    ReloadOnHangup,
+    accessUnchanged,
+    controlService,
+    loadSecrets,
+    reloaded,
+)
 from relaynat.tap.limits import keepBuffersOnHeap, raiseOpenFileLimit
-from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, controlService, loadSecrets
 from relaynat.tap.options import ConfigOptions
+
+_log = Logger()
 
 
 class Options(AccessOptions):
@@ -48,6 +71,126 @@ class Options(AccessOptions):
         self.secrets = loadSecrets({t.server: t.secret_file for t in self.client.tunnels})
 
 
+@attrs.frozen
+class RunningTunnel:
+    """A configured tunnel as read, its secret, and the listener that serves it."""
+
+    config: TunnelConfig
+    secret: bytes = attrs.field(repr=False)
+    factory: TunnelFactory
+    listener: IService
+
+
+class TunnelListener(Service):
+    """
+    A tunnel's listener added by a reload: one that cannot listen (its
+    port taken) is said in one line, and the other tunnels run on.
+    """
+
+    def __init__(self, reactor: Any, tunnel: TunnelConfig, factory: TunnelFactory) -> None:
+        self.reactor, self.tunnel, self.factory = reactor, tunnel, factory
+        self._listening: Deferred[IListeningPort] | None = None
+        self._port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._listening = serverFromString(self.reactor, self.tunnel.listen).listen(self.factory)
+        self._listening.addCallbacks(self._listened, self._failed)
+
+    def _listened(self, port: IListeningPort) -> None:
+        self._port = port
+        _log.info(
+            "tunnel to {server} listening on {listen}",
+            server=self.tunnel.server, listen=self.tunnel.listen,
+        )
+
+    def _failed(self, failure: Failure) -> None:
+        _log.error(
+            "tunnel to {server} cannot listen on {listen}: {why}",
+            server=self.tunnel.server, listen=self.tunnel.listen, why=failure.getErrorMessage(),
+        )
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._port is not None:
+            port, self._port = self._port, None
+            return port.stopListening()
+        if self._listening is not None and not self._listening.called:
+            self._listening.cancel()
+        return None
+
+
+class ClientReload:
+    """
+    The client's reload: its file read again, its tunnels compared with
+    the running ones by configuration and secret.  A removed one stops
+    listening (its open tunnels finish, its ready connections close), an
+    added one listens, a changed one is both, in that order since it may
+    keep its address; the unchanged ones are not touched.
+    """
+
+    def __init__(
+        self, options: Options, link: RelayLink, parent: MultiService, reactor: Any
+    ) -> None:
+        self.options, self.link, self.parent, self.reactor = options, link, parent, reactor
+        self.config = options.client
+        self.running: dict[str, RunningTunnel] = {}
+        #: One reload at a time: a second SIGHUP waits for the first's listeners.
+        self._lock = DeferredLock()
+
+    def startTunnel(self, tunnel: TunnelConfig, secret: bytes, atStart: bool = False) -> None:
+        """Serve C{tunnel} from now on."""
+        factory = TunnelFactory(self.link, tunnel.server, secret)
+        listener: IService
+        if atStart:
+            # As before reloads existed: twistd's own listener.
+            listener = strports.service(tunnel.listen, factory, reactor=self.reactor)
+        else:
+            listener = TunnelListener(self.reactor, tunnel, factory)
+        listener.setServiceParent(self.parent)
+        self.running[tunnel.listen] = RunningTunnel(tunnel, secret, factory, listener)
+
+    def __call__(self) -> Deferred[None]:
+        return self._lock.run(lambda: Deferred.fromCoroutine(self._reload()))
+
+    async def _reload(self) -> None:
+        if not reloaded(self.options, "the client's configuration"):
+            return
+        config, secrets = self.options.client, self.options.secrets
+        accessUnchanged(self.config.access, config.access)
+        self.config = config
+        wanted = {t.listen: t for t in config.tunnels}
+        going = [
+            running
+            for listen, running in self.running.items()
+            if (wanted.get(listen), secrets.get(running.config.server))
+            != (running.config, running.secret)
+        ]
+        for running in going:
+            del self.running[running.config.listen]
+        self.link.wanted = {r.config.server for r in self.running.values()}
+        stopped = [Deferred.fromCoroutine(_stop(r.listener)) for r in going]
+        await DeferredList(stopped)
+        added = [t for t in config.tunnels if t.listen not in self.running]
+        for tunnel in added:
+            self.startTunnel(tunnel, secrets[tunnel.server])
+        if going or added:
+            _log.info(
+                "configuration reloaded: tunnels stopped {stopped}, started {started}",
+                stopped=", ".join(_named(r.config) for r in going) or "none",
+                started=", ".join(_named(t) for t in added) or "none",
+            )
+
+
+async def _stop(listener: IService) -> None:
+    # A listener not listening yet stops at once, with no Deferred.
+    await maybeDeferred(listener.disownServiceParent)
+
+
+def _named(tunnel: TunnelConfig) -> str:
+    return f"{tunnel.server} on {tunnel.listen}"
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
@@ -57,7 +200,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     link = linkFromConfig(config.access, reactor)
     service = MultiService()
     controlService(link, lambda: ClientControl(link), reactor).setServiceParent(service)
+    reload = ClientReload(options, link, service, reactor)
     for tunnel in config.tunnels:
-        factory = TunnelFactory(link, tunnel.server, options.secrets[tunnel.server])
-        strports.service(tunnel.listen, factory, reactor=reactor).setServiceParent(service)
+        reload.startTunnel(tunnel, options.secrets[tunnel.server], atStart=True)
+    ReloadOnHangup(reactor, reload).setServiceParent(service)
     return service

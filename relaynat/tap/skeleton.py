@@ -8,10 +8,25 @@ from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString
 from twisted.python.usage import UsageError
 
-from relaynat.config import ConfigError, SkeletonConfig, skeletonConfig, splitAssignment, withFlags
-from relaynat.link import linkFromConfig
+from relaynat.config import (
+    ConfigError,
+    ServerConfig,
+    SkeletonConfig,
+    skeletonConfig,
+    splitAssignment,
+    withFlags,
+)
+from relaynat.link import ControlService, linkFromConfig
 from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
-from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions, controlService, loadSecrets
+from relaynat.tap.access import (
+    ACCESS_PARAMETERS,
+    AccessOptions,
+    ReloadOnHangup,
+    accessUnchanged,
+    controlService,
+    loadSecrets,
+    reloaded,
+)
 from relaynat.tap.limits import keepBuffersOnHeap, raiseOpenFileLimit
 from relaynat.tap.options import ConfigOptions, number
 
@@ -51,6 +66,58 @@ class Options(AccessOptions):
         self.secrets = loadSecrets({s.id: s.secret_file for s in self.skeleton.servers})
 
 
+class SkeletonReload:
+    """
+    The skeleton's reload: its file read again, its servers compared with
+    the running ones by configuration and secret.  Added, removed or
+    described anew, they are registered anew: the relay takes one
+    registration per control connection, so the connection is made again
+    at once.  Its open tunnels are data connections and stay, and so do
+    the client's ready ones; the idle pool is refilled.
+    """
+
+    def __init__(
+        self, options: Options, skeleton: Skeleton, control: ControlService, reactor: Any
+    ) -> None:
+        self.options, self.skeleton, self.control = options, skeleton, control
+        self.reactor = reactor
+        self.config = options.skeleton
+        #: Each configured server as read, its secret, and what fronts it.
+        self.running = {
+            s.id: (s, options.secrets[s.id], skeleton.servers[s.id])
+            for s in self.config.servers
+        }
+
+    def __call__(self) -> None:
+        if not reloaded(self.options, "the skeleton's configuration"):
+            return
+        config, secrets = self.options.skeleton, self.options.secrets
+        accessUnchanged(self.config.access, config.access)
+        previous, self.running = self.running, {}
+        for s in config.servers:
+            old = previous.get(s.id)
+            if old is not None and old[:2] == (s, secrets[s.id]):
+                self.running[s.id] = old
+            else:
+                fronted = front(s, secrets[s.id], self.reactor)
+                self.running[s.id] = (s, secrets[s.id], fronted)
+        self.config = config
+        servers = {serverId: f for serverId, (_, _, f) in self.running.items()}
+        if self.skeleton.reconfigure(servers, config.name, config.pool):
+            self.control.reconnect()
+
+
+def front(server: ServerConfig, secret: bytes, reactor: Any) -> FrontedServer:
+    """What fronts C{server}, as configured, with its C{secret}."""
+    return FrontedServer(
+        server.id,
+        server.description,
+        clientFromString(reactor, server.target),
+        secret,
+        server.seal,
+    )
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
@@ -58,13 +125,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     keepBuffersOnHeap()
     config = options.skeleton
     link = linkFromConfig(config.access, reactor)
-    servers = {
-        s.id: FrontedServer(
-            s.id, s.description, clientFromString(reactor, s.target), options.secrets[s.id], s.seal
-        )
-        for s in config.servers
-    }
+    servers = {s.id: front(s, options.secrets[s.id], reactor) for s in config.servers}
     skeleton = Skeleton(link, config.name, servers, config.pool)
     service = MultiService()
-    controlService(link, lambda: SkeletonControl(skeleton), reactor).setServiceParent(service)
+    control = controlService(link, lambda: SkeletonControl(skeleton), reactor)
+    control.setServiceParent(service)
+    ReloadOnHangup(reactor, SkeletonReload(options, skeleton, control, reactor)).setServiceParent(
+        service
+    )
     return service

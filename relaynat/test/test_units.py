@@ -51,16 +51,15 @@ class UnitTests(TestCase):
             soft, hard = readUnit(role)["Service"]["LimitNOFILE"].split(":")
             self.assertGreaterEqual(int(hard), 65536)
 
-    def test_reloadOnlyWhereHandled(self) -> None:
+    def test_reload(self) -> None:
         """
-        Only the relay handles SIGHUP (it reloads its users); sending it to
-        a skeleton or client would stop them, so their units have no reload.
+        Every role reloads on SIGHUP (the relay its users, a skeleton its
+        servers, a client its tunnels), and each unit's reload sends it.
         """
-        self.assertEqual(
-            readUnit("relay")["Service"]["ExecReload"], "/bin/kill -HUP $MAINPID"
-        )
-        for role in ("skeleton", "client"):
-            self.assertNotIn("ExecReload", readUnit(role)["Service"])
+        for role in ROLES:
+            self.assertEqual(
+                readUnit(role)["Service"]["ExecReload"], "/bin/kill -HUP $MAINPID", role
+            )
 
     def test_systemdAccepts(self) -> None:
         """
