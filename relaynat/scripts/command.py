@@ -37,6 +37,9 @@ class Command(usage.Options):
     would stop at the first argument (it reads with C{getopt.getopt}).
     """
 
+    #: What follows C{relaynat NAME} in the usage line.
+    synopsis = ""
+
     def getSynopsis(self) -> str:
         name = getattr(self.parent, "subCommand", None) or "COMMAND"
         return f"Usage: relaynat {name} {self.synopsis}".rstrip()

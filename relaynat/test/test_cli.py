@@ -28,9 +28,12 @@ from relaynat.identity import CERT_FILE, KEY_FILE, RelayIdentity, generate, writ
 from relaynat.test.loopback import PASSWORD, Stack
 from relaynat.test.net import listen, runAsync
 from relaynat.test.streams import Echo
+from relaynat.scripts.check import CheckOptions, checkCommand
 from relaynat.scripts.command import CommandFailed
 from relaynat.scripts.list import ListOptions, formatJson, formatTable
 from relaynat.scripts.trust import TrustOptions, runTrust, savePublic
+from relaynat.secret import generateSecret
+from relaynat.users import Rights, User, saveUsers
 from relaynat.web import publicationResource
 
 #: The installed console script, next to the interpreter running the tests.
@@ -589,3 +592,189 @@ class SavePublicTests(SynchronousTestCase):
         path = self.mktemp()
         savePublic(path, b"public", False)
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o644)
+
+
+class CheckTests(TestCase):
+    """C{relaynat check}: a role's file and the files it names, every problem said."""
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        key, cert = RELAY_KEYS
+        writePrivate(self.path(KEY_FILE), key)
+        writePrivate(self.path(CERT_FILE), cert)
+        saveUsers(self.path("users"), {"alice": User.create("alice", "pw", Rights())})
+        writePrivate(self.path("password"), b"pw\n")
+        generateSecret(self.path("web.secret"))
+        generateSecret(self.path("db.secret"))
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def write(self, name: str, text: str) -> str:
+        with open(self.path(name), "w") as f:
+            f.write(text)
+        return self.path(name)
+
+    def relay(self, extra: str = "") -> str:
+        return self.write(
+            "relay.toml",
+            '[relay]\nclients = "tcp:0"\nskeletons = "tcp:0"\nkey = "relay.key"\n'
+            f'cert = "relay.pem"\nusers = "users"\n{extra}',
+        )
+
+    def skeleton(self) -> str:
+        return self.write(
+            "skeleton.toml",
+            f'[skeleton]\nrelay = "tcp:relay.example:7001"\nrelay_key = "{FINGERPRINT}"\n'
+            'user = "alice"\npassword_file = "password"\n'
+            '[[server]]\nid = "web"\ntarget = "tcp:127.0.0.1:80"\nsecret_file = "web.secret"\n'
+            '[[server]]\nid = "db"\ntarget = "tcp:127.0.0.1:5432"\nsecret_file = "db.secret"\n',
+        )
+
+    def client(self, listen: str = "tcp:8080:interface=127.0.0.1") -> str:
+        return self.write(
+            "client.toml",
+            '[client]\nrelay = "tcp:relay.example:7000"\nrelay_key = "relay.pem"\n'
+            'user = "alice"\npassword_file = "password"\n'
+            f'[[tunnel]]\nserver = "web"\nlisten = "{listen}"\nsecret_file = "web.secret"\n',
+        )
+
+    async def check(self, *argv: str) -> tuple[int, str, str]:
+        options = CheckOptions()
+        options.parseOptions(list(argv))
+        out, err = StringIO(), StringIO()
+        code = await checkCommand(reactor, options, out, err)
+        return code, out.getvalue(), err.getvalue()
+
+    @runAsync
+    async def test_eachRoleOk(self) -> None:
+        """A good file of each role, told apart by its table, is ok: status 0."""
+        for path in (self.relay(), self.skeleton(), self.client()):
+            self.assertEqual(await self.check("--config", path), (0, f"{path}: ok\n", ""))
+
+    @runAsync
+    async def test_structure(self) -> None:
+        """A syntax error, an unknown key or a bad endpoint is said as the roles say it."""
+        path = self.write("relay.toml", "[relay\n")
+        code, out, err = await self.check("--config", path)
+        self.assertEqual((code, out), (1, ""))
+        self.assertTrue(err.startswith(f"{path}: (syntax): "), err)
+        self.assertEqual(err.count("\n"), 1)
+        path = self.relay('colour = "blue"\n')
+        self.assertEqual(
+            await self.check("--config", path), (1, "", f"{path}: relay.colour: unknown key\n")
+        )
+        path = self.relay('web = "nonsense:1"\n')
+        code, out, err = await self.check("--config", path)
+        self.assertTrue(err.startswith(f"{path}: relay.web: not a valid listening endpoint"), err)
+
+    @runAsync
+    async def test_whichRole(self) -> None:
+        """A file with no role's table, or with two, is refused, naming the tables."""
+        path = self.write("none.toml", 'x = 1\n')
+        code, out, err = await self.check("--config", path)
+        self.assertEqual(
+            (code, err),
+            (1, f"{path}: (file): a role's file has one of [relay], [skeleton], [client]; this one has none\n"),
+        )
+        path = self.write("two.toml", '[relay]\n[client]\n')
+        code, out, err = await self.check("--config", path)
+        self.assertIn("this one has [relay] and [client]", err)
+
+    @runAsync
+    async def test_missingFile(self) -> None:
+        """A config file that cannot be read is one problem."""
+        path = self.path("absent.toml")
+        self.assertEqual(
+            await self.check("--config", path),
+            (1, "", f"{path}: (file): No such file or directory\n"),
+        )
+
+    @runAsync
+    async def test_relayFiles(self) -> None:
+        """
+        A key that is not the certificate's and a users file others can read
+        are both said, each on its line.
+        """
+        other, _ = generate(["other.example"])
+        writePrivate(self.path(KEY_FILE), other)
+        os.chmod(self.path("users"), 0o644)
+        code, out, err = await self.check("--config", self.relay())
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err.splitlines(),
+            [
+                f"{self.path(KEY_FILE)} and {self.path(CERT_FILE)} do not belong together",
+                f"{self.path('users')}: readable by everyone (mode 0644); run chmod 640 {self.path('users')}",
+            ],
+        )
+
+    @runAsync
+    async def test_usersFileParses(self) -> None:
+        """A users file that does not parse is a problem of its own."""
+        writePrivate(self.path("users"), b"alice not-a-verifier\n")
+        code, out, err = await self.check("--config", self.relay())
+        self.assertEqual(code, 1)
+        self.assertTrue(err.startswith(f"{self.path('users')}, line 1: not a SCRAM-SHA-256"), err)
+        self.assertEqual(err.count("\n"), 1)
+
+    @runAsync
+    async def test_skeletonFiles(self) -> None:
+        """
+        A missing password file, a secret file writable by its group and a
+        secret too short are three problems, all said.
+        """
+        os.unlink(self.path("password"))
+        os.chmod(self.path("web.secret"), 0o660)
+        writePrivate(self.path("db.secret"), b"!!\n")
+        code, out, err = await self.check("--config", self.skeleton())
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(
+            err.splitlines(),
+            [
+                f"{self.path('password')}: password_file: No such file or directory",
+                f"{self.path('web.secret')}: writable by its group (mode 0660); run chmod 640"
+                f" {self.path('web.secret')} (server[0].secret_file)",
+                f"{self.path('db.secret')}: the secret is too short (make one with 'relaynat secret')"
+                " (server[1].secret_file)",
+            ],
+        )
+
+    @runAsync
+    async def test_clientRelayCertificate(self) -> None:
+        """A client's relay_key file that is missing is said."""
+        os.unlink(self.path(CERT_FILE))
+        code, out, err = await self.check("--config", self.client())
+        self.assertEqual(code, 1)
+        self.assertIn(self.path(CERT_FILE), err)
+        self.assertEqual(err.count("\n"), 1)
+
+    @runAsync
+    async def test_bind(self) -> None:
+        """
+        With C{--bind}, a listening port already taken is a problem; without
+        it the endpoint is only parsed.
+        """
+        taken = await listen(Factory.forProtocol(Echo))
+        self.addCleanup(taken.stopListening)
+        port = taken.getHost().port  # type: ignore[attr-defined]
+        path = self.client(f"tcp:{port}:interface=127.0.0.1")
+        self.assertEqual((await self.check("--config", path))[0], 0)
+        code, out, err = await self.check("--config", path, "--bind")
+        self.assertEqual(code, 1)
+        self.assertTrue(
+            err.startswith(f"{path}: tunnel[0].listen: cannot listen on tcp:{port}:interface=127.0.0.1"),
+            err,
+        )
+        await taken.stopListening()  # type: ignore[misc]
+        self.assertEqual(await self.check("--config", path, "--bind"), (0, f"{path}: ok\n", ""))
+
+    def test_noConfig(self) -> None:
+        """Without C{--config}, C{check} is a usage error: status 2."""
+        err = StringIO()
+        self.patch(sys, "stderr", err)
+        error = self.assertRaises(SystemExit, main, ["check"])
+        self.assertEqual(error.code, 2)
+        self.assertTrue(err.getvalue().startswith("Usage: relaynat check --config FILE"), err.getvalue())
+        self.assertTrue(err.getvalue().endswith("relaynat: give --config FILE: the configuration file to check\n"))
