@@ -105,8 +105,9 @@ class ConnectTests(TestCase):
         """
         stack, config = await startStack(self, {"count": Factory.forProtocol(lambda: ReplyAtEnd(5))})
         process = spawnConnect("--config", config, "count")
-        process.transport.write(b"x" * 100000)  # type: ignore[attr-defined]
-        process.transport.closeStdin()  # type: ignore[attr-defined]
+        assert process.transport is not None
+        process.transport.write(b"x" * 100000)
+        process.transport.closeStdin()
         code = await process.ended
         self.assertEqual(b"".join(process.out), b"100000\nrrrrr")
         self.assertTrue(process.outClosed)
