@@ -14,7 +14,7 @@ from scramp import ScramClient, ScramException, ScramMechanism
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaynat import tools
+from relaynat.scripts import passwd as passwdCommand
 from relaynat.cli import Options
 from relaynat.test.runcommand import command
 from relaynat.users import (
@@ -207,7 +207,7 @@ class PasswdTests(SynchronousTestCase):
                 raise EOFError()
             return self.answers.pop(0)
 
-        self.patch(tools, "getpass", getpass)
+        self.patch(passwdCommand, "getpass", getpass)
 
     def passwd(self, *argv: str, answers: tuple[str, ...] = ()) -> tuple[int, str, str]:
         self.answers = list(answers)
