@@ -28,7 +28,10 @@ from relaynat.wire import (
     PING_TIMEOUT,
     TICKET_BYTES,
     BadRequest,
+    DuplicateServer,
+    LimitReached,
     OpenConnection,
+    PermissionDenied,
     RelaynatError,
     Register,
     ServerWithdrawn,
@@ -85,6 +88,8 @@ class Skeleton:
         #: reloads included, since the relay refuses a registration whole
         #: for one server it will not take.
         self.withdrawn: set[str] = set()
+        #: Servers a reload added that no registration has carried yet.
+        self.untried: set[str] = set()
         #: Open data connections, pooled or joined.
         self.dataConnections: set[RelayEnd] = set()
         #: The relay's requests for connections being worked on; the rest
@@ -104,17 +109,27 @@ class Skeleton:
         channel = cast(SkeletonControl, control)
         return preparing(channel, channel.prepare())
 
-    def registration(self) -> Registration:
-        """What a registration says now: the name, the pool, each server's id and description."""
+    def registration(self, leaveOut: frozenset[str] = frozenset()) -> Registration:
+        """
+        What a registration says now, of every server but C{leaveOut}: the
+        name, the pool, each server's id and description.
+        """
         return Registration(
             self.name,
             self.pool,
-            tuple(sorted((s.id, s.description) for s in self.servers.values())),
+            tuple(
+                sorted((s.id, s.description) for s in self.servers.values() if s.id not in leaveOut)
+            ),
         )
 
-    async def registerOn(self, control: SkeletonControl) -> Registration:
-        """Register every server still offered on C{control}, logged in; what it registered."""
-        registration = self.registration()
+    async def registerOn(
+        self, control: SkeletonControl, leaveOut: frozenset[str] = frozenset()
+    ) -> Registration:
+        """
+        Register every server still offered (but C{leaveOut}) on C{control},
+        logged in; what it registered.
+        """
+        registration = self.registration(leaveOut)
         servers = [{"id": i, "description": d} for i, d in registration.servers]
         if not servers:
             raise NothingToRegister(
@@ -158,6 +173,7 @@ class Skeleton:
                 end.transport.loseConnection()
         added = sorted(set(offered) - set(self.servers))
         removed = sorted(set(self.servers) - set(offered))
+        self.untried = (self.untried | set(added)) & set(offered)
         self.servers, self.name, self.pool = offered, name, pool
         if added or removed or changed:
             _log.info(
@@ -168,6 +184,26 @@ class Skeleton:
                 changed=", ".join(sorted(changed - set(removed))) or "none",
             )
         return self.registration() != before
+
+    def registered(self, registration: Registration) -> None:
+        """The relay took C{registration}: its servers are tried."""
+        self.untried -= {i for i, _ in registration.servers}
+
+    def refuse(self, refused: list[str], why: str) -> None:
+        """
+        The relay refused a registration for C{refused}, servers a reload
+        added: leave them out (as if withdrawn), the others registered.
+        """
+        _log.error(
+            "server {servers}, added by a reload, not registered: the relay refused"
+            " it ({why}); the others are registered",
+            servers=", ".join(refused),
+            why=why,
+        )
+        for serverId in refused:
+            self.untried.discard(serverId)
+            if self.servers.pop(serverId, None) is not None:
+                self.withdrawn.add(serverId)
 
     def withdraw(self, serverId: str, reason: str) -> None:
         """
@@ -228,7 +264,11 @@ class SkeletonControl(ControlChannel):
     async def prepare(self) -> None:
         """Log in, then register the skeleton's servers."""
         await self.start()
-        registered = await self.skeleton.registerOn(self)
+        try:
+            registered = await self.skeleton.registerOn(self)
+        except _REFUSALS as e:
+            registered = await self._withoutRefused(e)
+        self.skeleton.registered(registered)
         if registered != self.skeleton.registration():
             # A reload came while the answer was on its way: this
             # connection holds the old servers, so it is dropped and the
@@ -236,6 +276,26 @@ class SkeletonControl(ControlChannel):
             raise StaleRegistration(
                 "the configuration was reloaded during the registration; registering again"
             )
+
+    async def _withoutRefused(self, error: Exception) -> Registration:
+        """
+        The relay refused a registration whole.  A refused Register leaves
+        the connection free for another, so that one server a reload added
+        does not take the others offline: each added one is left out in
+        turn, then all of them.
+        """
+        untried = sorted(self.skeleton.untried)
+        if not untried:
+            raise error
+        for candidate in untried:
+            try:
+                registered = await self.skeleton.registerOn(self, frozenset({candidate}))
+            except _REFUSALS:
+                continue
+            self.skeleton.refuse([candidate], str(error))
+            return registered
+        self.skeleton.refuse(untried, str(error))
+        return await self.skeleton.registerOn(self)
 
     @ServerWithdrawn.responder
     def serverWithdrawn(self, server: str, reason: str) -> dict[str, object]:
@@ -266,6 +326,10 @@ class SkeletonControl(ControlChannel):
                 )
                 raise
         return {}
+
+
+#: How the relay refuses a registration whole for some of its servers.
+_REFUSALS = (PermissionDenied, DuplicateServer, LimitReached)
 
 
 class RelayEnd(SpliceHalf):
