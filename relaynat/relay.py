@@ -200,7 +200,13 @@ class Relay:
                 if not user.rights.mayRegister(serverId):
                     channel.withdraw(serverId, f"user {user.name} may no longer register it")
         for tunnel in list(self.tunnels):
-            why = tunnel.forbidden(current)
+            # Its logins may be older than the connections that made it
+            # (a skeleton reconnects): the users decide, not the sessions.
+            why = (
+                _revoked(tunnel.user, previous, current)
+                or _revoked(tunnel.owner, previous, current)
+                or tunnel.forbidden(current)
+            )
             if why is not None:
                 tunnel.cut(why)
 
