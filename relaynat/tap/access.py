@@ -16,8 +16,10 @@ from twisted.logger import Logger
 from twisted.python.usage import UsageError
 
 from relaynat.config import ConfigError, splitAssignment
-from relaynat.link import ControlChannel, ControlService, RelayLink
+from relaynat.config import RelayAccess
+from relaynat.link import ControlChannel, ControlService, RelayLink, linkFromConfig
 from relaynat.secret import SecretFileError, loadSecret
+from relaynat.tap.listening import CannotStart
 from relaynat.tap.options import ConfigOptions
 
 _log = Logger()
@@ -150,3 +152,14 @@ def accessUnchanged(before: Any, after: Any) -> None:
             "the relay's address, key, user or password file changed: a reload keeps"
             " the running ones; restart to use the new"
         )
+
+
+def startingLink(access: RelayAccess, reactor: Any) -> RelayLink:
+    """
+    The role's way to the relay, its files read now: one that cannot be
+    read (a missing password file, say) stops the start with one line.
+    """
+    try:
+        return linkFromConfig(access, reactor)
+    except ConfigError as e:
+        raise CannotStart(f"twistd: {e}") from None

@@ -23,8 +23,9 @@ from relaynat.config import (
     splitAssignment,
     withFlags,
 )
-from relaynat.link import RelayLink, linkFromConfig
+from relaynat.link import RelayLink
 from relaynat.tap.access import (
+    startingLink,
     ACCESS_PARAMETERS,
     AccessOptions,
     ReloadOnHangup,
@@ -197,7 +198,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     raiseOpenFileLimit()
     keepBuffersOnHeap()
     config = options.client
-    link = linkFromConfig(config.access, reactor)
+    link = startingLink(config.access, reactor)
     service = MultiService()
     controlService(link, lambda: ClientControl(link), reactor).setServiceParent(service)
     reload = ClientReload(options, link, service, reactor)

@@ -16,9 +16,10 @@ from relaynat.config import (
     splitAssignment,
     withFlags,
 )
-from relaynat.link import ControlService, linkFromConfig
+from relaynat.link import ControlService
 from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
 from relaynat.tap.access import (
+    startingLink,
     ACCESS_PARAMETERS,
     AccessOptions,
     ReloadOnHangup,
@@ -124,7 +125,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     raiseOpenFileLimit()
     keepBuffersOnHeap()
     config = options.skeleton
-    link = linkFromConfig(config.access, reactor)
+    link = startingLink(config.access, reactor)
     servers = {s.id: front(s, options.secrets[s.id], reactor) for s in config.servers}
     skeleton = Skeleton(link, config.name, servers, config.pool)
     service = MultiService()

@@ -42,3 +42,35 @@ class ListeningTests(TestCase):
         service.privilegedStartService()
         self.assertTrue(service._waitingForPort.called)  # type: ignore[union-attr]
         return service.stopService()  # type: ignore[no-any-return]
+
+
+class StartingTests(TestCase):
+    def test_missingPasswordFile(self) -> None:
+        """
+        A client (or skeleton) whose password file is missing stops at its
+        start with one line naming the file and the key.
+        """
+        import os
+
+        from relaynat.secret import generateSecret
+        from relaynat.tap import client as clientTap
+
+        folder = self.mktemp()
+        os.makedirs(folder)
+        generateSecret(os.path.join(folder, "web.secret"))
+        path = os.path.join(folder, "client.toml")
+        with open(path, "w") as f:
+            f.write(
+                '[client]\nrelay = "tcp:127.0.0.1:7000"\nrelay_key = "sha256:' + "ab" * 32 + '"\n'
+                'user = "u"\npassword_file = "nope.password"\n'
+                '[[tunnel]]\nserver = "web"\nlisten = "tcp:0:interface=127.0.0.1"\n'
+                'secret_file = "web.secret"\n'
+            )
+        options = clientTap.Options()
+        options.parseOptions(["--config", path])
+        error = self.assertRaises(CannotStart, clientTap.makeService, options, reactor)
+        self.assertEqual(
+            str(error),
+            f"twistd: {os.path.join(folder, 'nope.password')}: password_file:"
+            " No such file or directory",
+        )
