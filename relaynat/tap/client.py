@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock, maybeDeferred
 from twisted.internet.endpoints import serverFromString
@@ -35,6 +34,7 @@ from relaynat.tap.access import (
     reloaded,
 )
 from relaynat.tap.limits import keepBuffersOnHeap, raiseOpenFileLimit
+from relaynat.tap.listening import Listening
 from relaynat.tap.options import ConfigOptions
 
 _log = Logger()
@@ -144,8 +144,11 @@ class ClientReload:
         factory = TunnelFactory(self.link, tunnel.server, secret)
         listener: IService
         if atStart:
-            # As before reloads existed: twistd's own listener.
-            listener = strports.service(tunnel.listen, factory, reactor=self.reactor)
+            # At the start a port that cannot be listened on stops it, with
+            # one line (on a reload, the others go on: TunnelListener).
+            listener = Listening(
+                self.reactor, tunnel.listen, factory, f"[[tunnel]] listen of {tunnel.server}"
+            )
         else:
             listener = TunnelListener(self.reactor, tunnel, factory)
         listener.setServiceParent(self.parent)
