@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
@@ -22,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaynat.channel import Channel, keepAlive
-from relaynat.link import ControlChannel, RelayLink
+from relaynat.link import ControlChannel, RelayLink, RelayUnreachable
 from relaynat.seal import BEGIN, REFUSED, ClientHandshake, TARGET_REFUSED, SealBroken, Sealed
 from relaynat.splice import Outcome, SpliceHalf, splice
 from relaynat.wire import HEARTBEAT, JOIN_REFUSED, PING_TIMEOUT, ListServers, RelaynatError, SkeletonGone, TargetRefused, refusal
@@ -335,7 +336,15 @@ class TunnelFactory(Factory):
         try:
             waiting = self.link.loggedIn()
             waiting.addTimeout(LOGIN_WAIT, self.link.clock)
-            await waiting
+            try:
+                await waiting
+            except defer.TimeoutError:
+                # Said as what it means: the reason itself is logged by the
+                # control connection, once.
+                raise RelayUnreachable(
+                    f"not logged in to the relay within {LOGIN_WAIT:g} s"
+                    " (is it running and reachable? the log says why not)"
+                ) from None
             ticket = await self.link.ticket(self.serverId)
         except BaseException:
             connecting.addCallback(lambda _: end.transport.loseConnection())

@@ -684,3 +684,37 @@ class ToldTests(SynchronousTestCase):
         failure = self.failureResultOf(registering, NothingToRegister)
         self.assertIn("every server of it was withdrawn", failure.getErrorMessage())
         self.assertEqual(relay.registered, [])
+
+
+class LoginWaitTests(SynchronousTestCase):
+    def test_notLoggedInInTime(self) -> None:
+        """
+        A local connection that waits longer than LOGIN_WAIT for the login
+        fails with what that means, not a bare timeout.
+        """
+        from twisted.internet.defer import Deferred
+        from twisted.internet.task import Clock
+
+        from relaynat import client
+        from relaynat.link import RelayUnreachable
+
+        class NeverLink:
+            clock = Clock()
+            wanted: set[str] = set()
+
+            def connectData(self, end: object) -> Deferred[None]:
+                return Deferred()
+
+            def loggedIn(self) -> Deferred[None]:
+                return Deferred()
+
+        link = NeverLink()
+        factory = client.TunnelFactory(link, "web", b"s" * 32)  # type: ignore[arg-type]
+        d = Deferred.fromCoroutine(factory.openEnd())
+        link.clock.advance(client.LOGIN_WAIT)
+        failure = self.failureResultOf(d, RelayUnreachable)
+        self.assertEqual(
+            failure.getErrorMessage(),
+            "not logged in to the relay within 10 s (is it running and reachable? the log"
+            " says why not)",
+        )
