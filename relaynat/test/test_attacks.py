@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from relaynat.auth import ScramLogin, Users, pepperFromKey
 from relaynat.caps import Limits
 from relaynat.channel import Channel
 from relaynat.identity import PinnedRelay, serverEndPoint
@@ -367,7 +368,6 @@ class LoginAttackTests(AttackTestCase):
         for _ in range(stack.relay.limits.login_burst - 4):
             await salt("ghost")
         self.assertGreater(stack.relay.throttle.refusedFor("127.0.6.1"), 0)
-        from relaynat.auth import ScramLogin, Users, pepperFromKey
         restarted = pepperFromKey(stack.identity.options.privateKey)
         self.assertEqual(restarted, stack.relay.pepper)
         fresh = ScramLogin(Users(stack.users.path), stack.identity.channelBinding, restarted)

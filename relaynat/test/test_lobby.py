@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relaynat.caps import Limits, Usage
 from relaynat.lobby import Lobby
 from relaynat.lograte import LogBudget
+from relaynat.tap.relay import lowerToFit
 from relaynat.wire import LimitReached
 
 
@@ -174,8 +175,6 @@ class FitTests(SynchronousTestCase):
         Strangers may hold at most a quarter of the relay's descriptors:
         a cap above that is lowered (and logged), one below it is kept.
         """
-        from relaynat.tap.relay import lowerToFit
-
         self.assertEqual(lowerToFit(Limits(), 1024).max_unauthenticated, 256)
         self.assertEqual(lowerToFit(Limits(), 1_048_576).max_unauthenticated, 1024)
         self.assertEqual(lowerToFit(Limits(max_unauthenticated=10), 1024).max_unauthenticated, 10)
