@@ -6,12 +6,10 @@ trust the relay, their control service, and their reload on SIGHUP.
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import backoffPolicy
-from twisted.application.service import Service
 from twisted.logger import Logger
 from twisted.python.usage import UsageError
 
@@ -103,32 +101,6 @@ def loadSecrets(paths: dict[str, str]) -> dict[str, bytes]:
             problem = str(e).removeprefix(f"{path}: ")
             raise ConfigError(path, f"secret of {serverId}", problem) from None
     return secrets
-
-
-class ReloadOnHangup(Service):
-    """
-    Call C{reload} from the reactor at each SIGHUP while running (as the
-    relay reloads its users file).  A handler that was there before is
-    called too, so that roles sharing a process each reload.
-    """
-
-    def __init__(self, reactor: Any, reload: Callable[[], object]) -> None:
-        self.reactor, self.reload = reactor, reload
-        self._previous: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._previous = signal.signal(signal.SIGHUP, self._hangup)
-
-    def stopService(self) -> Any:
-        signal.signal(signal.SIGHUP, self._previous or signal.SIG_DFL)
-        return super().stopService()
-
-    def _hangup(self, signum: int, frame: Any) -> None:
-        # Not in a signal handler's context: reload from the reactor.
-        self.reactor.callFromThread(self.reload)
-        if callable(self._previous):
-            self._previous(signum, frame)
 
 
 def reloaded(options: AccessOptions, what: str) -> bool:

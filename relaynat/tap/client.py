@@ -24,15 +24,15 @@ from relaynat.config import (
 )
 from relaynat.link import RelayLink
 from relaynat.tap.access import (
-    startingLink,
     ACCESS_PARAMETERS,
     AccessOptions,
-    ReloadOnHangup,
     accessUnchanged,
     controlService,
     loadSecrets,
     reloaded,
+    startingLink,
 )
+from relaynat.tap.hangup import ReloadOnHangup
 from relaynat.tap.limits import keepBuffersOnHeap, raiseOpenFileLimit
 from relaynat.tap.listening import Listening
 from relaynat.tap.options import ConfigOptions

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 import attrs
 from twisted.application.internet import TimerService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -16,6 +15,7 @@ from relaynat.caps import Limits
 from relaynat.config import ConfigError, RelayConfig, relayConfig, withFlags
 from relaynat.identity import IdentityError, RelayIdentity
 from relaynat.relay import Relay
+from relaynat.tap.hangup import ReloadOnHangup
 from relaynat.tap.limits import raiseOpenFileLimit
 from relaynat.tap.listening import Listening
 from relaynat.tap.options import ConfigOptions, number
@@ -64,26 +64,6 @@ class Options(ConfigOptions):
             raise ConfigError(source, "relay", str(e)) from None
 
 
-class ReloadOnHangup(Service):
-    """Reload the users file on SIGHUP, keeping the old one if it is bad."""
-
-    def __init__(self, reactor: Any, users: Users) -> None:
-        self.reactor, self.users = reactor, users
-        self._previous: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._previous = signal.signal(signal.SIGHUP, self._hangup)
-
-    def stopService(self) -> None:
-        signal.signal(signal.SIGHUP, self._previous or signal.SIG_DFL)
-        return super().stopService()
-
-    def _hangup(self, signum: int, frame: Any) -> None:
-        # Not in a signal handler's context: reload from the reactor.
-        self.reactor.callFromThread(self.users.reload)
-
-
 def lowerToFit(limits: Limits, openFiles: int) -> Limits:
     """
     C{limits}, with the unauthenticated connections capped at a quarter of
@@ -120,7 +100,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     heartbeat = TimerService(HEARTBEAT, relay.heartbeat)
     heartbeat.clock = reactor
     heartbeat.setServiceParent(service)
-    ReloadOnHangup(reactor, options.users).setServiceParent(service)
+    ReloadOnHangup(reactor, options.users.reload).setServiceParent(service)
     Listening(reactor, config.clients, relay.clientFactory(), "[relay] clients").setServiceParent(
         service
     )

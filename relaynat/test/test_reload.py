@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from relaynat.tap.relay import ReloadOnHangup
+from relaynat.tap.hangup import ReloadOnHangup
 from relaynat.test.loopback import PASSWORD, Stack
 from relaynat.test.net import pollUntil, reactor, runAsync
 from relaynat.test.streams import Collect, Echo
@@ -31,7 +31,7 @@ class ReloadOnHangupTests(TestCase):
         """
         stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
         self.addCleanup(stack.stop)
-        service = ReloadOnHangup(reactor, stack.users)
+        service = ReloadOnHangup(reactor, stack.users.reload)
         service.startService()
         self.addCleanup(service.stopService)
 
@@ -58,7 +58,7 @@ class ReloadOnHangupTests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, cast(ILogObserver, events.append))
         stack = await Stack().start({"echo": Factory.forProtocol(Echo)})
         self.addCleanup(stack.stop)
-        service = ReloadOnHangup(reactor, stack.users)
+        service = ReloadOnHangup(reactor, stack.users.reload)
         service.startService()
         self.addCleanup(service.stopService)
         with open(stack.users.path, "a") as f:

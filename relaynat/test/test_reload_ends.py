@@ -32,7 +32,7 @@ from relaynat.secret import generateSecret
 from relaynat.skeleton import Skeleton
 from relaynat.tap import client as clientTap
 from relaynat.tap import skeleton as skeletonTap
-from relaynat.tap.access import ReloadOnHangup
+from relaynat.tap.hangup import ReloadOnHangup
 from relaynat.test.logs import logEvents
 from relaynat.test.loopback import ANYTHING, PASSWORD, relayIdentity, writeUsers
 from relaynat.test.net import listen, openConnections, pollUntil, reactor, runAsync

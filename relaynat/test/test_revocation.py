@@ -15,7 +15,7 @@ from twisted.logger import formatEvent
 from twisted.trial.unittest import TestCase
 
 from relaynat.client import listServers
-from relaynat.tap.relay import ReloadOnHangup
+from relaynat.tap.hangup import ReloadOnHangup
 from relaynat.test.logs import logEvents
 from relaynat.test.loopback import Stack, rewriteUsers
 from relaynat.test.net import pollUntil, reactor, runAsync
@@ -42,7 +42,7 @@ class RevocationTests(TestCase):
             {"web": Factory.forProtocol(Echo)}, users=USERS, user="alice", clientUser="carol"
         )
         self.addCleanup(stack.stop)
-        service = ReloadOnHangup(reactor, stack.users)
+        service = ReloadOnHangup(reactor, stack.users.reload)
         service.startService()
         self.addCleanup(service.stopService)
         tunnel = Collect(b"before")
