@@ -11,6 +11,7 @@ connection costs one record to start.
 
 from __future__ import annotations
 
+import collections
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -229,6 +230,11 @@ class TunnelFactory(Factory):
         self.readyCount = ready
         link.wanted.add(serverId)
         self._ready: deque[ClientEnd] = deque()
+        #: What became of local connections, for the metrics: "set_up",
+        #: "ended", "cut", or the name of the error that failed one.
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        #: Tunnels carrying now.
+        self.carrying = 0
         #: Local connections waiting for the next connection to be ready.
         self._waiters: deque[Deferred[ClientEnd]] = deque()
         self._opening = 0
@@ -417,13 +423,18 @@ class TunnelFactory(Factory):
                         end.transport.loseConnection()
                     return
                 end.attach(local, self._finished)
+                self.outcomes["set_up"] += 1
+                self.carrying += 1
                 return
 
     def _failed(self, local: LocalHalf, error: Exception) -> None:
+        self.outcomes[type(error).__name__] += 1
         self._report(error, f"tunnel to {self.serverId} failed")
         local.abandon()
 
     def _finished(self, joined: Any, outcome: Outcome) -> None:
+        self.carrying -= 1
+        self.outcomes["ended" if outcome is None else "cut"] += 1
         if outcome is not None and outcome[0] == "relay":
             why = outcome[1]
             if why == TARGET_REFUSED:

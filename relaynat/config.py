@@ -99,6 +99,7 @@ class SkeletonConfig:
     name: str
     servers: tuple[ServerConfig, ...]
     pool: int = 1
+    metrics: str | None = None
 
 
 @attrs.frozen
@@ -116,6 +117,7 @@ class ClientConfig:
 
     access: RelayAccess
     tunnels: tuple[TunnelConfig, ...] = ()
+    metrics: str | None = None
 
 
 def readToml(path: str) -> dict[str, Any]:
@@ -295,6 +297,7 @@ def skeletonConfig(
         name=table.string("name", socket.gethostname()),
         pool=int(table.number("pool", 1, low=0, high=1000, integer=True)),
         servers=tuple(servers),
+        metrics=table.endpoint("metrics", server=True, required=False),
     )
     table.done()
     return config
@@ -320,7 +323,11 @@ def clientConfig(
     if needTunnels and not tunnels:
         raise ConfigError(source, "tunnel", "a client needs at least one [[tunnel]]")
     _unique(source, "tunnel", [t.listen for t in tunnels], "listen address")
-    config = ClientConfig(access=_access(table), tunnels=tuple(tunnels))
+    config = ClientConfig(
+        access=_access(table),
+        tunnels=tuple(tunnels),
+        metrics=table.endpoint("metrics", server=True, required=False),
+    )
     table.done()
     return config
 

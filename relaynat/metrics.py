@@ -137,3 +137,72 @@ _USAGE_KEYS = {
     "tunnels": "max_tunnels_per_user",
     "servers": "max_servers_per_user",
 }
+
+
+class _Ends(Collector):
+    """A skeleton's or a client's state, read when scraped."""
+
+    def __init__(self, read: Any) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Any]:
+        yield from self.read()
+
+
+def clientRegistry(factories: Any) -> CollectorRegistry:
+    """
+    A client's metrics: C{factories()} gives its tunnels' factories (the
+    set changes on a reload), each with its server id, the connections it
+    keeps ready, those being set up and carrying, and what became of local
+    connections.
+    """
+
+    def read() -> Iterator[Any]:
+        ready = GaugeMetricFamily(
+            "relaynat_client_ready_connections", "Connections joined and proven, ready for use.",
+            labels=["server"],
+        )
+        carrying = GaugeMetricFamily(
+            "relaynat_client_tunnels_open", "Tunnels carrying now.", labels=["server"]
+        )
+        outcomes = CounterMetricFamily(
+            "relaynat_client_tunnels",
+            "Local connections by outcome (set_up, ended, cut, or the error that failed one).",
+            labels=["server", "outcome"],
+        )
+        for factory in factories():
+            ready.add_metric([factory.serverId], factory.readyNow())
+            carrying.add_metric([factory.serverId], factory.carrying)
+            for outcome, count in sorted(factory.outcomes.items()):
+                outcomes.add_metric([factory.serverId, outcome], count)
+        yield from (ready, carrying, outcomes)
+
+    registry = CollectorRegistry()
+    registry.register(_Ends(read))
+    return registry
+
+
+def skeletonRegistry(skeleton: Any) -> CollectorRegistry:
+    """A skeleton's metrics: its connections to the relay, and its tunnels by outcome."""
+
+    def read() -> Iterator[Any]:
+        yield GaugeMetricFamily(
+            "relaynat_skeleton_data_connections",
+            "Data connections to the relay: pooled, being set up, or carrying.",
+            value=len(skeleton.dataConnections),
+        )
+        yield GaugeMetricFamily(
+            "relaynat_skeleton_servers", "Servers this skeleton fronts.",
+            value=len(skeleton.servers),
+        )
+        outcomes = CounterMetricFamily(
+            "relaynat_skeleton_tunnels", "Tunnels by server and outcome (opened, target_refused).",
+            labels=["server", "outcome"],
+        )
+        for (server, outcome), count in sorted(skeleton.outcomes.items()):
+            outcomes.add_metric([server, outcome], count)
+        yield outcomes
+
+    registry = CollectorRegistry()
+    registry.register(_Ends(read))
+    return registry

@@ -9,6 +9,7 @@ tunnel's bytes.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -92,6 +93,9 @@ class Skeleton:
         self.untried: set[str] = set()
         #: Open data connections, pooled or joined.
         self.dataConnections: set[RelayEnd] = set()
+        #: Tunnels by server and what became of them ("opened",
+        #: "target_refused"), for the metrics.
+        self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
         #: The relay's requests for connections being worked on; the rest
         #: wait, oldest first, so that under a burst each is done quickly
         #: rather than all of them late.
@@ -414,6 +418,7 @@ class RelayEnd(SpliceHalf):
             _log.warn(
                 "tunnel to {server}: target refused: {why}", server=self.server.id, why=str(e)
             )
+            self.skeleton.outcomes[(self.server.id, "target_refused")] += 1
             if self.lost is None:
                 self.transport.write(self.sealed.writer.record(REFUSED))
                 self.transport.loseConnection()
@@ -422,6 +427,7 @@ class RelayEnd(SpliceHalf):
             target.transport.abortConnection()
             return
         _log.info("tunnel to {server} opened", server=self.server.id)
+        self.skeleton.outcomes[(self.server.id, "opened")] += 1
         if self.sealed.sealed:
             splice(self.skeleton.clock, target, self, self._finished, seal=self.sealed)
         else:

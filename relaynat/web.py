@@ -124,3 +124,15 @@ def publicationResource(
         Data((identity.fingerprint + "\n").encode("ascii"), "text/plain; charset=us-ascii"),
     )
     return root
+
+
+def metricsResource(registry: CollectorRegistry) -> Resource:
+    """
+    A skeleton's or a client's own metrics endpoint: C{/metrics} and
+    C{/healthz}, to whoever reaches the endpoint its file names (bind it to
+    127.0.0.1 or a private network).
+    """
+    root = Resource()
+    root.putChild(b"healthz", Data(b"ok\n", "text/plain; charset=us-ascii"))
+    root.putChild(b"metrics", cast(Resource, MetricsResource(registry=registry)))
+    return root

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredLock, maybeDe
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.web.server import Site
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
@@ -23,6 +24,7 @@ from relaynat.config import (
     withFlags,
 )
 from relaynat.link import RelayLink
+from relaynat.metrics import clientRegistry
 from relaynat.tap.access import (
     ACCESS_PARAMETERS,
     AccessOptions,
@@ -36,6 +38,7 @@ from relaynat.tap.hangup import ReloadOnHangup
 from relaynat.tap.limits import keepBuffersOnHeap, raiseOpenFileLimit
 from relaynat.tap.listening import Listening
 from relaynat.tap.options import ConfigOptions
+from relaynat.web import metricsResource
 
 _log = Logger()
 
@@ -208,4 +211,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     for tunnel in config.tunnels:
         reload.startTunnel(tunnel, options.secrets[tunnel.server], atStart=True)
     ReloadOnHangup(reactor, reload).setServiceParent(service)
+    if config.metrics is not None:
+        registry = clientRegistry(lambda: [t.factory for t in reload.running.values()])
+        Listening(
+            reactor, config.metrics, Site(metricsResource(registry)), "[client] metrics"
+        ).setServiceParent(service)
     return service

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString
 from twisted.python.usage import UsageError
+from twisted.web.server import Site
 
 from relaynat.config import (
     ConfigError,
@@ -17,6 +18,7 @@ from relaynat.config import (
     withFlags,
 )
 from relaynat.link import ControlService
+from relaynat.metrics import skeletonRegistry
 from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
 from relaynat.tap.access import (
     ACCESS_PARAMETERS,
@@ -29,7 +31,9 @@ from relaynat.tap.access import (
 )
 from relaynat.tap.hangup import ReloadOnHangup
 from relaynat.tap.limits import keepBuffersOnHeap, raiseOpenFileLimit
+from relaynat.tap.listening import Listening
 from relaynat.tap.options import ConfigOptions, number
+from relaynat.web import metricsResource
 
 
 class Options(AccessOptions):
@@ -134,4 +138,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     ReloadOnHangup(reactor, SkeletonReload(options, skeleton, control, reactor)).setServiceParent(
         service
     )
+    if config.metrics is not None:
+        Listening(
+            reactor, config.metrics, Site(metricsResource(skeletonRegistry(skeleton))),
+            "[skeleton] metrics",
+        ).setServiceParent(service)
     return service

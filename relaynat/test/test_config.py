@@ -407,6 +407,18 @@ class RelayConfigTests(ConfigErrorMixin, SynchronousTestCase):
             " with base 10: 'seven'",
         )
 
+    def test_endsMetrics(self) -> None:
+        """
+        A skeleton and a client serve their own metrics only when their file
+        names an endpoint for them.
+        """
+        self.assertIsNone(skeletonConfig(parseToml(SKELETON), "skel.toml").metrics)
+        text = SKELETON.replace("[skeleton]\n", '[skeleton]\nmetrics = "tcp:9100:interface=127.0.0.1"\n')
+        self.assertEqual(
+            skeletonConfig(parseToml(text), "skel.toml").metrics,
+            "tcp:9100:interface=127.0.0.1:backlog=1024",
+        )
+
     def test_endpointWithoutItsPort(self) -> None:
         """
         An endpoint without a port says which part is missing with an

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred
@@ -9,6 +11,7 @@ from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 
 from relaynat.channel import Channel
+from relaynat.metrics import clientRegistry, skeletonRegistry
 from relaynat.test.loopback import Stack
 from relaynat.test.net import pollUntil, runAsync
 from relaynat.test.streams import Collect, Echo
@@ -66,3 +69,47 @@ class RelayMetricsTests(TestCase):
         self.assertEqual(after[("relaynat_unauthenticated_connections", ())], 1)
         await pollUntil(lambda: scrape(stack)[("relaynat_unauthenticated_connections", ())] == 0)
         self.assertEqual(after[("relaynat_sessions", ())], 2)
+
+
+def samplesOf(registry: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(registry).decode("utf-8")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+class EndsMetricsTests(TestCase):
+    @runAsync
+    async def test_clientAndSkeleton(self) -> None:
+        """
+        The client's metrics count its ready connections, open tunnels and
+        their outcomes; the skeleton's its data connections and tunnels
+        opened, by server.
+        """
+        stack = await Stack().start({"web": Factory.forProtocol(Echo)})
+        self.addCleanup(stack.stop)
+        client = clientRegistry(lambda: stack.tunnelFactories.values())
+        skeleton = skeletonRegistry(stack.skeleton)
+        collector = Collect(b"hello", halfClose=True)
+        await stack.connect("web", collector)
+        self.assertEqual(await collector.finished, b"hello")
+        factory = stack.tunnelFactories["web"]
+        await pollUntil(lambda: factory.carrying == 0 and factory.readyNow() == 2)
+        ends = samplesOf(client)
+        web = (("server", "web"),)
+        self.assertEqual(ends[("relaynat_client_ready_connections", web)], 2)
+        self.assertEqual(ends[("relaynat_client_tunnels_open", web)], 0)
+        self.assertEqual(
+            ends[("relaynat_client_tunnels_total", (("outcome", "set_up"), ("server", "web")))], 1
+        )
+        self.assertEqual(
+            ends[("relaynat_client_tunnels_total", (("outcome", "ended"), ("server", "web")))], 1
+        )
+        far = samplesOf(skeleton)
+        self.assertEqual(
+            far[("relaynat_skeleton_tunnels_total", (("outcome", "opened"), ("server", "web")))], 1
+        )
+        self.assertGreaterEqual(far[("relaynat_skeleton_data_connections", ())], 2)
+        self.assertEqual(far[("relaynat_skeleton_servers", ())], 1)
