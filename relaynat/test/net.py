@@ -15,9 +15,8 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
 
-from relaynat import kernel
+from relaynat import kernel, localstack
 
 reactor: Any = _reactor
 
@@ -33,12 +32,20 @@ def endpointOf(port: IListeningPort) -> TCP4ClientEndpoint:
 async def pollUntil(
     condition: Callable[[], object], timeout: float = 10.0, step: float = 0.01
 ) -> None:
-    """Wait for C{condition} to hold, at most C{timeout} seconds."""
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await deferLater(reactor, step, lambda: None)
+    """
+    Wait for C{condition} to hold, at most C{timeout} seconds: the local
+    stack's one bounded polling helper, for a plain true-or-false check.  A
+    timeout is an L{AssertionError}, so that trial counts it as a failure.
+    """
+
+    async def holds() -> None:
+        if not condition():
+            raise ValueError("not yet")
+
+    try:
+        await localstack.pollUntil(reactor, holds, timeout, "condition not met", step=step)
+    except localstack.LocalStackError as e:
+        raise AssertionError(str(e)) from None
 
 
 async def waitStalled(sender: Any) -> None:

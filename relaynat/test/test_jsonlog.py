@@ -18,7 +18,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relaynat.demo import (
+from relaynat.localstack import (
     ChildProcess,
     pollUntil,
     relaynatList,

@@ -23,8 +23,8 @@ from twisted.logger import formatEvent
 from twisted.trial.unittest import TestCase
 
 from relaynat.client import TunnelFactory
-from relaynat.demo import LocalStack, relaynatTool
-from relaynat.demo import pollUntil as pollProcess
+from relaynat.localstack import LocalStack, relaynatTool
+from relaynat.localstack import pollUntil as pollProcess
 from relaynat.identity import writePrivate
 from relaynat.link import ControlService
 from relaynat.relay import Relay

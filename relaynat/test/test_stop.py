@@ -19,7 +19,8 @@ from twisted.internet.tcp import Server
 from twisted.trial.unittest import TestCase
 
 from relaynat.client import ClientControl
-from relaynat.demo import ChildProcess, pageSite
+from relaynat.demo import pageSite
+from relaynat.localstack import ChildProcess
 from relaynat.link import STOP_GRACE
 from relaynat.tap.access import controlService
 from relaynat.test.loopback import Stack

@@ -22,9 +22,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
-from relaynat.demo import (
+from relaynat.localstack import (
     ChildProcess,
-    DemoError,
+    LocalStackError,
     pollUntil,
     relaynatList,
     spawn,
@@ -82,7 +82,7 @@ async def startTor(case: TestCase) -> tuple[ChildProcess, str]:
 
     def alive() -> None:
         if not child.running:
-            raise DemoError(f"tor {child.describeEnd()}:\n{child.tail()}")
+            raise LocalStackError(f"tor {child.describeEnd()}:\n{child.tail()}")
 
     async def controlPort() -> str:
         with open(portFile, encoding="ascii") as f:
@@ -239,7 +239,7 @@ class OnionRelayTests(TestCase):
         def alive() -> None:
             for child in (tor, relay):
                 if not child.running:
-                    raise DemoError(f"{child.name} {child.describeEnd()}:\n{child.tail()}")
+                    raise LocalStackError(f"{child.name} {child.describeEnd()}:\n{child.tail()}")
 
         async def hostname() -> str:
             with open(os.path.join(serviceDir, "hostname"), encoding="ascii") as f:

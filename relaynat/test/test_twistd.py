@@ -1,9 +1,9 @@
 """
 The real commands, end to end: C{twistd -n relay}, C{skeleton} and C{client}
 as separate processes, started from the example configurations in C{conf/}
-with their ports moved to free ones on 127.0.0.1 (L{relaynat.demo} does the
-moving and the starting), and C{relaynat list} and C{python -m
-relaynat.demo} as a user runs them.
+with their ports moved to free ones on 127.0.0.1 (L{relaynat.localstack}
+does the moving and the starting, for the demo too), and C{relaynat list}
+and C{python -m relaynat.demo} as a user runs them.
 """
 
 from __future__ import annotations
@@ -23,19 +23,18 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.trial.unittest import TestCase
 
 from relaynat.config import clientConfig, parseToml, relayConfig, skeletonConfig
-from relaynat.demo import (
+from relaynat.demo import PAGE, pageSite
+from relaynat.localstack import (
     CONF,
-    PAGE,
     REPO,
     ChildProcess,
-    DemoError,
     LocalStack,
+    LocalStackError,
     childEnvironment,
     endpointPort,
     fetchPage,
     moveConfig,
     moveEndpoint,
-    pageSite,
     pollUntil,
     relaynatList,
     runCommand,
@@ -96,8 +95,8 @@ class MoveEndpointTests(TestCase):
         has no new one for, a non-TCP endpoint, a missing port.
         """
         for description in ("tcp:9999", "unix:/tmp/relay.sock", "tcp:port=x"):
-            self.assertRaises(DemoError, moveEndpoint, description, True, self.ports)
-        self.assertRaises(DemoError, moveEndpoint, "tcp:127.0.0.1", False, self.ports)
+            self.assertRaises(LocalStackError, moveEndpoint, description, True, self.ports)
+        self.assertRaises(LocalStackError, moveEndpoint, "tcp:127.0.0.1", False, self.ports)
 
     def test_moveConfig(self) -> None:
         """
