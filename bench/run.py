@@ -24,7 +24,6 @@ import getpass
 import json
 import os
 import platform
-import random
 import re
 import resource
 import shutil
@@ -43,6 +42,18 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+# The relaynat paths are made by the checkout's own local-stack builder, as
+# the demo's and the tests' are.
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from relaynat.localstack import (  # noqa: E402
+    LocalStackError,
+    pickFreePort,
+    twistdArguments,
+    writeConfigs,
+    writeKeysAndUsers,
+)
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
 PYTHON = sys.executable
 TWISTD = os.path.join(VENV_BIN, "twistd")
@@ -236,23 +247,24 @@ def fdCount(pid: int) -> int | None:
 
 
 class Ports:
+    """
+    Free ports for one run, from the local stack's one port picker (below
+    the ephemeral range, checked free), never the same one twice in a run.
+    """
+
     def __init__(self) -> None:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low = int(f.read().split()[0])
-        self.high = low - 1
-        self.next = random.randint(max(1024, low - 12000), max(1100, low - 2000))
+        self.taken: set[int] = set()
 
     def take(self) -> int:
-        while self.next <= self.high:
-            port = self.next
-            self.next += 1
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-        raise BenchError("no free port below the ephemeral range")
+        for _ in range(100):
+            try:
+                port = pickFreePort()
+            except LocalStackError as e:
+                raise BenchError(str(e)) from None
+            if port not in self.taken:
+                self.taken.add(port)
+                return port
+        raise BenchError("no free port left that this run has not taken")
 
 
 def echoWorks(port: int, timeout: float = 2.0) -> bool:
@@ -672,29 +684,6 @@ class Portforward(Path):
         waitFor("twistd portforward", lambda: echoWorks(self.entry), 30, self.procs)
 
 
-def tomlText(document: dict[str, Any]) -> str:
-    """TOML for the flat tables and arrays of tables the relaynat files use."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        raise BenchError(f"cannot write {v!r} as TOML")
-
-    lines = []
-    for name, table in document.items():
-        for entry in table if isinstance(table, list) else [table]:
-            lines.append(f"[[{name}]]" if isinstance(table, list) else f"[{name}]")
-            lines += [f"{k} = {value(v)}" for k, v in entry.items()]
-            lines.append("")
-    return "\n".join(lines)
-
-
 #: The open-file limit relaynat is started with, as systemd starts a service:
 #: a low soft limit under a high hard one.  Each role holds two sockets per
 #: tunnel, so 10,000 tunnels need more than 20,000 and the role must raise
@@ -737,7 +726,7 @@ class RelaynatFiles:
 
     def argv(self, role: str) -> list[str]:
         """C{twistd -n} for one role, from its file in L{dir} (run it with C{cwd=dir})."""
-        return [TWISTD, "-n", "--pidfile=", role, "--config", os.path.join(self.dir, f"{role}.toml")]
+        return [TWISTD, *twistdArguments(role, os.path.join(self.dir, f"{role}.toml"))]
 
 
 RELAYNAT_ROLES = ("relay", "skeleton", "client")
@@ -749,61 +738,39 @@ def writeRelaynatFiles(d: str, take: Callable[[], int], target: str, *,
                        server: dict[str, Any] | None = None) -> RelaynatFiles:
     """
     Keys, users, a secret and the three roles' files in C{d}, made from
-    conf/ with only the addresses and file names changed: the relay listens
-    for clients on C{clientsHost} and for skeletons on C{skeletonsHost}, the
-    skeleton's server is C{target} (an endpoint string), the client listens
-    on C{listenHost}; ports come from C{take}.  C{server}: keys to set in the
-    skeleton's C{[[server]]} over conf/'s.
+    conf/ by the local stack's builder with only the addresses changed and
+    L{BENCH_LIMITS} set: the relay listens for clients on C{clientsHost} and
+    for skeletons on C{skeletonsHost}, the skeleton's server is C{target} (a
+    C{tcp:} endpoint string), the client listens on C{listenHost}; ports
+    come from C{take}.  C{server}: keys to set in the skeleton's
+    C{[[server]]} over conf/'s.
     """
-    os.makedirs(d, exist_ok=True)
-    conf = {}
+    try:
+        configs = writeConfigs(
+            d, targetPort(target), clientsHost=clientsHost, skeletonsHost=skeletonsHost,
+            listenHost=listenHost, relay=BENCH_LIMITS, server={"target": target, **(server or {})},
+            pickPort=take)
+        writeKeysAndUsers(configs, names=[*dict.fromkeys((clientsHost, skeletonsHost))])
+    except LocalStackError as e:
+        raise BenchError(f"the relaynat files: {e}") from None
+    documents = {}
     for role in RELAYNAT_ROLES:
-        with open(os.path.join(REPO, "conf", f"{role}.toml"), "rb") as example:
-            conf[role] = tomllib.load(example)
-
-    def run(*argv: str) -> None:
-        subprocess.run([RELAYNAT, *argv], check=True, cwd=d, stdout=subprocess.DEVNULL)
-
-    names = [arg for host in dict.fromkeys((clientsHost, skeletonsHost)) for arg in ("--name", host)]
-    run("keygen", d, *names)
-    serverTable = dict(conf["skeleton"]["server"][0])
-    serverId = serverTable["id"]
-    skeletonUser = conf["skeleton"]["skeleton"].get("user", "bench-skeleton")
-    clientUser = conf["client"]["client"].get("user", "bench-client")
-    for user, rights in ((skeletonUser, ["--register", serverId]),
-                         (clientUser, ["--join", serverId])):
-        fd = os.open(os.path.join(d, f"{user}.password"), os.O_WRONLY | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"bench-{random.getrandbits(64):x}\n")
-        run("passwd", "users", user, "--password-file", f"{user}.password", *rights)
-    run("secret", f"{serverId}.secret")
-    clientsPort, skeletonsPort = take(), take()
-    entry = take()
-    relay = dict(conf["relay"]["relay"], key="relay.key", cert="relay.pem", users="users",
-                 clients=f"tcp:{clientsPort}:interface={clientsHost}",
-                 skeletons=f"tcp:{skeletonsPort}:interface={skeletonsHost}",
-                 **BENCH_LIMITS)
-    if "web" in relay:
-        relay["web"] = f"tcp:{take()}:interface={clientsHost}"
-    skeleton = dict(conf["skeleton"]["skeleton"], relay=f"tcp:{skeletonsHost}:{skeletonsPort}",
-                    relay_key="relay.pem", password_file=f"{skeletonUser}.password")
-    serverTable.update(target=target, secret_file=f"{serverId}.secret", **(server or {}))
-    client = dict(conf["client"]["client"], relay=f"tcp:{clientsHost}:{clientsPort}",
-                  relay_key="relay.pem", password_file=f"{clientUser}.password")
-    tunnel = dict(conf["client"]["tunnel"][0], server=serverId,
-                  listen=f"tcp:{entry}:interface={listenHost}",
-                  secret_file=f"{serverId}.secret")
-    documents = {
-        "relay": {**conf["relay"], "relay": relay},
-        "skeleton": {**conf["skeleton"], "skeleton": skeleton, "server": [serverTable]},
-        "client": {**conf["client"], "client": client, "tunnel": [tunnel]},
-    }
-    for role, document in documents.items():
-        with open(os.path.join(d, f"{role}.toml"), "w") as f:
-            f.write(tomlText(document))
+        with open(configs.path(role), "rb") as f:
+            documents[role] = tomllib.load(f)
+    relay, skeleton = documents["relay"]["relay"], documents["skeleton"]["skeleton"]
     settings = {"pool": skeleton.get("pool", 1), "max_pool": relay.get("max_pool", 64),
-                "join_timeout": relay.get("join_timeout", 10), "server": serverTable}
-    return RelaynatFiles(d, clientsPort, skeletonsPort, entry, settings)
+                "join_timeout": relay.get("join_timeout", 10),
+                "server": documents["skeleton"]["server"][0]}
+    return RelaynatFiles(configs.dir, configs.clientsPort, configs.skeletonsPort,
+                         configs.tunnelPorts[0], settings)
+
+
+def targetPort(target: str) -> int:
+    """The port of the skeleton's server, a C{tcp:HOST:PORT} endpoint string."""
+    try:
+        return int(target.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        raise BenchError(f"the server must be tcp:HOST:PORT, not {target!r}") from None
 
 
 #: The relay's caps raised for the benchmark, which is one client of one

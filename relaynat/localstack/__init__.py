@@ -26,6 +26,7 @@ from relaynat.localstack.children import (
     relaynatList,
     runCommand,
     spawn,
+    twistdArguments,
     twistdCommand,
 )
 from relaynat.localstack.errors import LocalStackError
@@ -35,9 +36,10 @@ from relaynat.localstack.files import (
     ROLES,
     StackConfigs,
     endpointPort,
-    moveConfig,
     moveEndpoint,
+    moveEndpoints,
     relaynatTool,
+    tomlText,
     writeConfigs,
     writeKeysAndUsers,
 )
@@ -56,8 +58,8 @@ __all__ = [
     "childEnvironment",
     "endpointPort",
     "fetchPage",
-    "moveConfig",
     "moveEndpoint",
+    "moveEndpoints",
     "pickFreePort",
     "pollUntil",
     "relaynatCommand",
@@ -65,6 +67,8 @@ __all__ = [
     "relaynatTool",
     "runCommand",
     "spawn",
+    "tomlText",
+    "twistdArguments",
     "twistdCommand",
     "writeConfigs",
     "writeKeysAndUsers",
@@ -93,9 +97,7 @@ class LocalStack:
     def start(self) -> None:
         """Start the three processes (each logs to C{ROLE.log})."""
         for role in ROLES:
-            argv = twistdCommand() + [
-                "-n", "--pidfile=", role, "--config", self.configs.path(role)
-            ]
+            argv = twistdCommand() + twistdArguments(role, self.configs.path(role))
             self.children[role] = spawn(
                 self.reactor,
                 role,

@@ -31,6 +31,14 @@ def twistdCommand() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
+def twistdArguments(role: str, configPath: str) -> list[str]:
+    """
+    The arguments after C{twistd} that run one role from its file: in the
+    foreground, with no pid file (so several stacks can run side by side).
+    """
+    return ["-n", "--pidfile=", role, "--config", configPath]
+
+
 def relaynatCommand() -> list[str]:
     """The C{relaynat} command of the Python running this."""
     script = os.path.join(os.path.dirname(sys.executable), "relaynat")

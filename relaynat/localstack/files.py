@@ -8,11 +8,13 @@ made with the C{relaynat} tools as an operator would.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -45,8 +47,6 @@ ENDPOINT_KEYS: dict[tuple[str, str], bool] = {
     ("tunnel", "listen"): True,
 }
 
-_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.-]+)\s*\]\]?\s*(#.*)?$")
-_STRING_VALUE = re.compile(r'^(\s*)([A-Za-z0-9_-]+)(\s*=\s*)"((?:[^"\\]|\\.)*)"(.*)$')
 # A field of an endpoint string: runs to the next colon not escaped with \.
 _FIELD = re.compile(r"(?:\\.|[^:\\])*")
 
@@ -94,11 +94,37 @@ def endpointPort(description: str, listening: bool) -> int:
         raise LocalStackError(f"bad port {value!r} in endpoint {description!r}") from None
 
 
-def moveEndpoint(description: str, listening: bool, ports: Mapping[int, int]) -> str:
+def _escaped(host: str) -> str:
+    # An IPv6 address in an endpoint string: its colons escaped.
+    return host.replace(":", "\\:")
+
+
+def _setHost(fields: list[str], listening: bool, host: str) -> None:
+    """Name C{host} in C{fields}: the interface a listener binds, or the host a connection reaches."""
+    keyword = "interface" if listening else "host"
+    for i, f in enumerate(fields):
+        if i > 0 and f.startswith(keyword + "="):
+            fields[i] = f"{keyword}={_escaped(host)}"
+            return
+    positional = [i for i, f in enumerate(fields) if i > 0 and "=" not in f]
+    portByKeyword = any(f.startswith("port=") for f in fields[1:])
+    # Listening: tcp:PORT:INTERFACE. Connecting: tcp:HOST:PORT.
+    index = (0 if portByKeyword else 1) if listening else 0
+    if len(positional) > index:
+        fields[positional[index]] = _escaped(host)
+    else:
+        fields.append(f"{keyword}={_escaped(host)}")
+
+
+def moveEndpoint(
+    description: str, listening: bool, ports: Mapping[int, int], host: str | None = None
+) -> str:
     """
-    C{description} with its port replaced through C{ports}, and, when it
-    listens on every interface, bound to 127.0.0.1 instead: nothing the demo
-    or the tests start is reachable from another host.
+    C{description} with its port replaced through C{ports}, and its host set
+    to C{host} if given (the interface a listener binds, the host a connection
+    reaches).  With no C{host}, one that listens on every interface is bound
+    to 127.0.0.1 instead: nothing a local stack starts is reachable from
+    another host unless asked.
     """
     old = endpointPort(description, listening)
     if old not in ports:
@@ -106,37 +132,62 @@ def moveEndpoint(description: str, listening: bool, ports: Mapping[int, int]) ->
     fields = _fields(description)
     index, keyword = _portField(fields, listening)
     fields[index] = f"port={ports[old]}" if keyword else str(ports[old])
-    if listening and fields[0] == "tcp":
+    if host is not None:
+        _setHost(fields, listening, host)
+    elif listening and fields[0] == "tcp":
         positional = [f for f in fields[1:] if "=" not in f]
         if not any(f.startswith("interface=") for f in fields) and len(positional) < 2:
             fields.append("interface=127.0.0.1")
     return ":".join(fields)
 
 
-def moveConfig(text: str, ports: Mapping[int, int]) -> str:
+def moveEndpoints(
+    document: Mapping[str, Any],
+    ports: Mapping[int, int],
+    hosts: Mapping[tuple[str, str], str] | None = None,
+) -> dict[str, Any]:
     """
-    The TOML C{text} of a role's configuration with every endpoint string
-    moved by L{moveEndpoint}; everything else, comments included, is kept.
+    A copy of a role's configuration, as data, with every endpoint moved by
+    L{moveEndpoint}, each to the host C{hosts} gives for its (table, key).
     """
-    table = ""
+    moved: dict[str, Any] = {}
+    for name, table in document.items():
+        entries = table if isinstance(table, list) else [table]
+        copies = []
+        for entry in entries:
+            copy = dict(entry)
+            for key, value in entry.items():
+                if (name, key) in ENDPOINT_KEYS:
+                    copy[key] = moveEndpoint(
+                        value, ENDPOINT_KEYS[(name, key)], ports, (hosts or {}).get((name, key))
+                    )
+            copies.append(copy)
+        moved[name] = copies if isinstance(table, list) else copies[0]
+    return moved
+
+
+def tomlText(document: Mapping[str, Any]) -> str:
+    """TOML for the flat tables and arrays of tables a role's configuration has."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            # A TOML basic string: JSON's escapes are TOML's for these.
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise LocalStackError(f"cannot write {v!r} as TOML")
+
     lines = []
-    for line in text.splitlines(keepends=True):
-        header = _HEADER.match(line)
-        if header:
-            table = header.group(1)
-        value = _STRING_VALUE.match(line.rstrip("\r\n"))
-        if value and (table, value.group(2)) in ENDPOINT_KEYS:
-            indent, key, equals, old, rest = value.groups()
-            listening = ENDPOINT_KEYS[(table, key)]
-            # Endpoint strings hold backslash escapes (\:): a TOML basic
-            # string doubles them, so move the decoded value and re-encode.
-            decoded = parseToml(f'v = "{old}"')["v"]
-            new = moveEndpoint(decoded, listening, ports)
-            encoded = new.replace("\\", "\\\\").replace('"', '\\"')
-            ending = line[len(line.rstrip("\r\n")) :]
-            line = f'{indent}{key}{equals}"{encoded}"{rest}{ending}'
-        lines.append(line)
-    return "".join(lines)
+    for name, table in document.items():
+        for entry in table if isinstance(table, list) else [table]:
+            lines.append(f"[[{name}]]" if isinstance(table, list) else f"[{name}]")
+            lines += [f"{k} = {value(v)}" for k, v in entry.items()]
+            lines.append("")
+    return "\n".join(lines)
 
 
 @attrs.frozen
@@ -157,24 +208,39 @@ class StackConfigs:
         return {"relay": self.relay, "skeleton": self.skeleton, "client": self.client}[role]
 
     @property
+    def dir(self) -> str:
+        """The folder of the three files, and of every file they name."""
+        return os.path.dirname(self.relay)
+
+    @property
     def tunnelUrl(self) -> str:
         return f"http://127.0.0.1:{self.tunnelPorts[0]}/"
 
 
-def writeConfigs(outDir: str, targetPort: int, confDir: str = CONF) -> StackConfigs:
+def writeConfigs(
+    outDir: str,
+    targetPort: int,
+    confDir: str = CONF,
+    *,
+    clientsHost: str = "127.0.0.1",
+    skeletonsHost: str = "127.0.0.1",
+    listenHost: str = "127.0.0.1",
+    relay: Mapping[str, Any] | None = None,
+    server: Mapping[str, Any] | None = None,
+    pickPort: Callable[[], int] = pickFreePort,
+) -> StackConfigs:
     """
-    Copy C{conf/relay.toml}, C{skeleton.toml} and C{client.toml} into
-    C{outDir} with ports X and Y and every tunnel's port moved to free ports
-    on 127.0.0.1, and every server's target moved to C{targetPort}.  The
-    copies are checked by L{relaynat.config} as the roles will check them.
+    Write C{conf/relay.toml}, C{skeleton.toml} and C{client.toml} into
+    C{outDir} from their data, with ports X and Y, the web port and every
+    tunnel's port moved to ports from C{pickPort}, and every server's target
+    moved to C{targetPort}.  The relay listens for clients (and on its web
+    port) on C{clientsHost} and for skeletons on C{skeletonsHost}, where the
+    client and the skeleton reach it; the tunnels listen on C{listenHost}.
+    C{relay} and C{server}: keys set over conf/'s in C{[relay]} and every
+    C{[[server]]}.  The files are checked by L{relaynat.config} as the roles
+    will check them.
     """
-    texts = {}
-    for role in ROLES:
-        with open(os.path.join(confDir, f"{role}.toml"), encoding="utf-8") as f:
-            texts[role] = f.read()
-    relay = parseToml(texts["relay"])["relay"]
-    skeleton = parseToml(texts["skeleton"])
-    client = parseToml(texts["client"])
+    documents = {role: readToml(os.path.join(confDir, f"{role}.toml")) for role in ROLES}
     ports: dict[int, int] = {}
 
     def move(old: int, new: int) -> int:
@@ -182,24 +248,40 @@ def writeConfigs(outDir: str, targetPort: int, confDir: str = CONF) -> StackConf
             raise LocalStackError(f"port {old} is used for two purposes in {confDir}")
         return new
 
-    clientsPort = move(endpointPort(relay["clients"], True), pickFreePort())
-    skeletonsPort = move(endpointPort(relay["skeletons"], True), pickFreePort())
-    webPort = move(endpointPort(relay["web"], True), pickFreePort()) if "web" in relay else None
-    for server in skeleton["server"]:
-        move(endpointPort(server["target"], False), targetPort)
-    tunnelPorts = tuple(
-        move(endpointPort(tunnel["listen"], True), pickFreePort())
-        for tunnel in client["tunnel"]
+    relayTable = documents["relay"]["relay"]
+    clientsPort = move(endpointPort(relayTable["clients"], True), pickPort())
+    skeletonsPort = move(endpointPort(relayTable["skeletons"], True), pickPort())
+    webPort = (
+        move(endpointPort(relayTable["web"], True), pickPort()) if "web" in relayTable else None
     )
+    for target in documents["skeleton"]["server"]:
+        move(endpointPort(target["target"], False), targetPort)
+    tunnelPorts = tuple(
+        move(endpointPort(tunnel["listen"], True), pickPort())
+        for tunnel in documents["client"]["tunnel"]
+    )
+    hosts = {
+        ("relay", "clients"): clientsHost,
+        ("relay", "web"): clientsHost,
+        ("client", "relay"): clientsHost,
+        ("relay", "skeletons"): skeletonsHost,
+        ("skeleton", "relay"): skeletonsHost,
+        ("tunnel", "listen"): listenHost,
+    }
+    moved = {role: moveEndpoints(documents[role], ports, hosts) for role in ROLES}
+    moved["relay"]["relay"].update(relay or {})
+    for entry in moved["skeleton"]["server"]:
+        entry.update(server or {})
+
     os.makedirs(outDir, exist_ok=True)
     paths = {role: os.path.join(outDir, f"{role}.toml") for role in ROLES}
-    moved = {role: moveConfig(texts[role], ports) for role in ROLES}
-    relayConfig(parseToml(moved["relay"], paths["relay"]), paths["relay"])
-    servers = skeletonConfig(parseToml(moved["skeleton"], paths["skeleton"]), paths["skeleton"])
-    clientConfig(parseToml(moved["client"], paths["client"]), paths["client"])
+    texts = {role: tomlText(moved[role]) for role in ROLES}
+    relayConfig(parseToml(texts["relay"], paths["relay"]), paths["relay"])
+    servers = skeletonConfig(parseToml(texts["skeleton"], paths["skeleton"]), paths["skeleton"])
+    clientConfig(parseToml(texts["client"], paths["client"]), paths["client"])
     for role in ROLES:
         with open(paths[role], "w", encoding="utf-8") as f:
-            f.write(moved[role])
+            f.write(texts[role])
     return StackConfigs(
         relay=paths["relay"],
         skeleton=paths["skeleton"],
@@ -242,14 +324,17 @@ def _copy(source: str, destination: str) -> None:
         os.chmod(destination, 0o600)
 
 
-def writeKeysAndUsers(configs: StackConfigs) -> list[str]:
+def writeKeysAndUsers(
+    configs: StackConfigs, names: Sequence[str] = ("127.0.0.1", "localhost")
+) -> list[str]:
     """
     Make every file the moved configurations name, as an operator would
     with the C{relaynat} tools: the relay's key and certificate (the
     certificate is also what the skeleton and the client pin), a password
     for the skeleton's and the client's users and the users file giving them
     their rights, and each server's secret, shared by its skeleton and the
-    client.  Returns the commands, as a user would type them.
+    client.  The certificate names C{names}, the hosts the relay is reached
+    by.  Returns the commands, as a user would type them.
     """
     relay = relayConfig(readToml(configs.relay), configs.relay)
     skeleton = skeletonConfig(readToml(configs.skeleton), configs.skeleton)
@@ -261,7 +346,7 @@ def writeKeysAndUsers(configs: StackConfigs) -> list[str]:
         typed.append(" ".join(["relaynat", *argv]))
 
     keyDir = os.path.dirname(relay.key)
-    run("keygen", keyDir, "--name", "127.0.0.1", "--name", "localhost")
+    run("keygen", keyDir, *[arg for name in names for arg in ("--name", name)])
     _copy(os.path.join(keyDir, KEY_FILE), relay.key)
     _copy(os.path.join(keyDir, CERT_FILE), relay.cert)
     for access in (skeleton.access, client.access):

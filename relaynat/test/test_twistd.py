@@ -33,8 +33,8 @@ from relaynat.localstack import (
     childEnvironment,
     endpointPort,
     fetchPage,
-    moveConfig,
     moveEndpoint,
+    moveEndpoints,
     pollUntil,
     relaynatList,
     runCommand,
@@ -98,28 +98,47 @@ class MoveEndpointTests(TestCase):
             self.assertRaises(LocalStackError, moveEndpoint, description, True, self.ports)
         self.assertRaises(LocalStackError, moveEndpoint, "tcp:127.0.0.1", False, self.ports)
 
-    def test_moveConfig(self) -> None:
+    def test_hosts(self) -> None:
         """
-        Only the endpoint values change in a configuration's text: comments,
-        other keys and other strings that look like endpoints stay.
+        Given a host, a listener binds that interface and a connection
+        reaches that host, whichever way the endpoint names it (or not).
         """
-        text = (
-            "# the relay at tcp:7000\n"
-            "[skeleton]\n"
-            'relay = "tcp:127.0.0.1:7001"    # port Y\n'
-            'name = "tcp:7000"\n'
-            "[[server]]\n"
-            'id = "web"\n'
-            'description = "tcp:8000"\n'
-            'target = "tcp:127.0.0.1:8000"\n'
+        cases = [
+            ("tcp:7000", True, "tcp:17000:interface=10.0.0.1"),
+            ("tcp:7000:interface=127.0.0.1", True, "tcp:17000:interface=10.0.0.1"),
+            ("tcp:7000:127.0.0.1", True, "tcp:17000:10.0.0.1"),
+            ("tcp:127.0.0.1:7001", False, "tcp:10.0.0.1:17001"),
+            ("tcp:host=127.0.0.1:port=7001", False, "tcp:host=10.0.0.1:port=17001"),
+        ]
+        for old, listening, new in cases:
+            self.assertEqual(moveEndpoint(old, listening, self.ports, "10.0.0.1"), new, old)
+        self.assertEqual(
+            moveEndpoint("tcp:7000", True, self.ports, "::1"), "tcp:17000:interface=\\:\\:1"
         )
-        moved = moveConfig(text, self.ports)
+
+    def test_moveEndpoints(self) -> None:
+        """
+        In a configuration as data, only the endpoint values change, each to
+        the host given for its key: other keys, and other strings that look
+        like endpoints, stay; the original is left as it was.
+        """
+        document: dict[str, Any] = {
+            "skeleton": {"relay": "tcp:127.0.0.1:7001", "name": "tcp:7000"},
+            "server": [
+                {"id": "web", "description": "tcp:8000", "target": "tcp:127.0.0.1:8000"}
+            ],
+        }
+        moved = moveEndpoints(document, self.ports, {("skeleton", "relay"): "10.0.0.2"})
         self.assertEqual(
             moved,
-            text.replace("tcp:127.0.0.1:7001", "tcp:127.0.0.1:17001").replace(
-                "tcp:127.0.0.1:8000", "tcp:127.0.0.1:18000"
-            ),
+            {
+                "skeleton": {"relay": "tcp:10.0.0.2:17001", "name": "tcp:7000"},
+                "server": [
+                    {"id": "web", "description": "tcp:8000", "target": "tcp:127.0.0.1:18000"}
+                ],
+            },
         )
+        self.assertEqual(document["skeleton"]["relay"], "tcp:127.0.0.1:7001")
 
     def test_examples(self) -> None:
         """
