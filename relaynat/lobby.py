@@ -15,7 +15,7 @@ from typing import Protocol as TypingProtocol
 
 from twisted.logger import Logger
 
-from relaynat.throttle import sourceKeys
+from relaynat.throttle import addressKey
 
 _log = Logger()
 
@@ -46,11 +46,11 @@ class Lobby:
         return len(self._guests)
 
     def fromSource(self, host: str) -> int:
-        return len(self._bySource.get(sourceKeys(host)[0], ()))
+        return len(self._bySource.get(addressKey(host), ()))
 
     def enter(self, guest: Guest, host: str) -> None:
         """C{guest} was accepted from C{host}: make room for it, then let it in."""
-        source = sourceKeys(host)[0]
+        source = addressKey(host)
         mates = self._bySource.setdefault(source, OrderedDict())
         if len(mates) >= self.perSource:
             self.evicted["source"] += 1

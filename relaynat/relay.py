@@ -304,6 +304,12 @@ class Relay:
         TunnelRecord(self, grant, client, pooled)
 
 
+def peerHost(transport: Any) -> str:
+    """The address a connection comes from, as the throttle and the logs name it."""
+    peer = transport.getPeer()
+    return str(getattr(peer, "host", peer))
+
+
 def _revoked(name: str, previous: dict[str, User], current: dict[str, User]) -> str | None:
     """Why a login of C{name} must end after a reload, if it must."""
     now = current.get(name)
@@ -475,8 +481,7 @@ class DataConnection(SpliceHalf):
         keepAlive(self.transport)
 
     def source(self) -> str:
-        peer = self.transport.getPeer()
-        return str(getattr(peer, "host", peer))
+        return peerHost(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.splice is not None:
@@ -570,8 +575,7 @@ class RelayChannel(Channel):
             self.guest.handshaken()
 
     def source(self) -> str:
-        peer = self.transport.getPeer()
-        return str(getattr(peer, "host", peer))
+        return peerHost(self.transport)
 
     @Login.responder
     def loginStart(self, message: str) -> dict[str, str]:

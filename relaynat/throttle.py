@@ -27,24 +27,47 @@ from collections import OrderedDict
 from twisted.internet.interfaces import IReactorTime
 
 
-def sourceKeys(host: str) -> tuple[str, str]:
-    """
-    The two keys a login from C{host} is counted under: its address (an
-    IPv6 host's /64) and its neighbourhood (/24, or an IPv6 /48).  A host
-    that is not an IP address (a UNIX socket's path, say) is its own key.
-    """
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return (f"host {host}", f"host {host}")
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+        return address.ipv4_mapped
+    return address
+
+
+def _within(address: ipaddress.IPv4Address | ipaddress.IPv6Address, bits: int) -> str:
+    return str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
+
+
+def addressKey(host: str) -> str:
+    """
+    The source C{host} counts as: its address, an IPv6 host's /64 (it has
+    all of it).  A host that is not an IP address (a UNIX socket's path,
+    say) is its own source.  (Every new connection asks: no more is worked
+    out than this.)
+    """
+    address = _address(host)
+    return f"host {host}" if address is None else _key(address)
+
+
+def _key(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     if isinstance(address, ipaddress.IPv4Address):
-        return (str(address), str(ipaddress.ip_network(f"{address}/24", strict=False)))
-    return (
-        str(ipaddress.ip_network(f"{address}/64", strict=False)),
-        str(ipaddress.ip_network(f"{address}/48", strict=False)),
-    )
+        return str(address)
+    return _within(address, 64)
+
+
+def sourceKeys(host: str) -> tuple[str, str]:
+    """
+    The two keys a login from C{host} is counted under: its address
+    (L{addressKey}) and its neighbourhood (/24, or an IPv6 /48).
+    """
+    address = _address(host)
+    if address is None:
+        return (f"host {host}", f"host {host}")
+    prefix = _within(address, 24 if isinstance(address, ipaddress.IPv4Address) else 48)
+    return (_key(address), prefix)
 
 
 class _Debts:

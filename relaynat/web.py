@@ -76,6 +76,11 @@ class _Publication(Resource):
         ).encode("utf-8")
 
 
+def _health() -> Resource:
+    """C{/healthz}: answered while the process runs."""
+    return Data(b"ok\n", "text/plain; charset=us-ascii")
+
+
 class _Allowed(Resource):
     """C{inner}, to clients from C{networks} only; others get 403 and why."""
 
@@ -110,7 +115,7 @@ def publicationResource(
     the health check, and C{metrics} if given.
     """
     root = _Publication(identity)
-    root.putChild(b"healthz", Data(b"ok\n", "text/plain; charset=us-ascii"))
+    root.putChild(b"healthz", _health())
     if metrics is not None:
         root.putChild(
             b"metrics", _Allowed(cast(Resource, MetricsResource(registry=metrics)), metricsAllow)
@@ -133,6 +138,6 @@ def metricsResource(registry: CollectorRegistry) -> Resource:
     127.0.0.1 or a private network).
     """
     root = Resource()
-    root.putChild(b"healthz", Data(b"ok\n", "text/plain; charset=us-ascii"))
+    root.putChild(b"healthz", _health())
     root.putChild(b"metrics", cast(Resource, MetricsResource(registry=registry)))
     return root

@@ -28,6 +28,7 @@ from relaynat.identity import CERT_FILE, KEY_FILE, RelayIdentity, generate, writ
 from relaynat.test.loopback import PASSWORD, Stack
 from relaynat.test.net import listen, runAsync
 from relaynat.test.streams import Echo
+from relaynat.test.test_web import identityIn
 from relaynat.scripts.check import CheckOptions, checkCommand
 from relaynat.scripts.command import CommandFailed
 from relaynat.scripts.list import ListOptions, formatJson, formatTable
@@ -330,6 +331,20 @@ class ConfigProblemTests(SynchronousTestCase):
 #: The relay's identity for the C{trust} tests: a key pair is not free.
 RELAY_KEYS = generate(["127.0.0.1", "relay.example"])
 
+
+async def servePublication(case: TestCase) -> tuple[RelayIdentity, str, str]:
+    """
+    The relay's web endpoint (its real resource) on 127.0.0.1 until the end
+    of C{case}: the relay's identity, the endpoint's URL, and a folder of
+    the test's own.
+    """
+    directory = case.mktemp()
+    identity = identityIn(directory, RELAY_KEYS)
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port = await endpoint.listen(Site(publicationResource(identity)))
+    case.addCleanup(port.stopListening)
+    return identity, f"http://127.0.0.1:{port.getHost().port}/", directory  # type: ignore[attr-defined]
+
 #: What C{trust} asks on a terminal.
 QUESTION = "Trust this relay? [y/N] "
 
@@ -378,16 +393,8 @@ class TrustCommandTests(TestCase):
 
     async def serve(self) -> tuple[RelayIdentity, str]:
         """The relay's web endpoint on 127.0.0.1; its identity and URL."""
-        directory = self.mktemp()
-        os.makedirs(directory)
-        keyPath, certPath = os.path.join(directory, KEY_FILE), os.path.join(directory, CERT_FILE)
-        writePrivate(keyPath, RELAY_KEYS[0])
-        writePrivate(certPath, RELAY_KEYS[1])
-        identity = RelayIdentity.load(keyPath, certPath)
-        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-        port = await endpoint.listen(Site(publicationResource(identity)))
-        self.addCleanup(port.stopListening)
-        return identity, f"http://127.0.0.1:{port.getHost().port}/"  # type: ignore[attr-defined]
+        identity, url, _ = await servePublication(self)
+        return identity, url
 
     async def runScript(self, *args: str) -> tuple[str, str, int]:
         """Run C{relaynat} with no terminal: its input is a pipe."""
@@ -496,22 +503,10 @@ class TrustAnswerTests(TestCase):
 
     async def answer(self, typed: bytes, close: bool = False) -> tuple[int, str, bool]:
         """Run C{trust} with C{typed} as the answer; status, stderr, whether it saved."""
-        directory = self.mktemp()
-        os.makedirs(directory)
-        writePrivate(os.path.join(directory, KEY_FILE), RELAY_KEYS[0])
-        writePrivate(os.path.join(directory, CERT_FILE), RELAY_KEYS[1])
-        identity = RelayIdentity.load(
-            os.path.join(directory, KEY_FILE), os.path.join(directory, CERT_FILE)
-        )
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Site(publicationResource(identity))
-        )
-        self.addCleanup(port.stopListening)
+        identity, url, directory = await servePublication(self)
         path = os.path.join(directory, "trusted.pem")
         options = TrustOptions()
-        options.parseOptions(
-            [f"http://127.0.0.1:{port.getHost().port}/", "--out", path]  # type: ignore[attr-defined]
-        )
+        options.parseOptions([url, "--out", path])
         readEnd, writeEnd = os.pipe()
         terminal = os.fdopen(readEnd)
         self.addCleanup(terminal.close)
@@ -547,22 +542,10 @@ class TrustAnswerTests(TestCase):
     @runAsync
     async def test_noTerminal(self) -> None:
         """With no terminal given, C{runTrust} refuses as the command does."""
-        directory = self.mktemp()
-        os.makedirs(directory)
-        writePrivate(os.path.join(directory, KEY_FILE), RELAY_KEYS[0])
-        writePrivate(os.path.join(directory, CERT_FILE), RELAY_KEYS[1])
-        identity = RelayIdentity.load(
-            os.path.join(directory, KEY_FILE), os.path.join(directory, CERT_FILE)
-        )
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Site(publicationResource(identity))
-        )
-        self.addCleanup(port.stopListening)
+        _, url, directory = await servePublication(self)
         options = TrustOptions()
         path = os.path.join(directory, "trusted.pem")
-        options.parseOptions(
-            [f"http://127.0.0.1:{port.getHost().port}/", "--out", path]  # type: ignore[attr-defined]
-        )
+        options.parseOptions([url, "--out", path])
         out, err = StringIO(), StringIO()
         self.assertEqual(await runTrust(reactor, options, out, err), 1)
         self.assertEqual((out.getvalue(), err.getvalue()), ("", NO_TERMINAL))

@@ -18,14 +18,19 @@ from relaynat.test.streams import Collect, Echo
 from relaynat.wire import LoginFailed
 
 
-def scrape(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the relay's metrics, by name and labels."""
-    text = generate_latest(stack.relay.metrics.registry).decode("utf-8")
+def samplesOf(registry: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of C{registry}, by name and labels."""
+    text = generate_latest(registry).decode("utf-8")
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def scrape(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the relay's metrics, by name and labels."""
+    return samplesOf(stack.relay.metrics.registry)
 
 
 class RelayMetricsTests(TestCase):
@@ -69,15 +74,6 @@ class RelayMetricsTests(TestCase):
         self.assertEqual(after[("relaynat_unauthenticated_connections", ())], 1)
         await pollUntil(lambda: scrape(stack)[("relaynat_unauthenticated_connections", ())] == 0)
         self.assertEqual(after[("relaynat_sessions", ())], 2)
-
-
-def samplesOf(registry: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = generate_latest(registry).decode("utf-8")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 class EndsMetricsTests(TestCase):
