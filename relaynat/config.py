@@ -38,6 +38,25 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {key}: {problem}")
         self.source, self.key, self.problem = source, key, problem
 
+    @property
+    def lines(self) -> list[str]:
+        """What to say: one line per problem."""
+        return [str(self)]
+
+
+class ConfigErrors(ConfigError):
+    """Several problems at once (the files a configuration names): one line each."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        Exception.__init__(self, "\n".join(str(e) for e in errors))
+        first = errors[0]
+        self.source, self.key, self.problem = first.source, first.key, first.problem
+        self.errors = errors
+
+    @property
+    def lines(self) -> list[str]:
+        return [str(e) for e in self.errors]
+
 
 @attrs.frozen
 class RelayConfig:

@@ -14,10 +14,7 @@ from twisted.logger import Logger
 from twisted.python.usage import UsageError
 
 from relaynat.config import ConfigError, splitAssignment
-from relaynat.config import RelayAccess
-from relaynat.link import ControlChannel, ControlService, RelayLink, linkFromConfig
-from relaynat.secret import SecretFileError, loadSecret
-from relaynat.tap.listening import CannotStart
+from relaynat.link import ControlChannel, ControlService, RelayLink
 from relaynat.tap.options import ConfigOptions
 
 _log = Logger()
@@ -60,19 +57,6 @@ class AccessOptions(ConfigOptions):
             "password_file": self.pathFlag("password-file"),
         }
 
-    def withSecrets(self, entries: list[dict[str, Any]], idKey: str) -> list[dict[str, Any]]:
-        """Entries from flags and file, with C{--secret} files filled in by id."""
-        ids = {e.get(idKey) for e in entries if isinstance(e, dict)}
-        for serverId in self.secretFiles:
-            if serverId not in ids:
-                raise ConfigError("--secret", serverId, "no server of that id is configured")
-        return [
-            {**e, "secret_file": self.secretFiles[e[idKey]]}
-            if isinstance(e, dict) and e.get(idKey) in self.secretFiles
-            else e
-            for e in entries
-        ]
-
 
 def controlService(
     link: RelayLink,
@@ -91,30 +75,19 @@ def controlService(
     return ControlService(link.endpoint, channels, reactor, retryPolicy)
 
 
-def loadSecrets(paths: dict[str, str]) -> dict[str, bytes]:
-    """Read every secret file now, so a bad one stops start-up with its name."""
-    secrets = {}
-    for serverId, path in paths.items():
-        try:
-            secrets[serverId] = loadSecret(path)
-        except SecretFileError as e:
-            problem = str(e).removeprefix(f"{path}: ")
-            raise ConfigError(path, f"secret of {serverId}", problem) from None
-    return secrets
-
-
-def reloaded(options: AccessOptions, what: str) -> bool:
+def reloaded(options: ConfigOptions, what: str) -> Any:
     """
-    Read C{options}' configuration file again (under the same flags), with
-    the files it names; a bad one is logged in one line and False returned,
-    so that the running configuration stays.
+    C{options}' configuration loaded again (its file read again, under the
+    same flags, with the files it names); a bad one is logged in one line
+    and None returned, so that the running configuration stays.
     """
     try:
-        options.build()
+        return options.load()
     except ConfigError as e:
-        _log.error("{what} not reloaded, the running one stays: {why}", what=what, why=str(e))
-        return False
-    return True
+        _log.error(
+            "{what} not reloaded, the running one stays: {why}", what=what, why="; ".join(e.lines)
+        )
+        return None
 
 
 def accessUnchanged(before: Any, after: Any) -> None:
@@ -124,14 +97,3 @@ def accessUnchanged(before: Any, after: Any) -> None:
             "the relay's address, key, user or password file changed: a reload keeps"
             " the running ones; restart to use the new"
         )
-
-
-def startingLink(access: RelayAccess, reactor: Any) -> RelayLink:
-    """
-    The role's way to the relay, its files read now: one that cannot be
-    read (a missing password file, say) stops the start with one line.
-    """
-    try:
-        return linkFromConfig(access, reactor)
-    except ConfigError as e:
-        raise CannotStart(f"twistd: {e}") from None

@@ -15,24 +15,16 @@ from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
 from relaynat.client import ClientControl, TunnelFactory
-from relaynat.config import (
-    ClientConfig,
-    ConfigError,
-    TunnelConfig,
-    clientConfig,
-    splitAssignment,
-    withFlags,
-)
+from relaynat.config import ClientConfig, ConfigError, TunnelConfig, splitAssignment
 from relaynat.link import RelayLink
+from relaynat.load import Flags, LoadedClient, loadClient
 from relaynat.metrics import clientRegistry
 from relaynat.tap.access import (
     ACCESS_PARAMETERS,
     AccessOptions,
     accessUnchanged,
     controlService,
-    loadSecrets,
     reloaded,
-    startingLink,
 )
 from relaynat.tap.hangup import ReloadOnHangup
 from relaynat.tap.limits import keepBuffersOnHeap, raiseOpenFileLimit
@@ -65,14 +57,13 @@ class Options(AccessOptions):
             raise UsageError(str(e)) from e
         self.tunnels.append({"server": server, "listen": listen})
 
-    def build(self) -> None:
-        document, source = self.document()
-        flags = {"relay": self["relay"], **self.accessFlags()}
-        merged = withFlags(document, "client", flags, {"tunnel": self.tunnels})
-        if isinstance(merged.get("tunnel"), list):
-            merged["tunnel"] = self.withSecrets(merged["tunnel"], "server")
-        self.client: ClientConfig = clientConfig(merged, source)
-        self.secrets = loadSecrets({t.server: t.secret_file for t in self.client.tunnels})
+    def load(self) -> LoadedClient:
+        return loadClient(*self.source(), self.flags())
+
+    def flags(self) -> Flags:
+        return Flags(
+            {"relay": self["relay"], **self.accessFlags()}, self.tunnels, self.secretFiles
+        )
 
 
 @attrs.frozen
@@ -134,10 +125,15 @@ class ClientReload:
     """
 
     def __init__(
-        self, options: Options, link: RelayLink, parent: MultiService, reactor: Any
+        self,
+        options: Options,
+        config: ClientConfig,
+        link: RelayLink,
+        parent: MultiService,
+        reactor: Any,
     ) -> None:
         self.options, self.link, self.parent, self.reactor = options, link, parent, reactor
-        self.config = options.client
+        self.config = config
         self.running: dict[str, RunningTunnel] = {}
         #: One reload at a time: a second SIGHUP waits for the first's listeners.
         self._lock = DeferredLock()
@@ -161,9 +157,10 @@ class ClientReload:
         return self._lock.run(lambda: Deferred.fromCoroutine(self._reload()))
 
     async def _reload(self) -> None:
-        if not reloaded(self.options, "the client's configuration"):
+        loaded: LoadedClient | None = reloaded(self.options, "the client's configuration")
+        if loaded is None:
             return
-        config, secrets = self.options.client, self.options.secrets
+        config, secrets = loaded.config, loaded.secrets
         accessUnchanged(self.config.access, config.access)
         self.config = config
         wanted = {t.listen: t for t in config.tunnels}
@@ -201,15 +198,16 @@ def _named(tunnel: TunnelConfig) -> str:
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
+    loaded: LoadedClient = options.starting()
+    config = loaded.config
     raiseOpenFileLimit()
     keepBuffersOnHeap()
-    config = options.client
-    link = startingLink(config.access, reactor)
+    link = loaded.access.link(reactor)
     service = MultiService()
     controlService(link, lambda: ClientControl(link), reactor).setServiceParent(service)
-    reload = ClientReload(options, link, service, reactor)
+    reload = ClientReload(options, config, link, service, reactor)
     for tunnel in config.tunnels:
-        reload.startTunnel(tunnel, options.secrets[tunnel.server], atStart=True)
+        reload.startTunnel(tunnel, loaded.secrets[tunnel.server], atStart=True)
     ReloadOnHangup(reactor, reload).setServiceParent(service)
     if config.metrics is not None:
         registry = clientRegistry(lambda: [t.factory for t in reload.running.values()])

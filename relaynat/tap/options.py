@@ -1,4 +1,8 @@
-"""What the three roles' command lines share: a config file under the flags."""
+"""
+What the three roles' command lines share: a config file under the flags,
+loaded by the one loader (L{relaynat.load}) when the role starts and when it
+reloads, never while the command line is parsed.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from typing import Any
 
 from twisted.python import usage
 
-from relaynat.config import ConfigError, readToml
+from relaynat.config import ConfigError
+from relaynat.load import Flags, readConfig
+from relaynat.tap.listening import CannotStart
 
 
 def number(flag: str, kind: type[float] | type[int]) -> Callable[[str], float]:
@@ -27,8 +33,8 @@ def number(flag: str, kind: type[float] | type[int]) -> Callable[[str], float]:
 
 class ConfigOptions(usage.Options):
     """
-    Options with C{--config FILE}; subclasses turn the file plus the flags
-    into a checked configuration in L{build}.
+    Options with C{--config FILE}; subclasses say what their flags lay over
+    the file (L{flags}) and load the two with their role's loader (L{load}).
     """
 
     optParameters: list[list[Any]] = [
@@ -50,18 +56,20 @@ class ConfigOptions(usage.Options):
         value = self[name]
         return None if value is None else os.path.abspath(os.path.expanduser(value))
 
-    def document(self) -> tuple[dict[str, Any], str]:
-        """The parsed file (empty without one), and what to call it in errors."""
-        path = self["config"]
-        if path is None:
-            return {}, "command line"
-        return readToml(path), path
-
-    def postOptions(self) -> None:
-        try:
-            self.build()
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from e
-
-    def build(self) -> None:
+    def flags(self) -> Flags:
         raise NotImplementedError
+
+    def source(self) -> tuple[str, str]:
+        """The configuration file's text as it is now, and its name."""
+        return readConfig(self["config"])
+
+    def load(self) -> Any:
+        """The role's configuration as its file says now, under the flags."""
+        raise NotImplementedError
+
+    def starting(self) -> Any:
+        """L{load}, at the start: a problem stops it, one line each."""
+        try:
+            return self.load()
+        except ConfigError as e:
+            raise CannotStart("\n".join(f"twistd: {line}" for line in e.lines)) from None

@@ -10,16 +10,13 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from relaynat.auth import Users
 from relaynat.caps import Limits
-from relaynat.config import ConfigError, RelayConfig, relayConfig, withFlags
-from relaynat.identity import IdentityError, RelayIdentity
+from relaynat.load import Flags, LoadedRelay, loadRelay
 from relaynat.relay import Relay
 from relaynat.tap.hangup import ReloadOnHangup
 from relaynat.tap.limits import raiseOpenFileLimit
 from relaynat.tap.listening import Listening
 from relaynat.tap.options import ConfigOptions, number
-from relaynat.users import UsersFileError
 from relaynat.web import publicationResource
 from relaynat.wire import HEARTBEAT
 
@@ -43,25 +40,23 @@ class Options(ConfigOptions):
          number("session-lifetime", float)],
     ]
 
-    def build(self) -> None:
-        document, source = self.document()
-        flags = {
-            "clients": self["clients"],
-            "skeletons": self["skeletons"],
-            "web": self["web"],
-            "key": self.pathFlag("key"),
-            "cert": self.pathFlag("cert"),
-            "users": self.pathFlag("users"),
-            "join_timeout": self["join-timeout"],
-            "max_pool": self["max-pool"],
-            "session_lifetime": self["session-lifetime"],
-        }
-        self.relay: RelayConfig = relayConfig(withFlags(document, "relay", flags), source)
-        try:
-            self.identity = RelayIdentity.load(self.relay.key, self.relay.cert)
-            self.users = Users(self.relay.users)
-        except (IdentityError, UsersFileError) as e:
-            raise ConfigError(source, "relay", str(e)) from None
+    def load(self) -> LoadedRelay:
+        return loadRelay(*self.source(), self.flags())
+
+    def flags(self) -> Flags:
+        return Flags(
+            {
+                "clients": self["clients"],
+                "skeletons": self["skeletons"],
+                "web": self["web"],
+                "key": self.pathFlag("key"),
+                "cert": self.pathFlag("cert"),
+                "users": self.pathFlag("users"),
+                "join_timeout": self["join-timeout"],
+                "max_pool": self["max-pool"],
+                "session_lifetime": self["session-lifetime"],
+            }
+        )
 
 
 def lowerToFit(limits: Limits, openFiles: int) -> Limits:
@@ -84,13 +79,14 @@ def lowerToFit(limits: Limits, openFiles: int) -> Limits:
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
+    loaded: LoadedRelay = options.starting()
+    config = loaded.config
     openFiles = raiseOpenFileLimit()
-    config = options.relay
     limits = lowerToFit(config.limits, openFiles)
     relay = Relay(
         reactor,
-        options.identity,
-        options.users,
+        loaded.identity,
+        loaded.users,
         joinTimeout=config.join_timeout,
         maxPool=config.max_pool,
         sessionLifetime=config.session_lifetime,
@@ -100,7 +96,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     heartbeat = TimerService(HEARTBEAT, relay.heartbeat)
     heartbeat.clock = reactor
     heartbeat.setServiceParent(service)
-    ReloadOnHangup(reactor, options.users.reload).setServiceParent(service)
+    ReloadOnHangup(reactor, loaded.users.reload).setServiceParent(service)
     Listening(reactor, config.clients, relay.clientFactory(), "[relay] clients").setServiceParent(
         service
     )
@@ -109,7 +105,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     ).setServiceParent(service)
     if config.web is not None:
         site = Site(
-            publicationResource(options.identity, relay.metrics.registry, config.metrics_allow)
+            publicationResource(loaded.identity, relay.metrics.registry, config.metrics_allow)
         )
         Listening(reactor, config.web, site, "[relay] web").setServiceParent(service)
     return service

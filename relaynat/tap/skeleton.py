@@ -9,15 +9,9 @@ from twisted.internet.endpoints import clientFromString
 from twisted.python.usage import UsageError
 from twisted.web.server import Site
 
-from relaynat.config import (
-    ConfigError,
-    ServerConfig,
-    SkeletonConfig,
-    skeletonConfig,
-    splitAssignment,
-    withFlags,
-)
+from relaynat.config import ConfigError, ServerConfig, splitAssignment
 from relaynat.link import ControlService
+from relaynat.load import Flags, LoadedSkeleton, loadSkeleton
 from relaynat.metrics import skeletonRegistry
 from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
 from relaynat.tap.access import (
@@ -25,9 +19,7 @@ from relaynat.tap.access import (
     AccessOptions,
     accessUnchanged,
     controlService,
-    loadSecrets,
     reloaded,
-    startingLink,
 )
 from relaynat.tap.hangup import ReloadOnHangup
 from relaynat.tap.limits import keepBuffersOnHeap, raiseOpenFileLimit
@@ -60,15 +52,12 @@ class Options(AccessOptions):
             raise UsageError(str(e)) from e
         self.servers.append({"id": serverId, "target": target, "description": serverId})
 
-    def build(self) -> None:
-        document, source = self.document()
-        flags = {"relay": self["relay"], "name": self["name"], "pool": self["pool"]}
-        flags.update(self.accessFlags())
-        merged = withFlags(document, "skeleton", flags, {"server": self.servers})
-        if isinstance(merged.get("server"), list):
-            merged["server"] = self.withSecrets(merged["server"], "id")
-        self.skeleton: SkeletonConfig = skeletonConfig(merged, source)
-        self.secrets = loadSecrets({s.id: s.secret_file for s in self.skeleton.servers})
+    def load(self) -> LoadedSkeleton:
+        return loadSkeleton(*self.source(), self.flags())
+
+    def flags(self) -> Flags:
+        table = {"relay": self["relay"], "name": self["name"], "pool": self["pool"]}
+        return Flags({**table, **self.accessFlags()}, self.servers, self.secretFiles)
 
 
 class SkeletonReload:
@@ -82,21 +71,27 @@ class SkeletonReload:
     """
 
     def __init__(
-        self, options: Options, skeleton: Skeleton, control: ControlService, reactor: Any
+        self,
+        options: Options,
+        loaded: LoadedSkeleton,
+        skeleton: Skeleton,
+        control: ControlService,
+        reactor: Any,
     ) -> None:
         self.options, self.skeleton, self.control = options, skeleton, control
         self.reactor = reactor
-        self.config = options.skeleton
+        self.config = loaded.config
         #: Each configured server as read, its secret, and what fronts it.
         self.running = {
-            s.id: (s, options.secrets[s.id], skeleton.servers[s.id])
+            s.id: (s, loaded.secrets[s.id], skeleton.servers[s.id])
             for s in self.config.servers
         }
 
     def __call__(self) -> None:
-        if not reloaded(self.options, "the skeleton's configuration"):
+        loaded: LoadedSkeleton | None = reloaded(self.options, "the skeleton's configuration")
+        if loaded is None:
             return
-        config, secrets = self.options.skeleton, self.options.secrets
+        config, secrets = loaded.config, loaded.secrets
         accessUnchanged(self.config.access, config.access)
         previous, self.running = self.running, {}
         for s in config.servers:
@@ -126,16 +121,17 @@ def front(server: ServerConfig, secret: bytes, reactor: Any) -> FrontedServer:
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
+    loaded: LoadedSkeleton = options.starting()
+    config = loaded.config
     raiseOpenFileLimit()
     keepBuffersOnHeap()
-    config = options.skeleton
-    link = startingLink(config.access, reactor)
-    servers = {s.id: front(s, options.secrets[s.id], reactor) for s in config.servers}
+    link = loaded.access.link(reactor)
+    servers = {s.id: front(s, loaded.secrets[s.id], reactor) for s in config.servers}
     skeleton = Skeleton(link, config.name, servers, config.pool)
     service = MultiService()
     control = controlService(link, lambda: SkeletonControl(skeleton), reactor)
     control.setServiceParent(service)
-    ReloadOnHangup(reactor, SkeletonReload(options, skeleton, control, reactor)).setServiceParent(
+    ReloadOnHangup(reactor, SkeletonReload(options, loaded, skeleton, control, reactor)).setServiceParent(
         service
     )
     if config.metrics is not None:

@@ -41,6 +41,7 @@ from relaynat.config import (
     withFlags,
 )
 from relaynat.identity import fingerprintOfFile, generate, writePrivate
+from relaynat.load import LoadedClient, LoadedRelay, LoadedSkeleton
 from relaynat.names import checkServerId, printable
 from relaynat.secret import generateSecret, loadSecret
 from relaynat.tap import client as clientTap
@@ -1084,29 +1085,30 @@ class FilesMixin:
 
 
 class RelayOptionsTests(FilesMixin, SynchronousTestCase):
-    """C{twistd relay}'s options."""
+    """C{twistd relay}'s loaded."""
 
     def setUp(self) -> None:
         self.dir = self.folder()
         self.key, self.cert, self.users = self.relayFiles(self.dir)
         self.files = ["--key", self.key, "--cert", self.cert, "--users", self.users]
 
-    def parse(self, argv: list[str]) -> relayTap.Options:
+    def parse(self, argv: list[str]) -> LoadedRelay:
+        """The configuration C{argv} gives, loaded as the role loads it."""
         options = relayTap.Options()
         options.parseOptions(argv)
-        return options
+        return options.load()
 
     def test_flagsOnly(self) -> None:
         """
         Flags alone make a complete relay configuration, and the identity
         and the users file are loaded from the files they name.
         """
-        options = self.parse(
+        loaded = self.parse(
             ["--clients", "tcp:7000", "--skeletons", "tcp:7001", "--join-timeout", "2"]
             + self.files
         )
         self.assertEqual(
-            options.relay,
+            loaded.config,
             RelayConfig(
                 clients="tcp:7000:backlog=1024",
                 skeletons="tcp:7001:backlog=1024",
@@ -1116,19 +1118,19 @@ class RelayOptionsTests(FilesMixin, SynchronousTestCase):
                 join_timeout=2.0,
             ),
         )
-        self.assertEqual(options.identity.fingerprint, fingerprintOfFile(self.cert))
-        self.assertEqual(list(options.users.users), ["alice"])
+        self.assertEqual(loaded.identity.fingerprint, fingerprintOfFile(self.cert))
+        self.assertEqual(list(loaded.users.users), ["alice"])
 
     def test_webFlag(self) -> None:
         """C{--web} gives the endpoint that publishes the certificate."""
-        options = self.parse(
+        loaded = self.parse(
             ["--clients", "tcp:7000", "--skeletons", "tcp:7001", "--web", "tcp:7080"] + self.files
         )
-        self.assertEqual(options.relay.web, "tcp:7080:backlog=1024")
+        self.assertEqual(loaded.config.web, "tcp:7080:backlog=1024")
 
     def test_missing(self) -> None:
         """A missing address is a usage error naming the key."""
-        error = self.assertRaises(UsageError, self.parse, ["--clients", "tcp:7000"] + self.files)
+        error = self.assertRaises(ConfigError, self.parse, ["--clients", "tcp:7000"] + self.files)
         self.assertEqual(str(error), "command line: relay.skeletons: missing")
 
     def test_missingFiles(self) -> None:
@@ -1137,7 +1139,7 @@ class RelayOptionsTests(FilesMixin, SynchronousTestCase):
             argv = ["--clients", "tcp:7000", "--skeletons", "tcp:7001"]
             at = self.files.index(flag)
             argv += self.files[:at] + self.files[at + 2 :]
-            error = self.assertRaises(UsageError, self.parse, argv)
+            error = self.assertRaises(ConfigError, self.parse, argv)
             self.assertEqual(str(error), f"command line: relay.{key}: missing")
 
     def test_keyFileMissing(self) -> None:
@@ -1145,8 +1147,8 @@ class RelayOptionsTests(FilesMixin, SynchronousTestCase):
         missing = os.path.join(self.dir, "nope.key")
         argv = ["--clients", "tcp:7000", "--skeletons", "tcp:7001"] + self.files
         argv[argv.index(self.key)] = missing
-        error = self.assertRaises(UsageError, self.parse, argv)
-        self.assertEqual(str(error), f"command line: relay: {missing}: No such file or directory")
+        error = self.assertRaises(ConfigError, self.parse, argv)
+        self.assertEqual(str(error), f"command line: relay.key: {missing}: No such file or directory")
 
     def test_keyAndCertificateDisagree(self) -> None:
         """A certificate of another key is a usage error naming both files."""
@@ -1154,9 +1156,9 @@ class RelayOptionsTests(FilesMixin, SynchronousTestCase):
         writePrivate(other, generate(["relay.example"])[1])
         argv = ["--clients", "tcp:7000", "--skeletons", "tcp:7001"] + self.files
         argv[argv.index(self.cert)] = other
-        error = self.assertRaises(UsageError, self.parse, argv)
+        error = self.assertRaises(ConfigError, self.parse, argv)
         self.assertEqual(
-            str(error), f"command line: relay: {self.key} and {other} do not belong together"
+            str(error), f"command line: relay.key: {self.key} and {other} do not belong together"
         )
 
     def test_badUsersFile(self) -> None:
@@ -1164,19 +1166,19 @@ class RelayOptionsTests(FilesMixin, SynchronousTestCase):
         with open(self.users, "w") as f:
             f.write("alice\n")
         error = self.assertRaises(
-            UsageError,
+            ConfigError,
             self.parse,
             ["--clients", "tcp:7000", "--skeletons", "tcp:7001"] + self.files,
         )
         self.assertEqual(
             str(error),
-            f"command line: relay: {self.users}, line 1: expected NAME VERIFIER [RIGHTS]",
+            f"command line: relay.users: {self.users}, line 1: expected NAME VERIFIER [RIGHTS]",
         )
 
     def test_outOfRange(self) -> None:
         """A join timeout out of range is a usage error."""
         error = self.assertRaises(
-            UsageError,
+            ConfigError,
             self.parse,
             ["--clients", "tcp:7000", "--skeletons", "tcp:7001", "--join-timeout", "0"]
             + self.files,
@@ -1206,7 +1208,7 @@ class RelayOptionsTests(FilesMixin, SynchronousTestCase):
     def test_badEndpoint(self) -> None:
         """An endpoint that does not parse is a usage error with the reason."""
         error = self.assertRaises(
-            UsageError,
+            ConfigError,
             self.parse,
             ["--clients", "tpc:7000", "--skeletons", "tcp:7001"] + self.files,
         )
@@ -1225,9 +1227,9 @@ class RelayOptionsTests(FilesMixin, SynchronousTestCase):
         path = os.path.join(self.dir, "relay.toml")
         with open(path, "w") as f:
             f.write(RELAY + "max_pool = 5\n")
-        options = self.parse(["--config", path, "--clients", "tcp:9000"])
+        loaded = self.parse(["--config", path, "--clients", "tcp:9000"])
         self.assertEqual(
-            options.relay,
+            loaded.config,
             RelayConfig(
                 clients="tcp:9000:backlog=1024",
                 skeletons="tcp:7001:backlog=1024",
@@ -1239,7 +1241,7 @@ class RelayOptionsTests(FilesMixin, SynchronousTestCase):
         )
         with open(path, "w") as f:
             f.write(RELAY + "colour = 'blue'\n")
-        error = self.assertRaises(UsageError, self.parse, ["--config", path])
+        error = self.assertRaises(ConfigError, self.parse, ["--config", path])
         self.assertEqual(str(error), f"{path}: relay.colour: unknown key")
 
     def test_flagFilesRelativeToCwd(self) -> None:
@@ -1255,31 +1257,33 @@ class RelayOptionsTests(FilesMixin, SynchronousTestCase):
                 .replace('"relay.pem"', f'"{self.cert}"')
                 .replace('"users"', '"no-such-users"')
             )
-        options = self.parse(["--config", path, "--users", os.path.relpath(self.users)])
-        self.assertEqual(os.path.abspath(options.relay.users), self.users)
+        loaded = self.parse(["--config", path, "--users", os.path.relpath(self.users)])
+        self.assertEqual(os.path.abspath(loaded.config.users), self.users)
 
 
     def test_missingFile(self) -> None:
         """A config file that does not exist is a usage error with its path."""
         path = self.mktemp()
-        error = self.assertRaises(UsageError, self.parse, ["-c", path])
+        error = self.assertRaises(ConfigError, self.parse, ["-c", path])
         self.assertEqual(str(error), f"{path}: (file): No such file or directory")
 
 
 class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
-    """C{twistd skeleton}'s options."""
+    """C{twistd skeleton}'s loaded."""
 
     def setUp(self) -> None:
         self.dir = self.folder()
         self.web = self.secret(self.dir, "web.secret")
         self.db = self.secret(self.dir, "db.secret")
         self.pw = self.password(self.dir)
+        self.password(self.dir, "edge.password")
         self.access = ["--relay-key", FINGERPRINT, "--user", "edge", "--password-file", self.pw]
 
-    def parse(self, argv: list[str]) -> skeletonTap.Options:
+    def parse(self, argv: list[str]) -> LoadedSkeleton:
+        """The configuration C{argv} gives, loaded as the role loads it."""
         options = skeletonTap.Options()
         options.parseOptions(argv)
-        return options
+        return options.load()
 
     def test_flagsOnly(self) -> None:
         """
@@ -1287,7 +1291,7 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
         the command line is described by its id, and its secret is read
         from the file C{--secret} gives for its id.
         """
-        options = self.parse(
+        loaded = self.parse(
             [
                 "--relay", "tcp:relay.example:7001",
                 *self.access,
@@ -1299,7 +1303,7 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
             ]
         )
         self.assertEqual(
-            options.skeleton,
+            loaded.config,
             SkeletonConfig(
                 access=access(password_file=self.pw),
                 name="edge",
@@ -1310,15 +1314,15 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
                 pool=0,
             ),
         )
-        self.assertEqual(options.secrets, {"web": loadSecret(self.web), "db": loadSecret(self.db)})
-        self.assertNotEqual(options.secrets["web"], options.secrets["db"])
+        self.assertEqual(loaded.secrets, {"web": loadSecret(self.web), "db": loadSecret(self.db)})
+        self.assertNotEqual(loaded.secrets["web"], loaded.secrets["db"])
 
     def test_secretFilledById(self) -> None:
         """
         C{--secret} flags find their server by id, whatever their order
         and wherever they stand among the C{--server} flags.
         """
-        options = self.parse(
+        loaded = self.parse(
             [
                 "--relay", "tcp:h:7001", *self.access,
                 "--secret", f"db={self.db}",
@@ -1328,14 +1332,14 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
             ]
         )
         self.assertEqual(
-            [(s.id, s.secret_file) for s in options.skeleton.servers],
+            [(s.id, s.secret_file) for s in loaded.config.servers],
             [("web", self.web), ("db", self.db)],
         )
 
     def test_secretMissing(self) -> None:
         """A server without a secret is a usage error naming the key."""
         error = self.assertRaises(
-            UsageError,
+            ConfigError,
             self.parse,
             ["--relay", "tcp:h:7001", *self.access, "--server", "web=tcp:h:1"],
         )
@@ -1355,7 +1359,7 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
     def test_secretForNoServer(self) -> None:
         """A C{--secret} for an id no server has is a usage error, not ignored."""
         error = self.assertRaises(
-            UsageError,
+            ConfigError,
             self.parse,
             [
                 "--relay", "tcp:h:7001", *self.access,
@@ -1376,14 +1380,17 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
         for mode in (0o644, 0o604):
             os.chmod(self.web, mode)
             error = self.assertRaises(
-                UsageError,
+                ConfigError,
                 self.parse,
                 [
                     "--relay", "tcp:h:7001", *self.access,
                     "--server", "web=tcp:h:1", "--secret", f"web={self.web}",
                 ],
             )
-            self.assertTrue(str(error).startswith(f"{self.web}: secret of web: "), str(error))
+            self.assertTrue(
+                str(error).startswith(f"command line: server[0].secret_file: {self.web}: "),
+                str(error),
+            )
             self.assertIn(f"readable by everyone (mode {mode:04o}); run chmod", str(error))
 
     def test_unreadableSecret(self) -> None:
@@ -1394,14 +1401,14 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
         missing = os.path.join(self.dir, "nope.secret")
         for path, reason in ((missing, "No such file or directory"), (self.dir, "Is a directory")):
             error = self.assertRaises(
-                UsageError,
+                ConfigError,
                 self.parse,
                 [
                     "--relay", "tcp:h:7001", *self.access,
                     "--server", "web=tcp:h:1", "--secret", f"web={path}",
                 ],
             )
-            self.assertEqual(str(error), f"{path}: secret of web: {reason}")
+            self.assertEqual(str(error), f"command line: server[0].secret_file: {path}: {reason}")
 
     def test_secretWithoutReadPermission(self) -> None:
         """A secret file its reader may not open is a usage error naming it."""
@@ -1409,24 +1416,26 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
             raise self.skipTest("root reads files whatever their mode")
         os.chmod(self.web, 0o000)
         error = self.assertRaises(
-            UsageError,
+            ConfigError,
             self.parse,
             ["--relay", "tcp:h:7001", *self.access, "--server", "web=tcp:h:1",
              "--secret", f"web={self.web}"],
         )
-        self.assertEqual(str(error), f"{self.web}: secret of web: Permission denied")
+        self.assertEqual(
+            str(error), f"command line: server[0].secret_file: {self.web}: Permission denied"
+        )
 
     def test_notASecret(self) -> None:
         """A file that holds no secret is a usage error naming it."""
         with open(self.web, "w") as f:
             f.write("not base64 at all!\n")
         error = self.assertRaises(
-            UsageError,
+            ConfigError,
             self.parse,
             ["--relay", "tcp:h:7001", *self.access, "--server", "web=tcp:h:1",
              "--secret", f"web={self.web}"],
         )
-        self.assertIn(f"{self.web}: secret of web: not a secret file", str(error))
+        self.assertIn(f"server[0].secret_file: {self.web}: not a secret file", str(error))
 
     def test_relayVerifyFlags(self) -> None:
         """
@@ -1435,15 +1444,15 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
         """
         login = ["--user", "edge", "--password-file", self.pw]
         server = ["--server", "web=tcp:h:1", "--secret", f"web={self.web}"]
-        options = self.parse(
+        loaded = self.parse(
             ["--relay", "tcp:relay.example:7001", "--relay-verify", "hostname", *login, *server]
         )
         self.assertEqual(
-            options.skeleton.access,
+            loaded.config.access,
             access(password_file=self.pw, relay_key=None, relay_verify="hostname"),
         )
         error = self.assertRaises(
-            UsageError,
+            ConfigError,
             self.parse,
             ["--relay", "tcp:relay.example:7001", "--relay-verify", "ca", *login, *server],
         )
@@ -1458,12 +1467,14 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
         """
         rest = ["--relay", "tcp:h:7001", "--user", "edge", "--password-file", self.pw,
                 "--server", "web=tcp:h:1", "--secret", f"web={self.web}"]
-        options = self.parse(["--relay-key", "certs/relay.pem", *rest])
+        os.makedirs("certs", exist_ok=True)
+        writePrivate(os.path.join("certs", "relay.pem"), _relayKeyPair()[1])
+        loaded = self.parse(["--relay-key", "certs/relay.pem", *rest])
         # A flag's file name is relative to where the command runs.
-        self.assertEqual(options.skeleton.access.relay_key, os.path.abspath(os.path.join("certs", "relay.pem")))
-        options = self.parse(["--relay-key", FINGERPRINT.upper().replace("SHA", "sha"), *rest])
-        self.assertEqual(options.skeleton.access.relay_key, FINGERPRINT)
-        error = self.assertRaises(UsageError, self.parse, ["--relay-key", "sha256:12", *rest])
+        self.assertEqual(loaded.config.access.relay_key, os.path.abspath(os.path.join("certs", "relay.pem")))
+        loaded = self.parse(["--relay-key", FINGERPRINT.upper().replace("SHA", "sha"), *rest])
+        self.assertEqual(loaded.config.access.relay_key, FINGERPRINT)
+        error = self.assertRaises(ConfigError, self.parse, ["--relay-key", "sha256:12", *rest])
         self.assertEqual(
             str(error),
             "command line: skeleton.relay_key: not a fingerprint: 'sha256:12'"
@@ -1480,7 +1491,7 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
     def test_badServerId(self) -> None:
         """A malformed id in C{--server} is a usage error."""
         error = self.assertRaises(
-            UsageError, self.parse, ["--relay", "tcp:h:7001", "--server", "w b=tcp:h:1"]
+            ConfigError, self.parse, ["--relay", "tcp:h:7001", "--server", "w b=tcp:h:1"]
         )
         self.assertTrue(
             str(error).startswith("command line: server[0].id: bad server id 'w b'"),
@@ -1490,7 +1501,7 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
     def test_badTarget(self) -> None:
         """A target that does not parse is a usage error."""
         error = self.assertRaises(
-            UsageError, self.parse, ["--relay", "tcp:h:7001", "--server", "web=nope"]
+            ConfigError, self.parse, ["--relay", "tcp:h:7001", "--server", "web=nope"]
         )
         self.assertEqual(
             str(error),
@@ -1500,7 +1511,7 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
 
     def test_noServer(self) -> None:
         """A skeleton with no server is a usage error."""
-        error = self.assertRaises(UsageError, self.parse, ["--relay", "tcp:h:7001"])
+        error = self.assertRaises(ConfigError, self.parse, ["--relay", "tcp:h:7001"])
         self.assertEqual(
             str(error), "command line: server: a skeleton needs at least one [[server]]"
         )
@@ -1508,7 +1519,7 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
     def test_duplicateServer(self) -> None:
         """The same id twice on the command line is a usage error."""
         error = self.assertRaises(
-            UsageError,
+            ConfigError,
             self.parse,
             ["--relay", "tcp:h:7001", "--server", "web=tcp:h:1", "--server", "web=tcp:h:2",
              "--secret", f"web={self.web}"],
@@ -1518,7 +1529,7 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
     def test_poolOutOfRange(self) -> None:
         """A pool out of range is a usage error."""
         error = self.assertRaises(
-            UsageError,
+            ConfigError,
             self.parse,
             ["--relay", "tcp:h:7001", *self.access, "--server", "web=tcp:h:1",
              "--secret", f"web={self.web}", "--pool", "1001"],
@@ -1534,30 +1545,30 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
         path = os.path.join(self.dir, "skeleton.toml")
         with open(path, "w") as f:
             f.write(SKELETON.replace('name = "edge"', 'name = "edge"\npool = 3'))
-        options = self.parse(
+        loaded = self.parse(
             ["--config", path, "--pool", "5", "--server", "db=tcp:127.0.0.1:5432",
              "--secret", f"db={self.db}"]
         )
-        self.assertEqual(options.skeleton.pool, 5)
-        self.assertEqual(options.skeleton.name, "edge")
+        self.assertEqual(loaded.config.pool, 5)
+        self.assertEqual(loaded.config.name, "edge")
         self.assertEqual(
-            options.skeleton.access,
+            loaded.config.access,
             access(password_file=os.path.join(self.dir, "edge.password")),
         )
         self.assertEqual(
-            [(s.id, s.secret_file) for s in options.skeleton.servers],
+            [(s.id, s.secret_file) for s in loaded.config.servers],
             [("web", self.web), ("db", self.db)],
         )
-        self.assertEqual(options.secrets["web"], loadSecret(self.web))
+        self.assertEqual(loaded.secrets["web"], loadSecret(self.web))
 
     def test_secretFlagOverridesFile(self) -> None:
         """A C{--secret} for a server of the file replaces the file's secret_file."""
         path = os.path.join(self.dir, "skeleton.toml")
         with open(path, "w") as f:
             f.write(SKELETON)
-        options = self.parse(["--config", path, "--secret", f"web={self.db}"])
-        self.assertEqual(options.skeleton.servers[0].secret_file, self.db)
-        self.assertEqual(options.secrets, {"web": loadSecret(self.db)})
+        loaded = self.parse(["--config", path, "--secret", f"web={self.db}"])
+        self.assertEqual(loaded.config.servers[0].secret_file, self.db)
+        self.assertEqual(loaded.secrets, {"web": loadSecret(self.db)})
 
     def test_secretFlagRelativeToCwd(self) -> None:
         """
@@ -1565,11 +1576,12 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
         with a config file in another folder.
         """
         elsewhere = self.folder()
+        self.password(elsewhere, "edge.password")
         path = os.path.join(elsewhere, "skeleton.toml")
         with open(path, "w") as f:
             f.write(SKELETON)
-        options = self.parse(["--config", path, "--secret", f"web={os.path.relpath(self.web)}"])
-        self.assertEqual(os.path.abspath(options.skeleton.servers[0].secret_file), self.web)
+        loaded = self.parse(["--config", path, "--secret", f"web={os.path.relpath(self.web)}"])
+        self.assertEqual(os.path.abspath(loaded.config.servers[0].secret_file), self.web)
 
 
     def test_flagDuplicatesFileServer(self) -> None:
@@ -1578,7 +1590,7 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
         with open(path, "w") as f:
             f.write(SKELETON)
         error = self.assertRaises(
-            UsageError,
+            ConfigError,
             self.parse,
             ["--config", path, "--server", "web=tcp:h:1", "--secret", f"web={self.web}"],
         )
@@ -1586,23 +1598,25 @@ class SkeletonOptionsTests(FilesMixin, SynchronousTestCase):
 
 
 class ClientOptionsTests(FilesMixin, SynchronousTestCase):
-    """C{twistd client}'s options."""
+    """C{twistd client}'s loaded."""
 
     def setUp(self) -> None:
         self.dir = self.folder()
         self.web = self.secret(self.dir, "web.secret")
         self.db = self.secret(self.dir, "db.secret")
         self.pw = self.password(self.dir)
+        self.password(self.dir, "laptop.password")
         self.access = ["--relay-key", FINGERPRINT, "--user", "laptop", "--password-file", self.pw]
 
-    def parse(self, argv: list[str]) -> clientTap.Options:
+    def parse(self, argv: list[str]) -> LoadedClient:
+        """The configuration C{argv} gives, loaded as the role loads it."""
         options = clientTap.Options()
         options.parseOptions(argv)
-        return options
+        return options.load()
 
     def test_flagsOnly(self) -> None:
         """Flags alone make a complete client configuration, secrets read."""
-        options = self.parse(
+        loaded = self.parse(
             [
                 "--relay", "tcp:relay.example:7000",
                 *self.access,
@@ -1611,7 +1625,7 @@ class ClientOptionsTests(FilesMixin, SynchronousTestCase):
             ]
         )
         self.assertEqual(
-            options.client,
+            loaded.config,
             ClientConfig(
                 access=access(
                     relay="tcp:relay.example:7000", user="laptop", password_file=self.pw
@@ -1621,14 +1635,14 @@ class ClientOptionsTests(FilesMixin, SynchronousTestCase):
                 ),
             ),
         )
-        self.assertEqual(options.secrets, {"web": loadSecret(self.web)})
+        self.assertEqual(loaded.secrets, {"web": loadSecret(self.web)})
 
     def test_secretByServer(self) -> None:
         """
         C{--secret} is given by server id: two tunnels to one server share
         it, a tunnel to another server has its own.
         """
-        options = self.parse(
+        loaded = self.parse(
             [
                 "--relay", "tcp:h:7000", *self.access,
                 "--tunnel", "web=tcp:8080", "--tunnel", "web=tcp:8081",
@@ -1637,15 +1651,15 @@ class ClientOptionsTests(FilesMixin, SynchronousTestCase):
             ]
         )
         self.assertEqual(
-            [(t.server, t.secret_file) for t in options.client.tunnels],
+            [(t.server, t.secret_file) for t in loaded.config.tunnels],
             [("web", self.web), ("web", self.web), ("db", self.db)],
         )
-        self.assertEqual(options.secrets, {"web": loadSecret(self.web), "db": loadSecret(self.db)})
+        self.assertEqual(loaded.secrets, {"web": loadSecret(self.web), "db": loadSecret(self.db)})
 
     def test_secretMissing(self) -> None:
         """A tunnel without a secret is a usage error naming the key."""
         error = self.assertRaises(
-            UsageError, self.parse, ["--relay", "tcp:h:7000", *self.access, "--tunnel", "web=tcp:1"]
+            ConfigError, self.parse, ["--relay", "tcp:h:7000", *self.access, "--tunnel", "web=tcp:1"]
         )
         self.assertEqual(str(error), "command line: tunnel[0].secret_file: missing")
 
@@ -1653,12 +1667,14 @@ class ClientOptionsTests(FilesMixin, SynchronousTestCase):
         """A secret file everyone can read is a usage error naming the file."""
         os.chmod(self.web, 0o644)
         error = self.assertRaises(
-            UsageError,
+            ConfigError,
             self.parse,
             ["--relay", "tcp:h:7000", *self.access, "--tunnel", "web=tcp:1",
              "--secret", f"web={self.web}"],
         )
-        self.assertTrue(str(error).startswith(f"{self.web}: secret of web: "), str(error))
+        self.assertTrue(
+            str(error).startswith(f"command line: tunnel[0].secret_file: {self.web}: "), str(error)
+        )
         self.assertIn(f"run chmod 640 {self.web}", str(error))
 
     def test_tunnelWithoutEquals(self) -> None:
@@ -1670,7 +1686,7 @@ class ClientOptionsTests(FilesMixin, SynchronousTestCase):
 
     def test_noTunnel(self) -> None:
         """A client with no tunnel is a usage error."""
-        error = self.assertRaises(UsageError, self.parse, ["--relay", "tcp:h:7000", *self.access])
+        error = self.assertRaises(ConfigError, self.parse, ["--relay", "tcp:h:7000", *self.access])
         self.assertEqual(
             str(error), "command line: tunnel: a client needs at least one [[tunnel]]"
         )
@@ -1678,7 +1694,7 @@ class ClientOptionsTests(FilesMixin, SynchronousTestCase):
     def test_noRelay(self) -> None:
         """A client with no relay is a usage error."""
         error = self.assertRaises(
-            UsageError, self.parse, ["--tunnel", "web=tcp:8080", "--secret", f"web={self.web}"]
+            ConfigError, self.parse, ["--tunnel", "web=tcp:8080", "--secret", f"web={self.web}"]
         )
         self.assertEqual(str(error), "command line: client.relay: missing")
 
@@ -1690,16 +1706,16 @@ class ClientOptionsTests(FilesMixin, SynchronousTestCase):
         path = os.path.join(self.dir, "client.toml")
         with open(path, "w") as f:
             f.write(CLIENT)
-        options = self.parse(
+        loaded = self.parse(
             ["--config", path, "--relay", "tcp:other.example:7000", "--tunnel", "db=tcp:5432",
              "--secret", f"db={self.db}"]
         )
-        self.assertEqual(options.client.access.relay, "tcp:other.example:7000")
+        self.assertEqual(loaded.config.access.relay, "tcp:other.example:7000")
         self.assertEqual(
-            options.client.access.password_file, os.path.join(self.dir, "laptop.password")
+            loaded.config.access.password_file, os.path.join(self.dir, "laptop.password")
         )
         self.assertEqual(
-            [(t.server, t.listen, t.secret_file) for t in options.client.tunnels],
+            [(t.server, t.listen, t.secret_file) for t in loaded.config.tunnels],
             [
                 ("web", "tcp:8080:interface=127.0.0.1:backlog=1024", self.web),
                 ("db", "tcp:5432:backlog=1024", self.db),

@@ -71,6 +71,6 @@ class StartingTests(TestCase):
         error = self.assertRaises(CannotStart, clientTap.makeService, options, reactor)
         self.assertEqual(
             str(error),
-            f"twistd: {os.path.join(folder, 'nope.password')}: password_file:"
+            f"twistd: {path}: client.password_file: {os.path.join(folder, 'nope.password')}:"
             " No such file or directory",
         )

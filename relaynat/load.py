@@ -1,0 +1,305 @@
+"""
+The roles' one configuration loader: a role's TOML text, with its
+command-line flags laid over it, checked into its configuration
+(L{relaynat.config}), and then the files it names read (the relay's key
+and certificate and its users file; a skeleton's or a client's password
+file, the relay's certificate or CA file, and each server's secret).
+
+It reads from a string (L{readConfig} reads the file): a test needs no
+file but those the configuration names.  Every problem is a
+L{ConfigError}.  A wrong text stops at its first problem; once the text is
+right, every named file is read and each bad one is said, one line each
+(L{ConfigErrors}), so that one run of C{relaynat check} or of a role shows
+them all.  The roles call it from their C{makeService} and on SIGHUP, and
+C{relaynat check}, C{list} and C{connect} call it too: a file one accepts,
+all accept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.endpoints import clientFromString
+
+from relaynat.auth import Users
+from relaynat.config import (
+    ClientConfig,
+    ConfigError,
+    ConfigErrors,
+    RelayAccess,
+    RelayConfig,
+    SkeletonConfig,
+    clientConfig,
+    parseToml,
+    relayConfig,
+    skeletonConfig,
+)
+from relaynat.identity import IdentityError, PinnedRelay, RelayIdentity, fingerprintOfFile
+from relaynat.link import Credentials, RelayLink, hostnameVerifier
+from relaynat.private import PrivateFileError, readPrivate
+from relaynat.secret import SecretFileError, loadSecret
+from relaynat.users import UsersFileError
+
+#: What a role is called in errors when it has no file, only flags.
+COMMAND_LINE = "command line"
+
+#: The role tables, in the order L{roleOf} tells them.
+ROLES = ("relay", "skeleton", "client")
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Flags:
+    """
+    What a role's command line says over its file: C{table} replaces keys
+    of the role's table (None: not given), C{entries} add C{[[server]]}s or
+    C{[[tunnel]]}s, and C{secrets} name the secret file of a server by id
+    (C{--secret ID=FILE}), over the file's.
+    """
+
+    table: Mapping[str, Any] = attrs.field(factory=dict)
+    entries: Sequence[Mapping[str, Any]] = ()
+    secrets: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class LoadedRelay:
+    config: RelayConfig
+    identity: RelayIdentity
+    users: Users
+
+
+@attrs.frozen
+class LoadedAccess:
+    """How a skeleton or client reaches and trusts the relay, its files read."""
+
+    config: RelayAccess
+    verifier: Any
+    credentials: Credentials
+
+    def link(self, reactor: Any) -> RelayLink:
+        """The way to the relay this describes (nothing is connected yet)."""
+        return RelayLink(
+            clientFromString(reactor, self.config.relay),
+            self.verifier,
+            self.credentials,
+            reactor,
+            self.config.password_file,
+        )
+
+
+@attrs.frozen
+class LoadedSkeleton:
+    config: SkeletonConfig
+    access: LoadedAccess
+    #: Each server's secret, by its id.
+    secrets: Mapping[str, bytes] = attrs.field(repr=False)
+
+
+@attrs.frozen
+class LoadedClient:
+    config: ClientConfig
+    access: LoadedAccess
+    #: Each tunnel's secret, by its server's id.
+    secrets: Mapping[str, bytes] = attrs.field(repr=False)
+
+
+def readConfig(path: str | None) -> tuple[str, str]:
+    """
+    The text of the configuration file C{path}, and what to call it in
+    errors; no file (C{None}) is an empty text, called the command line.
+    """
+    if path is None:
+        return "", COMMAND_LINE
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(path, "(file)", e.strerror or str(e)) from e
+    try:
+        return data.decode("utf-8"), path
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "(file)", f"not UTF-8 text ({e.reason} at byte {e.start})") from e
+
+
+def loadRelay(text: str, source: str, flags: Flags = Flags()) -> LoadedRelay:
+    """The relay's configuration in C{text} under C{flags}, and its files."""
+    config = relayConfig(_document(text, source, "relay", flags, None, "id"), source)
+    files = _Files(source)
+    identity = files.read(
+        "relay.key", lambda: RelayIdentity.load(config.key, config.cert), IdentityError
+    )
+    users = files.read("relay.users", lambda: Users(config.users), UsersFileError)
+    files.done()
+    return LoadedRelay(config, identity, users)
+
+
+def loadSkeleton(text: str, source: str, flags: Flags = Flags()) -> LoadedSkeleton:
+    """A skeleton's configuration in C{text} under C{flags}, and its files."""
+    config = skeletonConfig(_document(text, source, "skeleton", flags, "server", "id"), source)
+    files = _Files(source)
+    access = _access(files, "skeleton", config.access)
+    secrets = {
+        s.id: files.read(f"server[{i}].secret_file", _secret(s.secret_file), SecretFileError)
+        for i, s in enumerate(config.servers)
+    }
+    files.done()
+    return LoadedSkeleton(config, access, secrets)
+
+
+def loadClient(
+    text: str, source: str, flags: Flags = Flags(), needTunnels: bool = True
+) -> LoadedClient:
+    """
+    A client's configuration in C{text} under C{flags}, and its files; with
+    C{needTunnels} false (C{relaynat list}, C{connect}), it may have none.
+    """
+    document = _document(text, source, "client", flags, "tunnel", "server")
+    config = clientConfig(document, source, needTunnels=needTunnels)
+    files = _Files(source)
+    access = _access(files, "client", config.access)
+    secrets = {
+        t.server: files.read(f"tunnel[{i}].secret_file", _secret(t.secret_file), SecretFileError)
+        for i, t in enumerate(config.tunnels)
+    }
+    files.done()
+    return LoadedClient(config, access, secrets)
+
+
+def load(text: str, source: str) -> LoadedRelay | LoadedSkeleton | LoadedClient:
+    """Whichever role's file C{text} is (L{roleOf}), loaded."""
+    role = roleOf(parseToml(text, source), source)
+    if role == "relay":
+        return loadRelay(text, source)
+    if role == "skeleton":
+        return loadSkeleton(text, source)
+    return loadClient(text, source)
+
+
+def roleOf(document: Mapping[str, Any], source: str) -> str:
+    """Which role's file C{document} is, from the one role table it has."""
+    found = [role for role in ROLES if role in document]
+    if len(found) != 1:
+        tables = ", ".join(f"[{role}]" for role in ROLES)
+        what = "none" if not found else " and ".join(f"[{role}]" for role in found)
+        raise ConfigError(source, "(file)", f"a role's file has one of {tables}; this one has {what}")
+    return found[0]
+
+
+def _document(
+    text: str, source: str, table: str, flags: Flags, array: str | None, idKey: str
+) -> dict[str, Any]:
+    """The parsed C{text} with C{flags} laid over it."""
+    document = parseToml(text, source)
+    given = {key: value for key, value in flags.table.items() if value is not None}
+    if given:
+        section = document.get(table, {})
+        document[table] = {**section, **given} if isinstance(section, dict) else section
+    if array is not None:
+        entries = document.get(array, [])
+        if flags.entries and isinstance(entries, list):
+            entries = [*entries, *flags.entries]
+        if isinstance(entries, list):
+            entries = _withSecrets(entries, flags.secrets, idKey)
+        if entries:
+            document[array] = entries
+    elif flags.secrets:
+        raise ConfigError("--secret", next(iter(flags.secrets)), "this role has no servers")
+    return document
+
+
+def _withSecrets(
+    entries: list[Any], secrets: Mapping[str, str], idKey: str
+) -> list[Any]:
+    """C{entries}, with the secret files of C{--secret} filled in by id."""
+    ids = {e.get(idKey) for e in entries if isinstance(e, dict)}
+    for serverId in secrets:
+        if serverId not in ids:
+            raise ConfigError("--secret", serverId, "no server of that id is configured")
+    return [
+        {**e, "secret_file": secrets[e[idKey]]}
+        if isinstance(e, dict) and e.get(idKey) in secrets
+        else e
+        for e in entries
+    ]
+
+
+class _Files:
+    """
+    The named files of one configuration, read one by one: each one's
+    problem is kept, under the key that names it, and all are said at the
+    end.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[ConfigError] = []
+
+    def read(
+        self,
+        key: str,
+        read: Callable[[], T],
+        *errors: type[Exception],
+    ) -> T:
+        try:
+            return read()
+        except (ConfigError, *errors) as e:  # type: ignore[misc]
+            # The file's own error names the file and its problem.
+            self.problems.append(ConfigError(self.source, key, str(e)))
+            return None  # type: ignore[return-value]
+
+    def done(self) -> None:
+        if len(self.problems) == 1:
+            raise self.problems[0]
+        if self.problems:
+            raise ConfigErrors(self.problems)
+
+
+def _secret(path: str) -> Callable[[], bytes]:
+    return lambda: loadSecret(path)
+
+
+def _access(files: _Files, table: str, config: RelayAccess) -> LoadedAccess:
+    password = files.read(
+        f"{table}.password_file", lambda: _password(config.password_file), PrivateFileError
+    )
+    if config.relay_verify == "hostname":
+        name = config.relay_name
+        assert name is not None
+        verifier = files.read(
+            f"{table}.relay_ca",
+            lambda: hostnameVerifier(name, _caPem(config.relay_ca)),
+            IdentityError,
+        )
+    else:
+        assert config.relay_key is not None
+        expected = config.relay_key
+        verifier = files.read(
+            f"{table}.relay_key",
+            lambda: PinnedRelay(
+                expected if expected.startswith("sha256:") else fingerprintOfFile(expected)
+            ),
+            IdentityError,
+        )
+    return LoadedAccess(config, verifier, Credentials(config.user, password or ""))
+
+
+def _password(path: str) -> str:
+    # The password file is held to the rule of every private file.
+    lines = readPrivate(path).decode("utf-8", "replace").splitlines()
+    if not lines or not lines[0]:
+        raise PrivateFileError(path, "the first line must hold the password")
+    return lines[0]
+
+
+def _caPem(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise IdentityError(f"{path}: {e.strerror}") from None
