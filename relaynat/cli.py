@@ -1,9 +1,10 @@
 """
 The C{relaynat} command: tools around the three twistd roles, one
-subcommand per module of L{relaynat.scripts}.
+subcommand per module of L{relaynat.scripts}, parsed with argparse (so
+options may come before or after the arguments, and C{--} ends them).
 
   relaynat list [--config client.toml] [--relay ENDPOINT --relay-key KEY
-                 --user NAME --password-file FILE] [--json]
+                 --user NAME --password-file FILE] [--json] [--timeout SECONDS]
   relaynat keygen DIR --name NAME [--name NAME]... [--force]
   relaynat fingerprint FILE
   relaynat trust URL --out FILE [--expect FINGERPRINT] [--force] [--timeout SECONDS]
@@ -15,77 +16,132 @@ subcommand per module of L{relaynat.scripts}.
   relaynat connect [--config client.toml] [--secret FILE] SERVER
 
 A usage or configuration error exits with status 2, a failure with status
-1, each with one line on stderr.
+1, each with one line on stderr (a usage error after the usage it broke).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any, TextIO
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, NoReturn, TextIO
 
+import attrs
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
-from twisted.python import usage
 
 from relaynat import __version__
 from relaynat.config import ConfigError
-from relaynat.scripts.check import CheckOptions, checkCommand
-from relaynat.scripts.command import FAILURES
-from relaynat.scripts.connect import ConnectOptions, connectCommand
-from relaynat.scripts.fingerprint import FingerprintOptions, printFingerprint
-from relaynat.scripts.keygen import KeygenOptions, keygen
-from relaynat.scripts.list import ListOptions, listCommand
-from relaynat.scripts.passwd import PasswdOptions, passwd
-from relaynat.scripts.secret import SecretOptions, secret
-from relaynat.scripts.trust import TrustOptions, trustCommand
+from relaynat.scripts import check, connect, fingerprint, keygen, passwd, secret, trust
+from relaynat.scripts import list as list_
+from relaynat.scripts.command import FAILURES, Subcommand, UsageError
 
-#: The commands that need no reactor, by name: each raises one of
-#: L{FAILURES} when it cannot do its work.
-LOCAL_COMMANDS: dict[str, Callable[[Any, TextIO, TextIO], None]] = {
-    "keygen": keygen,
-    "fingerprint": printFingerprint,
-    "passwd": passwd,
-    "secret": secret,
-}
+#: Every subcommand, in the order C{relaynat --help} lists them.
+SUBCOMMANDS: tuple[Subcommand[Any], ...] = (
+    list_.SUBCOMMAND,
+    keygen.SUBCOMMAND,
+    fingerprint.SUBCOMMAND,
+    trust.SUBCOMMAND,
+    passwd.SUBCOMMAND,
+    secret.SUBCOMMAND,
+    check.SUBCOMMAND,
+    connect.SUBCOMMAND,
+)
 
-#: The commands that run in the reactor, by name: each returns its exit status.
-REACTOR_COMMANDS: dict[str, Callable[[Any, Any, TextIO, TextIO], Coroutine[Any, Any, int]]] = {
-    "list": listCommand,
-    "trust": trustCommand,
-    "check": checkCommand,
-    "connect": connectCommand,
-}
+_BY_NAME = {subcommand.name: subcommand for subcommand in SUBCOMMANDS}
+
+_VERSION = f"relaynat {__version__}"
 
 
-class Options(usage.Options):
-    synopsis = "Usage: relaynat COMMAND [options]"
-    subCommands: list[list[Any]] = [
-        ["list", None, ListOptions, "print the servers the relay has available"],
-        ["keygen", None, KeygenOptions, "create the relay's key and certificate"],
-        ["fingerprint", None, FingerprintOptions, "print the fingerprint of a key or certificate"],
-        ["trust", None, TrustOptions, "download, check and save the relay's certificate"],
-        ["passwd", None, PasswdOptions, "add, change or delete a user of the relay"],
-        ["secret", None, SecretOptions, "create a secret file for one server"],
-        ["check", None, CheckOptions, "check a relay's, skeleton's or client's config and its files"],
-        ["connect", None, ConnectOptions, "carry stdin and stdout through one tunnel (ssh ProxyCommand)"],
-    ]
+class _Parser(argparse.ArgumentParser):
+    """
+    A parser whose errors are raised as L{UsageError}, naming the command
+    and carrying its usage, rather than printed before exiting: L{main}
+    says every problem the same way, and tests can catch them.
+    """
 
-    def opt_version(self) -> None:
-        """Print the version and exit."""
-        print(f"relaynat {__version__}")
-        sys.exit(0)
-
-    def postOptions(self) -> None:
-        if self.subCommand is None:
-            names = ", ".join(command[0] for command in self.subCommands)
-            raise usage.UsageError(f"name a command: {names}")
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.prog, self.format_usage())
 
 
-def runLocal(command: str, options: usage.Options, out: TextIO, err: TextIO) -> int:
-    """Run one of the commands that need no reactor; its exit status."""
+@attrs.frozen
+class Invocation:
+    """A parsed command line: the subcommand, and its checked options."""
+
+    subcommand: Subcommand[Any]
+    options: Any
+
+    @property
+    def name(self) -> str:
+        return self.subcommand.name
+
+
+def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The C{relaynat} parser, and each subcommand's parser by name."""
+    top = _Parser(
+        prog="relaynat",
+        usage="relaynat SUBCOMMAND [options]",
+        description="Tools around relaynat's three twistd roles (relay, skeleton, client).",
+        epilog="'relaynat SUBCOMMAND --help' describes a subcommand's options.",
+    )
+    _addVersion(top)
+    choices = top.add_subparsers(
+        dest="subcommand",
+        title="subcommands",
+        metavar="SUBCOMMAND",
+        prog="relaynat",
+        parser_class=_Parser,
+    )
+    subparsers: dict[str, argparse.ArgumentParser] = {}
+    for subcommand in SUBCOMMANDS:
+        parser = choices.add_parser(
+            subcommand.name,
+            help=subcommand.summary,
+            usage=f"relaynat {subcommand.name} {subcommand.synopsis}",
+            description=subcommand.description,
+        )
+        _addVersion(parser)
+        subcommand.define(parser)
+        subparsers[subcommand.name] = parser
+    return top, subparsers
+
+
+def _addVersion(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--version", action="version", version=_VERSION, help="print relaynat's version and exit"
+    )
+
+
+def parse(argv: Sequence[str]) -> Invocation:
+    """
+    Parse a C{relaynat} command line (without the program's name); a
+    L{UsageError} if it is wrong, a L{ConfigError} if a configuration file
+    or flag it names is.  C{--help} and C{--version} print and exit.
+    """
+    top, subparsers = parsers()
+    args, unknown = top.parse_known_args(list(argv))
+    if args.subcommand is None:
+        if unknown:
+            top.error(f"unrecognized arguments: {' '.join(unknown)}")
+        top.error(f"name a subcommand: {', '.join(_BY_NAME)}")
+    parser = subparsers[args.subcommand]
+    if unknown:
+        # argparse leaves these for the top-level parser to refuse, whose
+        # usage would not be the subcommand's.
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    subcommand = _BY_NAME[args.subcommand]
     try:
-        LOCAL_COMMANDS[command](options, out, err)
+        return Invocation(subcommand, subcommand.read(args))
+    except UsageError as e:
+        raise UsageError(str(e), parser.prog, parser.format_usage()) from None
+
+
+def runLocal(command: str, options: Any, out: TextIO, err: TextIO) -> int:
+    """Run the subcommand C{command}, one that needs no reactor, with its C{options}; its exit status."""
+    run = _BY_NAME[command].run
+    assert run is not None, f"relaynat {command} runs in the reactor"
+    try:
+        run(options, out, err)
     except FAILURES as e:
         err.write(f"relaynat {command}: {e}\n")
         return 1
@@ -95,23 +151,21 @@ def runLocal(command: str, options: usage.Options, out: TextIO, err: TextIO) -> 
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    options = Options()
+def main(argv: Sequence[str] | None = None) -> None:
     try:
-        options.parseOptions(sys.argv[1:] if argv is None else argv)
-    except (usage.UsageError, ConfigError) as e:
-        # A configuration problem is said alone; the usage text only helps
-        # when the command line itself is wrong.
-        configProblem = isinstance(e, ConfigError) or isinstance(e.__cause__, ConfigError)
-        shown = options.subOptions if getattr(options, "subOptions", None) else options
-        sys.stderr.write(("" if configProblem else f"{shown}\n") + f"relaynat: {e}\n")
+        invocation = parse(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        sys.stderr.write(f"{e.usage}{e.command}: {e}\n")
         sys.exit(2)
-
-    command = options.subCommand
-    assert command is not None
-    if command in LOCAL_COMMANDS:
-        sys.exit(runLocal(command, options.subOptions, sys.stdout, sys.stderr))
-    react(_inReactor, [REACTOR_COMMANDS[command], options.subOptions])
+    except ConfigError as e:
+        # A configuration problem is said alone, one line for each: the
+        # usage would not help.
+        sys.stderr.write("".join(f"relaynat: {line}\n" for line in e.lines))
+        sys.exit(2)
+    subcommand = invocation.subcommand
+    if subcommand.runInReactor is None:
+        sys.exit(runLocal(subcommand.name, invocation.options, sys.stdout, sys.stderr))
+    react(_inReactor, [subcommand.runInReactor, invocation.options])
 
 
 def _inReactor(reactor: Any, run: Callable[..., Coroutine[Any, Any, int]], options: Any) -> Any:
@@ -121,3 +175,18 @@ def _inReactor(reactor: Any, run: Callable[..., Coroutine[Any, Any, int]], optio
             raise SystemExit(code)
 
     return ensureDeferred(running())
+
+
+class Options:
+    """
+    The command line parsed the way the old C{usage.Options} did, kept only
+    for L{relaynat.localstack.files.relaynatTool} until it calls L{parse}
+    (C{parse(argv)} gives C{.name} and C{.options} for L{runLocal}).
+    """
+
+    subCommand: str | None = None
+    subOptions: Any = None
+
+    def parseOptions(self, argv: Sequence[str]) -> None:
+        invocation = parse(argv)
+        self.subCommand, self.subOptions = invocation.name, invocation.options

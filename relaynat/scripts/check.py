@@ -11,11 +11,12 @@ checked on its own and every problem is said.
 
 from __future__ import annotations
 
+from argparse import ArgumentParser, Namespace
 from typing import Any, TextIO
 
+import attrs
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
-from twisted.python import usage
 
 from relaynat.auth import Users
 from relaynat.config import (
@@ -28,7 +29,7 @@ from relaynat.config import (
 )
 from relaynat.identity import IdentityError, RelayIdentity
 from relaynat.link import linkFromConfig
-from relaynat.scripts.command import Command
+from relaynat.scripts.command import Subcommand, UsageError
 from relaynat.secret import SecretFileError, loadSecret
 from relaynat.users import UsersFileError
 
@@ -41,34 +42,34 @@ ROLES = ("relay", "skeleton", "client")
 BINDABLE = ("tcp", "tcp6")
 
 
-class CheckOptions(Command):
-    synopsis = "--config FILE [--bind]"
-    longdesc = (
-        "Check a relay's, a skeleton's or a client's configuration FILE (told apart by"
-        " its [relay], [skeleton] or [client] table) and the files it names: the"
-        " relay's key against its certificate, the users file, the password and"
-        " secret files (readable, and private). Prints 'FILE: ok', or one line per"
-        " problem and exits with status 1."
-    )
-    optParameters = [["config", "c", None, "the role's TOML configuration file"]]
-    optFlags = [
-        [
-            "bind",
-            None,
-            "also listen on each tcp: and tcp6: listening endpoint, and let go at once"
-            " (fails while the role runs, since it holds them)",
-        ]
-    ]
+@attrs.frozen
+class CheckOptions:
+    """The role's file C{relaynat check} reads, and whether it also binds its ports."""
 
-    def postOptions(self) -> None:
-        if self["config"] is None:
-            raise usage.UsageError("give --config FILE: the configuration file to check")
+    config: str
+    bind: bool = False
+
+
+def define(parser: ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE", help="the role's TOML configuration file")
+    parser.add_argument(
+        "--bind",
+        action="store_true",
+        help="also listen on each tcp: and tcp6: listening endpoint, and let go at once"
+        " (fails while the role runs, since it holds them)",
+    )
+
+
+def read(args: Namespace) -> CheckOptions:
+    if args.config is None:
+        raise UsageError("give --config FILE: the configuration file to check")
+    return CheckOptions(config=args.config, bind=args.bind)
 
 
 async def checkCommand(reactor: Any, options: CheckOptions, out: TextIO, err: TextIO) -> int:
     """Run C{relaynat check}; its exit status."""
-    path = options["config"]
-    problems = await checkFile(reactor, path, options["bind"])
+    path = options.config
+    problems = await checkFile(reactor, path, options.bind)
     if problems:
         for problem in problems:
             err.write(f"{problem}\n")
@@ -164,3 +165,20 @@ async def tryListening(reactor: Any, description: str) -> str | None:
         return f"cannot listen on {description}: {e}"
     await port.stopListening()
     return None
+
+
+SUBCOMMAND = Subcommand(
+    name="check",
+    summary="check a relay's, skeleton's or client's config and its files",
+    synopsis="--config FILE [--bind]",
+    description=(
+        "Check a relay's, a skeleton's or a client's configuration FILE (told apart by"
+        " its [relay], [skeleton] or [client] table) and the files it names: the"
+        " relay's key against its certificate, the users file, the password and"
+        " secret files (readable, and private). Prints 'FILE: ok', or one line per"
+        " problem and exits with status 1."
+    ),
+    define=define,
+    read=read,
+    runInReactor=checkCommand,
+)

@@ -1,23 +1,37 @@
 """
-What every C{relaynat} subcommand shares: its options' base class, the
-failures that exit with status 1, and small helpers for arguments.
+What every C{relaynat} subcommand shares: how it is described to the
+command line (L{Subcommand}), the errors that end it, and small checks of
+the values it is given.
 """
 
 from __future__ import annotations
 
-import getopt
-import sys
+import math
+import os
+from argparse import ArgumentParser, Namespace
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TextIO, TypeVar
 
-from twisted.python import usage
+import attrs
 
-from relaynat import __version__
-from relaynat.identity import (
-    IdentityError,
-)
+from relaynat.identity import IdentityError
 from relaynat.secret import SecretFileError
-from relaynat.users import (
-    UsersFileError,
-)
+from relaynat.users import UsersFileError
+
+OptionsT = TypeVar("OptionsT")
+
+
+class UsageError(Exception):
+    """
+    The command line is wrong (exit status 2); the message says how.  The
+    parser fills in the command it was given to (C{relaynat keygen}) and
+    that command's usage, for the message to be shown with.
+    """
+
+    def __init__(self, message: str, command: str = "relaynat", usage: str = "") -> None:
+        super().__init__(message)
+        self.command = command
+        self.usage = usage
 
 
 class CommandFailed(Exception):
@@ -28,55 +42,47 @@ class CommandFailed(Exception):
 FAILURES = (CommandFailed, IdentityError, UsersFileError, SecretFileError)
 
 
-class Command(usage.Options):
+@attrs.frozen
+class Subcommand(Generic[OptionsT]):
     """
-    A subcommand's options.  Its usage line names the subcommand itself
-    (C{Usage: relaynat trust URL ...}), not the parent's synopsis with the
-    subcommand pasted after it; and options may come after the arguments,
-    as in C{relaynat keygen DIR --name NAME}, where stock L{usage.Options}
-    would stop at the first argument (it reads with C{getopt.getopt}).
+    One subcommand of C{relaynat}, as its module describes it: C{define}
+    adds its arguments to its own parser, C{read} turns what was parsed
+    into its checked options (raising L{UsageError}, or L{ConfigError} for
+    a configuration file or flag that is wrong), and exactly one of C{run}
+    (needs no reactor; raises one of L{FAILURES}) and C{runInReactor}
+    (returns its exit status) does the work.
     """
 
-    #: What follows C{relaynat NAME} in the usage line.
-    synopsis = ""
+    name: str
+    #: One line for C{relaynat --help}.
+    summary: str
+    #: What follows C{relaynat NAME} in its usage line.
+    synopsis: str
+    description: str
+    define: Callable[[ArgumentParser], None]
+    read: Callable[[Namespace], OptionsT]
+    run: Callable[[OptionsT, TextIO, TextIO], None] | None = None
+    runInReactor: Callable[[Any, OptionsT, TextIO, TextIO], Coroutine[Any, Any, int]] | None = None
 
-    def getSynopsis(self) -> str:
-        name = getattr(self.parent, "subCommand", None) or "COMMAND"
-        return f"Usage: relaynat {name} {self.synopsis}".rstrip()
-
-    def parseOptions(self, options: list[str] | None = None) -> None:
-        argv = sys.argv[1:] if options is None else options
-        if len(argv) > 1 and argv[-2] == "--_shell-completion":
-            # The stock parser answers shell completion itself.
-            return super().parseOptions(argv)
-        try:
-            pairs, args = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
-        except getopt.GetoptError as e:
-            raise usage.UsageError(str(e)) from e
-        # Put the options first, each value after its option and the
-        # arguments after "--", for the stock parser to read as it always has.
-        taking = {"--" + name[:-1] for name in self.longOpt if name.endswith("=")}
-        taking |= {
-            "-" + letter
-            for letter in self.shortOpt.replace(":", "")
-            if f"{letter}:" in self.shortOpt
-        }
-        ordered: list[str] = []
-        for name, value in pairs:
-            ordered += [name, value] if name in taking else [name]
-        super().parseOptions([*ordered, "--", *args])
-
-    def opt_version(self) -> None:
-        """Print relaynat's version and exit."""
-        print(f"relaynat {__version__}")
-        raise SystemExit(0)
+    def __attrs_post_init__(self) -> None:
+        if (self.run is None) == (self.runInReactor is None):
+            raise TypeError(f"subcommand {self.name}: give one of run and runInReactor")
 
 
-def arguments(args: tuple[str, ...], *names: str) -> tuple[str, ...]:
-    """C{args}, if there is one for each of C{names}; a usage error naming them if not."""
-    if len(args) != len(names):
-        raise usage.UsageError(f"expected {' '.join(names)}, got {len(args)} argument(s)")
-    return args
+def seconds(flag: str, value: str) -> float:
+    """C{value}, the text of C{flag}, as a positive, finite number of seconds."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise UsageError(f"{flag} must be a number, not {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise UsageError(f"{flag} must be a positive number of seconds")
+    return number
+
+
+def absolutePath(path: str) -> str:
+    """A file named on the command line: relative to where the command runs, C{~} expanded."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def describeOSError(error: OSError) -> str:

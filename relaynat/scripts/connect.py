@@ -12,9 +12,10 @@ of stream closes stdout.
 
 from __future__ import annotations
 
-import os
+from argparse import ArgumentParser, Namespace
 from typing import Any, TextIO
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone
@@ -26,76 +27,76 @@ from twisted.logger import (
     globalLogBeginner,
     textFileLogObserver,
 )
-from twisted.python import usage
 from twisted.python.failure import Failure
 
 from relaynat.client import ClientControl, TunnelFactory
 from relaynat.config import ClientConfig, ConfigError, clientConfig, withFlags
 from relaynat.link import linkFromConfig
 from relaynat.names import checkServerId
-from relaynat.scripts.command import Command, arguments
+from relaynat.scripts.access import clientDocument, clientFlags, defineAccess
+from relaynat.scripts.command import Subcommand, UsageError, absolutePath, seconds
 from relaynat.secret import SecretFileError, loadSecret
 from relaynat.splice import Outcome, SpliceHalf
-from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions
-from relaynat.tap.options import ConfigOptions, number
 from relaynat.wire import BadRequest
 
 
-class ConnectOptions(Command, AccessOptions):
-    synopsis = "[--config client.toml] [--secret FILE] [--relay ENDPOINT ...] SERVER"
-    longdesc = (
-        "Log in to the relay as a client and carry standard input and output through"
-        " one tunnel to SERVER, as ssh's ProxyCommand: ssh -o ProxyCommand='relaynat"
-        " connect --config client.toml ssh' host. The secret is the one of SERVER's"
-        " [[tunnel]] in the config file, or --secret FILE. Exits 0 when the tunnel"
-        " ends cleanly, 1 with the reason on stderr when it cannot be opened or is cut."
+@attrs.frozen
+class ConnectOptions:
+    """
+    What C{relaynat connect} was told: how to log in, the server to reach
+    and its secret, read when the command line was.
+    """
+
+    client: ClientConfig
+    server: str
+    secret: bytes = attrs.field(repr=False)
+    timeout: float = 60.0
+    verbose: bool = False
+
+
+def define(parser: ArgumentParser) -> None:
+    parser.add_argument("server", metavar="SERVER", help="the id of the server to reach")
+    defineAccess(parser)
+    parser.add_argument(
+        "--secret", metavar="FILE", help="SERVER's secret file, instead of its [[tunnel]]'s secret_file"
     )
-    optFlags = [["verbose", "v", "log each step to stderr, not only problems"]]
-    optParameters = ConfigOptions.optParameters + ACCESS_PARAMETERS + [
-        ["relay", None, None, "the relay's client endpoint (port X)"],
-        [
-            "timeout", None, 60.0, "seconds to log in and open the tunnel",
-            number("timeout", float),
-        ],
-    ]
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log each step to stderr, not only problems"
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        default="60",
+        help="seconds to log in and open the tunnel (default: %(default)s)",
+    )
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.secretFile: str | None = None
 
-    def opt_secret(self, value: str) -> None:
-        """SERVER's secret file, instead of its [[tunnel]]'s secret_file."""
-        self.secretFile = value
-
-    def parseArgs(self, *args: str) -> None:
-        (server,) = arguments(args, "SERVER")
-        try:
-            self["server"] = checkServerId(server)
-        except BadRequest as e:
-            raise usage.UsageError(f"SERVER: {e}") from e
-
-    def build(self) -> None:
-        document, source = self.document()
-        flags = {"relay": self["relay"], **self.accessFlags()}
-        self.client: ClientConfig = clientConfig(
-            withFlags(document, "client", flags), source, needTunnels=False
-        )
-        server = self["server"]
-        if self.secretFile is not None:
-            # A flag is relative to where the command runs.
-            path = os.path.abspath(os.path.expanduser(self.secretFile))
-            where = "--secret"
-        else:
-            tunnels = [t for t in self.client.tunnels if t.server == server]
-            if not tunnels:
-                raise ConfigError(
-                    source, "tunnel", f"no [[tunnel]] for server {server!r}: give --secret FILE"
-                )
-            path, where = tunnels[0].secret_file, "secret_file"
-        try:
-            self.secret = loadSecret(path)
-        except SecretFileError as e:
-            raise ConfigError(path, where, str(e).removeprefix(f"{path}: ")) from None
+def read(args: Namespace) -> ConnectOptions:
+    try:
+        server = checkServerId(args.server)
+    except BadRequest as e:
+        raise UsageError(f"SERVER: {e}") from e
+    timeout = seconds("--timeout", args.timeout)
+    document, source = clientDocument(args)
+    client = clientConfig(
+        withFlags(document, "client", clientFlags(args)), source, needTunnels=False
+    )
+    if args.secret is not None:
+        path, where = absolutePath(args.secret), "--secret"
+    else:
+        tunnels = [t for t in client.tunnels if t.server == server]
+        if not tunnels:
+            raise ConfigError(
+                source, "tunnel", f"no [[tunnel]] for server {server!r}: give --secret FILE"
+            )
+        path, where = tunnels[0].secret_file, "secret_file"
+    try:
+        secret = loadSecret(path)
+    except SecretFileError as e:
+        raise ConfigError(path, where, str(e).removeprefix(f"{path}: ")) from None
+    return ConnectOptions(
+        client=client, server=server, secret=secret, timeout=timeout, verbose=args.verbose
+    )
 
 
 class StdioHalf(SpliceHalf):
@@ -183,14 +184,14 @@ class TunnelCut(Exception):
 
 async def connectCommand(reactor: Any, options: ConnectOptions, out: TextIO, err: TextIO) -> int:
     """Run C{relaynat connect}, logging to C{err}; its exit status."""
-    level = LogLevel.info if options["verbose"] else LogLevel.warn
+    level = LogLevel.info if options.verbose else LogLevel.warn
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(textFileLogObserver(err), [LogLevelFilterPredicate(level)])],
         redirectStandardIO=False,
     )
-    server = options["server"]
+    server = options.server
     try:
-        await carry(reactor, options.client, server, options.secret, options["timeout"])
+        await carry(reactor, options.client, server, options.secret, options.timeout)
     except Exception as e:
         err.write(f"relaynat connect: {server}: {e}\n")
         return 1
@@ -240,3 +241,20 @@ async def carry(
     if outcome is not None:
         side, why = outcome
         raise TunnelCut(f"the tunnel was cut ({'here' if side == 'local' else 'by the far side'}: {why})")
+
+
+SUBCOMMAND = Subcommand(
+    name="connect",
+    summary="carry stdin and stdout through one tunnel (ssh ProxyCommand)",
+    synopsis="[--config client.toml] [--secret FILE] [--relay ENDPOINT ...] SERVER",
+    description=(
+        "Log in to the relay as a client and carry standard input and output through"
+        " one tunnel to SERVER, as ssh's ProxyCommand: ssh -o ProxyCommand='relaynat"
+        " connect --config client.toml ssh' host. The secret is the one of SERVER's"
+        " [[tunnel]] in the config file, or --secret FILE. Exits 0 when the tunnel"
+        " ends cleanly, 1 with the reason on stderr when it cannot be opened or is cut."
+    ),
+    define=define,
+    read=read,
+    runInReactor=connectCommand,
+)

@@ -1,39 +1,55 @@
 """
 C{relaynat list [--config client.toml] [--relay ENDPOINT --relay-key KEY
---user NAME --password-file FILE] [--json]}: the servers a user may join.
+--user NAME --password-file FILE] [--json] [--timeout SECONDS]}: the
+servers a user may join.
 """
 
 from __future__ import annotations
 
 import json
+from argparse import ArgumentParser, Namespace
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
+import attrs
 from twisted.internet.defer import ensureDeferred
 
 from relaynat.client import listServers
-from relaynat.config import clientConfig, withFlags
+from relaynat.config import ClientConfig, clientConfig, withFlags
 from relaynat.link import linkFromConfig
-from relaynat.scripts.command import Command
-from relaynat.tap.access import ACCESS_PARAMETERS, AccessOptions
-from relaynat.tap.options import ConfigOptions, number
+from relaynat.scripts.access import clientDocument, clientFlags, defineAccess
+from relaynat.scripts.command import Subcommand, seconds
 
 
-class ListOptions(Command, AccessOptions):
-    synopsis = "[--config client.toml] [--relay ENDPOINT --relay-key KEY --user NAME --password-file FILE] [--json]"
-    longdesc = "Log in to the relay and print the servers this user may join."
-    optFlags = [["json", None, "print JSON instead of a table"]]
-    optParameters = ConfigOptions.optParameters + ACCESS_PARAMETERS + [
-        ["relay", None, None, "the relay's client endpoint (port X)"],
-        ["timeout", None, 10.0, "seconds to wait for the relay", number("timeout", float)],
-    ]
+@attrs.frozen
+class ListOptions:
+    """What C{relaynat list} was told: how to log in, and how to print."""
 
-    def build(self) -> None:
-        document, source = self.document()
-        flags = {"relay": self["relay"], **self.accessFlags()}
-        # The tunnels' secrets are not needed to list.
-        merged = {k: v for k, v in withFlags(document, "client", flags).items() if k != "tunnel"}
-        self.client = clientConfig(merged, source, needTunnels=False)
+    client: ClientConfig
+    json: bool = False
+    timeout: float = 10.0
+
+
+def define(parser: ArgumentParser) -> None:
+    defineAccess(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        default="10",
+        help="seconds to wait for the relay (default: %(default)s)",
+    )
+
+
+def read(args: Namespace) -> ListOptions:
+    document, source = clientDocument(args)
+    # The tunnels' secrets are not needed to list.
+    merged = {k: v for k, v in withFlags(document, "client", clientFlags(args)).items() if k != "tunnel"}
+    return ListOptions(
+        client=clientConfig(merged, source, needTunnels=False),
+        json=args.json,
+        timeout=seconds("--timeout", args.timeout),
+    )
 
 
 def formatTable(servers: list[dict[str, Any]]) -> str:
@@ -68,11 +84,25 @@ async def listCommand(reactor: Any, options: ListOptions, out: TextIO, err: Text
     """Run C{relaynat list}; its exit status."""
     link = linkFromConfig(options.client.access, reactor)
     d = ensureDeferred(listServers(link))
-    d.addTimeout(options["timeout"], reactor)
+    d.addTimeout(options.timeout, reactor)
     try:
         servers = await d
     except Exception as e:
         err.write(f"relaynat list: cannot list servers: {e}\n")
         return 1
-    out.write(formatJson(servers) if options["json"] else formatTable(servers))
+    out.write(formatJson(servers) if options.json else formatTable(servers))
     return 0
+
+
+SUBCOMMAND = Subcommand(
+    name="list",
+    summary="print the servers the relay has available",
+    synopsis=(
+        "[--config client.toml] [--relay ENDPOINT --relay-key KEY --user NAME"
+        " --password-file FILE] [--json] [--timeout SECONDS]"
+    ),
+    description="Log in to the relay and print the servers this user may join.",
+    define=define,
+    read=read,
+    runInReactor=listCommand,
+)

@@ -6,15 +6,15 @@ C{relaynat trust URL --out FILE [--expect FINGERPRINT] [--force]
 from __future__ import annotations
 
 import hmac
-import math
 import os
 import sys
 import tempfile
+from argparse import ArgumentParser, Namespace
 from typing import IO, Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
+import attrs
 from cryptography.hazmat.primitives import serialization
-from twisted.python import usage
 
 from relaynat.identity import (
     IdentityError,
@@ -22,58 +22,81 @@ from relaynat.identity import (
     fingerprint,
     loadCertificate,
 )
-from relaynat.tap.options import number
-from relaynat.web import CERTIFICATE_PATH
-from relaynat.scripts.command import FAILURES, Command, CommandFailed, arguments
+from relaynat.scripts.command import FAILURES, CommandFailed, Subcommand, UsageError, seconds
 from relaynat.scripts.download import download
 from relaynat.scripts.terminal import ask
+from relaynat.web import CERTIFICATE_PATH
 
 
-class TrustOptions(Command):
-    synopsis = "URL --out FILE [--expect FINGERPRINT] [--force] [--timeout SECONDS]"
-    longdesc = (
-        "Download the relay's certificate from its web endpoint (a URL with no"
-        f" path means {CERTIFICATE_PATH}) and save it to FILE if its fingerprint is"
-        " the one the relay's operator gave you: the one given with --expect, or,"
-        " without it, the one you confirm at the terminal when asked (with no"
-        " terminal, --expect is needed). An existing FILE is replaced only with --force."
+@attrs.frozen
+class TrustOptions:
+    """
+    What C{relaynat trust} was told: the certificate's URL (its path filled
+    in), where to save it, and the fingerprint expected, if given.
+    """
+
+    url: str
+    out: str
+    expect: str | None = None
+    force: bool = False
+    timeout: float = 30.0
+
+
+def define(parser: ArgumentParser) -> None:
+    parser.add_argument("url", metavar="URL", help="the relay's web endpoint, or its certificate's URL")
+    parser.add_argument("-o", "--out", metavar="FILE", help="where to save the certificate")
+    parser.add_argument(
+        "--expect",
+        metavar="FINGERPRINT",
+        help="the fingerprint the relay's operator gave you (sha256:...)",
     )
-    optFlags = [["force", None, "replace FILE if it exists"]]
-    optParameters = [
-        ["out", "o", None, "where to save the certificate"],
-        ["expect", None, None, "the fingerprint the relay's operator gave you (sha256:...)"],
-        ["timeout", None, 30.0, "seconds to wait for the relay", number("timeout", float)],
-    ]
+    parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        default="30",
+        help="seconds to wait for the relay (default: %(default)s)",
+    )
 
-    def parseArgs(self, *args: str) -> None:
-        (url,) = arguments(args, "URL")
-        parts = urlsplit(url)
+
+def read(args: Namespace) -> TrustOptions:
+    url = certificateURL(args.url)
+    if args.out is None:
+        raise UsageError("give --out FILE: where to save the certificate")
+    expect = args.expect
+    if expect is not None:
         try:
-            # urlsplit checks the port only when asked for it.
-            _ = parts.port
-        except ValueError:
-            raise usage.UsageError(f"{url!r}: the port is not a number from 0 to 65535") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise usage.UsageError(
-                f"not an http:// URL: {url!r} (the relay's web endpoint,"
-                " like http://relay.example:7080)"
-            )
-        if parts.path in ("", "/"):
-            parts = parts._replace(path=CERTIFICATE_PATH)
-        self["url"] = urlunsplit(parts)
-        if not self["url"].isascii():
-            raise usage.UsageError(f"{url!r}: give a non-ASCII host name in its xn-- form")
+            expect = checkFingerprint(expect)
+        except IdentityError as e:
+            raise UsageError(f"--expect: {e}") from e
+    return TrustOptions(
+        url=url,
+        out=args.out,
+        expect=expect,
+        force=args.force,
+        timeout=seconds("--timeout", args.timeout),
+    )
 
-    def postOptions(self) -> None:
-        if self["out"] is None:
-            raise usage.UsageError("give --out FILE: where to save the certificate")
-        if self["expect"] is not None:
-            try:
-                self["expect"] = checkFingerprint(self["expect"])
-            except IdentityError as e:
-                raise usage.UsageError(f"--expect: {e}") from e
-        if not (math.isfinite(self["timeout"]) and self["timeout"] > 0):
-            raise usage.UsageError("--timeout must be a positive number of seconds")
+
+def certificateURL(url: str) -> str:
+    """C{url}, checked to be an http:// URL; with no path, the published certificate's."""
+    parts = urlsplit(url)
+    try:
+        # urlsplit checks the port only when asked for it.
+        _ = parts.port
+    except ValueError:
+        raise UsageError(f"{url!r}: the port is not a number from 0 to 65535") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(
+            f"not an http:// URL: {url!r} (the relay's web endpoint,"
+            " like http://relay.example:7080)"
+        )
+    if parts.path in ("", "/"):
+        parts = parts._replace(path=CERTIFICATE_PATH)
+    whole = urlunsplit(parts)
+    if not whole.isascii():
+        raise UsageError(f"{url!r}: give a non-ASCII host name in its xn-- form")
+    return whole
 
 
 async def trust(
@@ -92,12 +115,12 @@ async def trust(
     the one the user, asked at C{terminal}, accepts.  Without either nothing
     is saved.
     """
-    url, path, expected = options["url"], options["out"], options["expect"]
-    replace = options["force"]
+    url, path, expected = options.url, options.out, options.expect
+    replace = options.force
     if not replace and os.path.lexists(path):
         # Checked before the download to fail at once; saving checks again.
         raise _exists(path)
-    body = await download(reactor, url, options["timeout"])
+    body = await download(reactor, url, options.timeout)
     certificate = loadCertificate(body, url)
     seen = fingerprint(certificate)
     if expected is not None:
@@ -191,3 +214,20 @@ async def trustCommand(reactor: Any, options: TrustOptions, out: TextIO, err: Te
     """C{relaynat trust} as the command runs it: asking at stdin if it is a terminal."""
     terminal = sys.stdin if sys.stdin is not None and sys.stdin.isatty() else None
     return await runTrust(reactor, options, out, err, terminal)
+
+
+SUBCOMMAND = Subcommand(
+    name="trust",
+    summary="download, check and save the relay's certificate",
+    synopsis="URL --out FILE [--expect FINGERPRINT] [--force] [--timeout SECONDS]",
+    description=(
+        "Download the relay's certificate from its web endpoint (a URL with no"
+        f" path means {CERTIFICATE_PATH}) and save it to FILE if its fingerprint is"
+        " the one the relay's operator gave you: the one given with --expect, or,"
+        " without it, the one you confirm at the terminal when asked (with no"
+        " terminal, --expect is needed). An existing FILE is replaced only with --force."
+    ),
+    define=define,
+    read=read,
+    runInReactor=trustCommand,
+)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from io import StringIO
 
-from relaynat.cli import Options, runLocal
+from relaynat.cli import parse, runLocal
 
 
 def command(*argv: str) -> tuple[int, str, str]:
     """Parse and run a C{relaynat} command in process: status, stdout, stderr."""
-    options = Options()
-    options.parseOptions(list(argv))
-    assert options.subCommand is not None
+    invocation = parse(argv)
     out, err = StringIO(), StringIO()
-    code = runLocal(options.subCommand, options.subOptions, out, err)
+    code = runLocal(invocation.name, invocation.options, out, err)
     return code, out.getvalue(), err.getvalue()

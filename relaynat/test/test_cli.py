@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from io import StringIO
 
@@ -18,21 +19,22 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
-from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
 from relaynat import __version__
-from relaynat.cli import Options, main
+from relaynat.config import ConfigError
+from relaynat.cli import SUBCOMMANDS, main, parse
 from relaynat.identity import CERT_FILE, KEY_FILE, RelayIdentity, generate, writePrivate
 from relaynat.test.loopback import PASSWORD, Stack
 from relaynat.test.net import listen, runAsync
 from relaynat.test.streams import Echo
 from relaynat.test.test_web import identityIn
 from relaynat.scripts.check import CheckOptions, checkCommand
-from relaynat.scripts.command import CommandFailed
+from relaynat.scripts.command import CommandFailed, UsageError
 from relaynat.scripts.list import ListOptions, formatJson, formatTable
-from relaynat.scripts.trust import TrustOptions, runTrust, savePublic
+from relaynat.scripts.passwd import PasswdOptions
+from relaynat.scripts.trust import runTrust, savePublic
 from relaynat.secret import generateSecret
 from relaynat.users import Rights, User, saveUsers
 from relaynat.web import publicationResource
@@ -117,68 +119,174 @@ ACCESS = [
 ]
 
 
+def listOptions(*argv: str) -> ListOptions:
+    """C{relaynat list}'s options for C{argv}, parsed as the command parses them."""
+    options = parse(["list", *argv]).options
+    assert isinstance(options, ListOptions)
+    return options
+
+
+def runMain(case: SynchronousTestCase, *argv: str) -> tuple[object, str, str]:
+    """Run L{main} on C{argv} in process: its exit status, stdout and stderr."""
+    out, err = StringIO(), StringIO()
+    case.patch(sys, "stdout", out)
+    case.patch(sys, "stderr", err)
+    error = case.assertRaises(SystemExit, main, list(argv))
+    return error.code, out.getvalue(), err.getvalue()
+
+
 class OptionsTests(SynchronousTestCase):
     """The C{relaynat} command line, parsed in process."""
 
     def test_list(self) -> None:
         """C{relaynat list --relay ENDPOINT ... --json} parses into its parts."""
-        options = Options()
-        options.parseOptions(["list", *ACCESS, "--json"])
-        self.assertEqual(options.subCommand, "list")
-        sub = options.subOptions
-        self.assertIsInstance(sub, ListOptions)
-        self.assertEqual(sub.client.access.relay, "tcp:relay.example:7000")
-        self.assertEqual(sub.client.access.user, "alice")
-        self.assertEqual(sub.client.access.relay_key, FINGERPRINT)
-        self.assertEqual(sub.client.tunnels, ())
-        self.assertTrue(sub["json"])
-        self.assertEqual(sub["timeout"], 10.0)
+        invocation = parse(["list", *ACCESS, "--json"])
+        self.assertEqual(invocation.name, "list")
+        options = invocation.options
+        self.assertIsInstance(options, ListOptions)
+        self.assertEqual(options.client.access.relay, "tcp:relay.example:7000")
+        self.assertEqual(options.client.access.user, "alice")
+        self.assertEqual(options.client.access.relay_key, FINGERPRINT)
+        self.assertEqual(
+            options.client.access.password_file, os.path.join(os.getcwd(), "pw")
+        )
+        self.assertEqual(options.client.tunnels, ())
+        self.assertTrue(options.json)
+        self.assertEqual(options.timeout, 10.0)
 
     def test_tableByDefault(self) -> None:
         """Without C{--json}, the output is a table; the timeout can be set."""
-        options = ListOptions()
-        options.parseOptions([*ACCESS, "--timeout", "2.5"])
-        self.assertFalse(options["json"])
-        self.assertEqual(options["timeout"], 2.5)
+        options = listOptions(*ACCESS, "--timeout", "2.5")
+        self.assertFalse(options.json)
+        self.assertEqual(options.timeout, 2.5)
+
+    def test_badTimeout(self) -> None:
+        """A timeout that is not a positive number of seconds is a usage error."""
+        for value, message in [
+            ("soon", "--timeout must be a number, not 'soon'"),
+            ("0", "--timeout must be a positive number of seconds"),
+            ("nan", "--timeout must be a positive number of seconds"),
+        ]:
+            error = self.assertRaises(UsageError, listOptions, *ACCESS, "--timeout", value)
+            self.assertEqual(str(error), message)
 
     def test_noCommand(self) -> None:
-        """Without a command, the usage error names the commands."""
-        error = self.assertRaises(UsageError, Options().parseOptions, [])
+        """Without a subcommand, the usage error names the subcommands."""
+        error = self.assertRaises(UsageError, parse, [])
         self.assertEqual(
-            str(error), "name a command: list, keygen, fingerprint, trust, passwd, secret, check, connect"
+            str(error),
+            "name a subcommand: list, keygen, fingerprint, trust, passwd, secret, check, connect",
         )
+        self.assertEqual(error.command, "relaynat")
+        self.assertEqual(error.usage, "usage: relaynat SUBCOMMAND [options]\n")
 
     def test_usageNamesTheCommand(self) -> None:
         """
-        A subcommand's usage line names that subcommand after the program,
-        not the top level's synopsis with the subcommand pasted after it.
+        A subcommand's usage error names that subcommand, and its usage line
+        is the subcommand's own, not the top level's with the subcommand
+        pasted after it.
         """
-        options = Options()
-        options.parseOptions(["secret", "s"])
-        self.assertEqual(
-            str(options.subOptions).splitlines()[0], "Usage: relaynat secret FILE [--force]"
-        )
-        self.assertEqual(str(Options()).splitlines()[0], "Usage: relaynat COMMAND [options]")
+        error = self.assertRaises(UsageError, parse, ["secret"])
+        self.assertEqual(error.command, "relaynat secret")
+        self.assertEqual(error.usage, "usage: relaynat secret FILE [--force]\n")
+        self.assertEqual(str(error), "the following arguments are required: FILE")
 
     def test_unknownCommand(self) -> None:
-        """An unknown command is a usage error."""
-        self.assertRaises(UsageError, Options().parseOptions, ["lsit"])
+        """An unknown subcommand is a usage error of the top level, listing the subcommands."""
+        error = self.assertRaises(UsageError, parse, ["lsit"])
+        self.assertEqual(error.command, "relaynat")
+        self.assertIn("invalid choice: 'lsit'", str(error))
+        self.assertIn("'list'", str(error))
+
+    def test_unknownOption(self) -> None:
+        """
+        An unknown option after a subcommand is that subcommand's usage
+        error (argparse would leave it to the top level, whose usage would
+        not help), before or after the arguments.
+        """
+        for argv in (["secret", "--froce", "s"], ["secret", "s", "--froce"]):
+            error = self.assertRaises(UsageError, parse, argv)
+            self.assertEqual(
+                (error.command, error.usage, str(error)),
+                (
+                    "relaynat secret",
+                    "usage: relaynat secret FILE [--force]\n",
+                    "unrecognized arguments: --froce",
+                ),
+                argv,
+            )
+
+    def test_unknownTopLevelOption(self) -> None:
+        """An unknown option before any subcommand is the top level's usage error."""
+        error = self.assertRaises(UsageError, parse, ["--froce"])
+        self.assertEqual(
+            (error.command, str(error)), ("relaynat", "unrecognized arguments: --froce")
+        )
+
+    def test_optionsAfterArguments(self) -> None:
+        """
+        Options may come before, between or after the arguments, as the
+        README writes them: C{keygen DIR --name NAME}, C{passwd FILE USER
+        --join IDS}, C{trust URL --out F --expect FP}.
+        """
+        self.assertEqual(
+            parse(["keygen", "conf", "--name", "relay.example.com", "--force"]).options.names,
+            ("relay.example.com",),
+        )
+        for argv in (
+            ["passwd", "users", "bob", "--join", "web", "--password-file", "pw"],
+            ["passwd", "--join", "web", "users", "--password-file", "pw", "bob"],
+            ["passwd", "users", "--join", "web", "bob", "--password-file", "pw"],
+        ):
+            self.assertEqual(
+                parse(argv).options,
+                PasswdOptions(
+                    file="users", user="bob", rights={"join": frozenset({"web"})}, password_file="pw"
+                ),
+                argv,
+            )
+        fingerprint = "sha256:" + "ab" * 32
+        options = parse(
+            ["trust", "http://relay.example:7080", "--out", "relay.pem", "--expect", fingerprint]
+        ).options
+        self.assertEqual((options.out, options.expect), ("relay.pem", fingerprint))
+
+    def test_doubleDash(self) -> None:
+        """
+        After C{--}, everything is an argument, even what looks like an
+        option: a file named C{-x} or C{--force}.
+        """
+        self.assertEqual(parse(["secret", "--", "-x"]).options.file, "-x")
+        options = parse(["secret", "--force", "--", "--force"]).options
+        self.assertEqual((options.file, options.force), ("--force", True))
+        options = parse(["passwd", "--join", "web", "--", "-users", "bob"]).options
+        self.assertEqual(
+            (options.file, options.user, options.rights),
+            ("-users", "bob", {"join": frozenset({"web"})}),
+        )
+        error = self.assertRaises(UsageError, parse, ["secret", "a", "--", "b"])
+        self.assertEqual(str(error), "unrecognized arguments: b")
+
+    def test_everySubcommand(self) -> None:
+        """The subcommands are those the README names, in its order."""
+        self.assertEqual(
+            [subcommand.name for subcommand in SUBCOMMANDS],
+            ["list", "keygen", "fingerprint", "trust", "passwd", "secret", "check", "connect"],
+        )
 
     def test_noRelay(self) -> None:
         """C{list} without a relay says what is missing."""
-        error = self.assertRaises(UsageError, ListOptions().parseOptions, ACCESS[2:])
+        error = self.assertRaises(ConfigError, listOptions, *ACCESS[2:])
         self.assertEqual(str(error), "command line: client.relay: missing")
 
     def test_noUser(self) -> None:
         """C{list} logs in, so it needs a user."""
-        error = self.assertRaises(UsageError, ListOptions().parseOptions, ACCESS[:4])
+        error = self.assertRaises(ConfigError, listOptions, *ACCESS[:4])
         self.assertEqual(str(error), "command line: client.user: missing")
 
     def test_badRelay(self) -> None:
         """A relay that is not a connecting endpoint is refused."""
-        error = self.assertRaises(
-            UsageError, ListOptions().parseOptions, ["--relay", "tcp:7000", *ACCESS[2:]]
-        )
+        error = self.assertRaises(ConfigError, listOptions, "--relay", "tcp:7000", *ACCESS[2:])
         self.assertTrue(
             str(error).startswith(
                 "command line: client.relay: not a valid connecting endpoint 'tcp:7000'"
@@ -198,15 +306,61 @@ class OptionsTests(SynchronousTestCase):
                 f'relay_key = "{FINGERPRINT}"\nuser = "alice"\npassword_file = "pw"\n'
                 '[[tunnel]]\nserver = "web"\nlisten = "tcp:8080"\nsecret_file = "web.secret"\n'
             )
-        options = ListOptions()
-        options.parseOptions(["--config", path])
+        options = listOptions("--config", path)
         self.assertEqual(options.client.access.relay, "tcp:from-file:7000")
         self.assertEqual(
             options.client.access.password_file, os.path.join(os.path.dirname(path), "pw")
         )
-        options = ListOptions()
-        options.parseOptions(["--config", path, "--relay", "tcp:from-flag:7000"])
+        options = listOptions("-c", path, "--relay", "tcp:from-flag:7000")
         self.assertEqual(options.client.access.relay, "tcp:from-flag:7000")
+
+
+class HelpTests(SynchronousTestCase):
+    """C{relaynat --help} and each subcommand's C{--help}, printed by L{main}."""
+
+    def test_topLevel(self) -> None:
+        """
+        C{relaynat --help} (or C{-h}) shows the top level's usage and lists
+        every subcommand with its one line, and exits with status 0.
+        """
+        for flag in ("--help", "-h"):
+            code, out, err = runMain(self, flag)
+            self.assertEqual((code, err), (0, ""))
+            self.assertTrue(out.startswith("usage: relaynat SUBCOMMAND [options]\n"), out)
+            for subcommand in SUBCOMMANDS:
+                self.assertRegex(out, rf"\n    {subcommand.name}\s+{re.escape(subcommand.summary)}\n")
+
+    def test_subcommand(self) -> None:
+        """C{relaynat keygen --help} shows keygen's usage, description and options."""
+        code, out, err = runMain(self, "keygen", "--help")
+        self.assertEqual((code, err), (0, ""))
+        self.assertTrue(
+            out.startswith("usage: relaynat keygen DIR --name NAME [--name NAME]... [--force]\n"),
+            out,
+        )
+        self.assertIn("Create the relay's private key", out)
+        self.assertIn("--name NAME", out)
+
+    def test_accessFlags(self) -> None:
+        """C{list} and C{connect} take every access flag C{twistd client} does."""
+        for name in ("list", "connect"):
+            code, out, err = runMain(self, name, "--help")
+            self.assertEqual(code, 0)
+            for flag in (
+                "-c FILE, --config FILE",
+                "--relay ENDPOINT",
+                "--relay-key KEY",
+                "--relay-verify HOW",
+                "--relay-ca FILE",
+                "--relay-name NAME",
+                "--user NAME",
+                "--password-file FILE",
+                "--timeout SECONDS",
+            ):
+                self.assertIn(flag, out, name)
+        self.assertIn("--secret FILE", runMain(self, "connect", "--help")[1])
+        self.assertIn("-v, --verbose", runMain(self, "connect", "--help")[1])
+        self.assertIn("--json", runMain(self, "list", "--help")[1])
 
 
 class ListCommandTests(TestCase):
@@ -289,7 +443,7 @@ class ListCommandTests(TestCase):
         """A usage error exits with status 2 and ends with the problem."""
         out, err, code = await self.runScript("list")
         self.assertEqual((code, out), (2, ""))
-        self.assertTrue(err.endswith("relaynat: command line: client.relay: missing\n"), err)
+        self.assertEqual(err, "relaynat: command line: client.relay: missing\n")
 
     @runAsync
     async def test_version(self) -> None:
@@ -306,26 +460,45 @@ class ListCommandTests(TestCase):
 
 
 class ConfigProblemTests(SynchronousTestCase):
-    """A configuration problem is reported without the usage text."""
+    """A configuration problem is reported without the usage text; a usage problem with it."""
 
     def test_configProblemAlone(self) -> None:
         """
         C{relaynat list} with a relay flag that does not parse says only
         that, on one line, and exits with status 2.
         """
-        err = StringIO()
-        self.patch(sys, "stderr", err)
-        error = self.assertRaises(SystemExit, main, ["list", "--relay", "tcp:7000", *ACCESS[2:]])
-        self.assertEqual(error.code, 2)
-        self.assertEqual(err.getvalue().count("\n"), 1, err.getvalue())
-        self.assertTrue(err.getvalue().startswith("relaynat: command line: client.relay:"))
+        code, out, err = runMain(self, "list", "--relay", "tcp:7000", *ACCESS[2:])
+        self.assertEqual((code, out), (2, ""))
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertTrue(err.startswith("relaynat: command line: client.relay:"), err)
 
     def test_usageProblemShowsUsage(self) -> None:
-        """An unknown option still prints the usage text before the error."""
-        err = StringIO()
-        self.patch(sys, "stderr", err)
-        self.assertRaises(SystemExit, main, ["list", "--no-such-option"])
-        self.assertIn("Options:", err.getvalue())
+        """
+        An unknown option exits with status 2 and prints the subcommand's
+        usage, then the problem on one line naming the subcommand.
+        """
+        code, out, err = runMain(self, "list", "--no-such-option")
+        self.assertEqual((code, out), (2, ""))
+        self.assertTrue(err.startswith("usage: relaynat list [--config client.toml] "), err)
+        self.assertTrue(
+            err.endswith("\nrelaynat list: unrecognized arguments: --no-such-option\n"), err
+        )
+
+    def test_noSubcommand(self) -> None:
+        """C{relaynat} alone exits with status 2, naming the subcommands."""
+        code, out, err = runMain(self)
+        self.assertEqual((code, out), (2, ""))
+        self.assertEqual(
+            err,
+            "usage: relaynat SUBCOMMAND [options]\n"
+            "relaynat: name a subcommand: list, keygen, fingerprint, trust, passwd, secret,"
+            " check, connect\n",
+        )
+
+    def test_version(self) -> None:
+        """C{--version}, alone or after any subcommand, prints relaynat's version."""
+        for argv in (["--version"], ["secret", "--version"], ["connect", "--version"]):
+            self.assertEqual(runMain(self, *argv), (0, f"relaynat {__version__}\n", ""), argv)
 
 
 #: The relay's identity for the C{trust} tests: a key pair is not free.
@@ -505,8 +678,7 @@ class TrustAnswerTests(TestCase):
         """Run C{trust} with C{typed} as the answer; status, stderr, whether it saved."""
         identity, url, directory = await servePublication(self)
         path = os.path.join(directory, "trusted.pem")
-        options = TrustOptions()
-        options.parseOptions([url, "--out", path])
+        options = parse(["trust", url, "--out", path]).options
         readEnd, writeEnd = os.pipe()
         terminal = os.fdopen(readEnd)
         self.addCleanup(terminal.close)
@@ -543,9 +715,8 @@ class TrustAnswerTests(TestCase):
     async def test_noTerminal(self) -> None:
         """With no terminal given, C{runTrust} refuses as the command does."""
         _, url, directory = await servePublication(self)
-        options = TrustOptions()
         path = os.path.join(directory, "trusted.pem")
-        options.parseOptions([url, "--out", path])
+        options = parse(["trust", url, "--out", path]).options
         out, err = StringIO(), StringIO()
         self.assertEqual(await runTrust(reactor, options, out, err), 1)
         self.assertEqual((out.getvalue(), err.getvalue()), ("", NO_TERMINAL))
@@ -624,8 +795,8 @@ class CheckTests(TestCase):
         )
 
     async def check(self, *argv: str) -> tuple[int, str, str]:
-        options = CheckOptions()
-        options.parseOptions(list(argv))
+        options = parse(["check", *argv]).options
+        assert isinstance(options, CheckOptions)
         out, err = StringIO(), StringIO()
         code = await checkCommand(reactor, options, out, err)
         return code, out.getvalue(), err.getvalue()
@@ -755,9 +926,10 @@ class CheckTests(TestCase):
 
     def test_noConfig(self) -> None:
         """Without C{--config}, C{check} is a usage error: status 2."""
-        err = StringIO()
-        self.patch(sys, "stderr", err)
-        error = self.assertRaises(SystemExit, main, ["check"])
-        self.assertEqual(error.code, 2)
-        self.assertTrue(err.getvalue().startswith("Usage: relaynat check --config FILE"), err.getvalue())
-        self.assertTrue(err.getvalue().endswith("relaynat: give --config FILE: the configuration file to check\n"))
+        code, out, err = runMain(self, "check")
+        self.assertEqual((code, out), (2, ""))
+        self.assertEqual(
+            err,
+            "usage: relaynat check --config FILE [--bind]\n"
+            "relaynat check: give --config FILE: the configuration file to check\n",
+        )

@@ -30,11 +30,10 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
-from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from relaynat.cli import Options, main
+from relaynat.cli import main, parse
 from relaynat.identity import (
     CERT_FILE,
     KEY_FILE,
@@ -48,6 +47,7 @@ from relaynat.identity import (
     writePrivate,
 )
 from relaynat.link import hostnameVerifier
+from relaynat.scripts.command import UsageError
 from relaynat.test.runcommand import command
 
 #: Two key pairs for the whole module: a key pair is not free.
@@ -338,23 +338,24 @@ class KeygenTests(SynchronousTestCase):
     def test_usage(self) -> None:
         """Each bad command line is a usage error saying what is wrong."""
         for argv, message in [
-            ([], "expected DIR, got 0 argument(s)"),
+            ([], "the following arguments are required: DIR"),
             (["d"], "give at least one --name: a host name or IP address of the relay"),
-            (["d", "e", "--name", "r.example"], "expected DIR, got 2 argument(s)"),
+            (["d", "e", "--name", "r.example"], "unrecognized arguments: e"),
             (["d", "--name", "bad name"], "--name 'bad name': not a host name or IP address"),
             (["d", "--name", "b\u00fccher.example"], "(give a non-ASCII name in its xn-- form)"),
-            (["d", "--name", "-x.example"], "not a host name"),
+            (["d", "--name=-x.example"], "not a host name"),
+            # argparse reads a value that looks like an option only after "=".
+            (["d", "--name", "-x.example"], "argument --name: expected one argument"),
             (["d", "--name", "a..b"], "not a host name"),
             (["d", "--name", "a" * 64 + ".example"], "not a host name"),
-            (["d", "--nmae", "r.example"], "option --nmae not recognized"),
+            (["d", "--nmae", "r.example"], "unrecognized arguments: --nmae"),
         ]:
-            error = self.assertRaises(UsageError, Options().parseOptions, ["keygen", *argv])
+            error = self.assertRaises(UsageError, parse, ["keygen", *argv])
             self.assertIn(message, str(error), argv)
 
     def test_names(self) -> None:
         """Host names, IPv4 and IPv6 addresses and xn-- names are accepted."""
-        options = Options()
-        options.parseOptions(
+        invocation = parse(
             [
                 "keygen",
                 "d",
@@ -371,8 +372,8 @@ class KeygenTests(SynchronousTestCase):
             ]
         )
         self.assertEqual(
-            options.subOptions["names"],
-            ["relay.example", "10.0.0.1", "::1", "xn--bcher-kva.example", "localhost"],
+            invocation.options.names,
+            ("relay.example", "10.0.0.1", "::1", "xn--bcher-kva.example", "localhost"),
         )
 
 
@@ -414,7 +415,7 @@ class FingerprintCommandTests(SynchronousTestCase):
     def test_usage(self) -> None:
         """It takes exactly one file."""
         for argv in [[], ["a", "b"]]:
-            self.assertRaises(UsageError, Options().parseOptions, ["fingerprint", *argv])
+            self.assertRaises(UsageError, parse, ["fingerprint", *argv])
 
 
 class MainTests(SynchronousTestCase):
@@ -448,7 +449,7 @@ class MainTests(SynchronousTestCase):
         self.assertEqual((code, out), (2, ""))
         self.assertTrue(
             err.endswith(
-                "\nrelaynat: give at least one --name: a host name or IP address of the relay\n"
+                "\nrelaynat keygen: give at least one --name: a host name or IP address of the relay\n"
             ),
             err,
         )

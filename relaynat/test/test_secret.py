@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import stat
 
-from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaynat.cli import Options
+from relaynat.cli import parse
+from relaynat.scripts.command import UsageError
 from relaynat.test.runcommand import command
 from relaynat.secret import SECRET_BYTES, SecretFileError, loadSecret
 
@@ -89,7 +89,7 @@ class SecretCommandTests(SynchronousTestCase):
     def test_usage(self) -> None:
         """It takes exactly one file."""
         for argv in [[], ["a", "b"], ["a", "--froce"]]:
-            self.assertRaises(UsageError, Options().parseOptions, ["secret", *argv])
+            self.assertRaises(UsageError, parse, ["secret", *argv])
 
 
 class LoadSecretTests(SynchronousTestCase):

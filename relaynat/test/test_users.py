@@ -11,11 +11,11 @@ import stat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scramp import ScramClient, ScramException, ScramMechanism
-from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaynat.scripts import passwd as passwdCommand
-from relaynat.cli import Options
+from relaynat.cli import parse
+from relaynat.scripts.command import UsageError
 from relaynat.test.runcommand import command
 from relaynat.users import (
     ITERATIONS,
@@ -390,8 +390,8 @@ class PasswdTests(SynchronousTestCase):
     def test_usage(self) -> None:
         """Each bad command line is a usage error saying what is wrong."""
         for argv, message in [
-            ([], "expected FILE USER, got 0 argument(s)"),
-            (["users"], "expected FILE USER, got 1 argument(s)"),
+            ([], "the following arguments are required: FILE, USER"),
+            (["users"], "the following arguments are required: USER"),
             (["users", "al ice"], "bad user name 'al ice'"),
             (["users", "alice", "--join", "web,*"], "--join: bad server id '*'"),
             (["users", "alice", "--register", "we/b"], "--register: bad server id 'we/b'"),
@@ -405,5 +405,5 @@ class PasswdTests(SynchronousTestCase):
                 "--keep-password cannot go with --password-file",
             ),
         ]:
-            error = self.assertRaises(UsageError, Options().parseOptions, ["passwd", *argv])
+            error = self.assertRaises(UsageError, parse, ["passwd", *argv])
             self.assertIn(message, str(error), argv)

@@ -17,16 +17,15 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from relaynat.cli import Options
+from relaynat.cli import parse
 from relaynat.identity import CERT_FILE, KEY_FILE, RelayIdentity, generate, writePrivate
-from relaynat.scripts.command import CommandFailed
+from relaynat.scripts.command import CommandFailed, UsageError
 from relaynat.scripts.download import MAX_DOWNLOAD
 from relaynat.scripts.trust import TrustOptions, runTrust, trust
 from relaynat.web import publicationResource
@@ -151,14 +150,18 @@ class PublicationRootTests(Served):
         self.assertEqual((await self.get(bare + "/metrics"))[0], 404)
 
 
+def trustOptions(*argv: str) -> TrustOptions:
+    """The options of C{relaynat trust} with C{argv}, parsed as the command parses them."""
+    options = parse(["trust", *argv]).options
+    assert isinstance(options, TrustOptions)
+    return options
+
+
 class TrustOptionsTests(SynchronousTestCase):
     """C{relaynat trust}'s command line."""
 
     def parse(self, *argv: str) -> TrustOptions:
-        options = Options()
-        options.parseOptions(["trust", *argv])
-        assert isinstance(options.subOptions, TrustOptions)
-        return options.subOptions
+        return trustOptions(*argv)
 
     def test_options(self) -> None:
         """
@@ -175,27 +178,27 @@ class TrustOptionsTests(SynchronousTestCase):
             "--timeout",
             "2.5",
         )
-        self.assertEqual(options["url"], "http://relay.example:7080/relay.pem")
-        self.assertEqual(options["out"], "relay.pem")
-        self.assertEqual(options["expect"], fingerprint.lower())
-        self.assertEqual(options["timeout"], 2.5)
+        self.assertEqual(options.url, "http://relay.example:7080/relay.pem")
+        self.assertEqual(options.out, "relay.pem")
+        self.assertEqual(options.expect, fingerprint.lower())
+        self.assertEqual(options.timeout, 2.5)
         options = self.parse("-o", "f", "http://relay.example:7080/x.pem")
-        self.assertEqual((options["url"], options["out"]), ("http://relay.example:7080/x.pem", "f"))
-        self.assertIsNone(options["expect"])
-        self.assertEqual(options["timeout"], 30.0)
+        self.assertEqual((options.url, options.out), ("http://relay.example:7080/x.pem", "f"))
+        self.assertIsNone(options.expect)
+        self.assertEqual(options.timeout, 30.0)
 
     def test_pathDefaults(self) -> None:
         """A URL without a path means the published certificate."""
         for url in ["http://relay.example:7080", "http://relay.example:7080/"]:
             options = self.parse(url, "--out", "f")
-            self.assertEqual(options["url"], "http://relay.example:7080/relay.pem")
+            self.assertEqual(options.url, "http://relay.example:7080/relay.pem")
 
     def test_errors(self) -> None:
         """Each bad command line is a usage error saying what is wrong."""
         for argv, message in [
             (["http://h/"], "give --out FILE: where to save the certificate"),
-            ([], "expected URL, got 0 argument(s)"),
-            (["http://h/", "http://i/", "--out", "f"], "expected URL, got 2 argument(s)"),
+            ([], "the following arguments are required: URL"),
+            (["http://h/", "http://i/", "--out", "f"], "unrecognized arguments: http://i/"),
             (["relay.example:7080", "--out", "f"], "not an http:// URL: 'relay.example:7080'"),
             (["ftp://h/", "--out", "f"], "not an http:// URL: 'ftp://h/'"),
             (["http:///x", "--out", "f"], "not an http:// URL: 'http:///x'"),
@@ -219,9 +222,7 @@ class TrustTests(Served):
     """C{relaynat trust} run for real against a published certificate."""
 
     def options(self, *argv: str) -> TrustOptions:
-        options = TrustOptions()
-        options.parseOptions(list(argv))
-        return options
+        return trustOptions(*argv)
 
     async def trust(self, *argv: str) -> tuple[int, str, str]:
         """Run the command as C{main} would; its exit status and output."""
@@ -390,10 +391,7 @@ class TrustTimeoutTests(SynchronousTestCase):
         passes, saying so, and the connection attempt is abandoned.
         """
         clock = MemoryReactorClock()
-        options = TrustOptions()
-        options.parseOptions(
-            ["http://relay.example:7080", "--out", self.mktemp(), "--timeout", "5"]
-        )
+        options = trustOptions("http://relay.example:7080", "--out", self.mktemp(), "--timeout", "5")
         result = ensureDeferred(trust(clock, options, StringIO(), StringIO()))
         # The memory reactor resolves every name to 127.0.0.1.
         [(host, port, *_)] = clock.tcpClients
@@ -408,4 +406,4 @@ class TrustTimeoutTests(SynchronousTestCase):
             "cannot download http://relay.example:7080/relay.pem: no answer within 5 seconds",
         )
         self.assertTrue(clock.connectors[0].stoppedConnecting)  # type: ignore[attr-defined]
-        self.assertFalse(os.path.exists(options["out"]))
+        self.assertFalse(os.path.exists(options.out))
