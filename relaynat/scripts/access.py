@@ -1,17 +1,16 @@
 """
 The flags C{relaynat list} and C{relaynat connect} log in to the relay
 with, as C{twistd client} spells them (L{relaynat.tap.access}): a client's
-configuration file, and the flags laid over it.
+configuration file, and the flags laid over it, loaded by the roles' one
+loader.
 """
 
 from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
-from typing import Any
 
-from relaynat.config import readToml
-from relaynat.scripts.command import absolutePath
-from relaynat.tap.access import ACCESS_PARAMETERS
+from relaynat.load import Flags, LoadedClient, loadClient, readConfig
+from relaynat.tap.access import ACCESS_PARAMETERS, accessFlags
 
 #: What each of the access flags takes, for the usage text.
 _VALUES = {
@@ -35,32 +34,12 @@ def defineAccess(parser: ArgumentParser) -> None:
         parser.add_argument(f"--{name}", metavar=_VALUES.get(name, "VALUE"), help=doc)
 
 
-def clientDocument(args: Namespace) -> tuple[dict[str, Any], str]:
-    """The client file C{--config} names, parsed (empty without one), and what to call it in errors."""
-    if args.config is None:
-        return {}, "command line"
-    return readToml(args.config), args.config
+def clientFlags(args: Namespace) -> Flags:
+    """What the flags in C{args} lay over the client's file, as C{twistd client}'s do."""
+    given = {name: getattr(args, name.replace("-", "_")) for name, *_ in ACCESS_PARAMETERS}
+    return Flags({"relay": args.relay, **accessFlags(given)})
 
 
-def clientFlags(args: Namespace) -> dict[str, Any]:
-    """
-    The C{[client]} keys the flags give (None for those not given), for
-    L{relaynat.config.withFlags}; a file named by a flag is relative to
-    where the command runs, not to the config file's folder.
-    """
-    relayKey = args.relay_key
-    if relayKey is not None and not relayKey.lower().startswith("sha256:"):
-        relayKey = absolutePath(relayKey)
-    return {
-        "relay": args.relay,
-        "relay_key": relayKey,
-        "relay_verify": args.relay_verify,
-        "relay_ca": _path(args.relay_ca),
-        "relay_name": args.relay_name,
-        "user": args.user,
-        "password_file": _path(args.password_file),
-    }
-
-
-def _path(value: str | None) -> str | None:
-    return None if value is None else absolutePath(value)
+def loadedClient(args: Namespace) -> LoadedClient:
+    """The client's file C{--config} names (none: the flags alone), loaded under the flags."""
+    return loadClient(*readConfig(args.config), clientFlags(args), needTunnels=False)

@@ -3,10 +3,10 @@ C{relaynat check --config FILE [--bind]}: check a relay's, a skeleton's or
 a client's configuration and the files it names before the role runs on
 it, as C{sshd -t} and C{nginx -t} do.
 
-The file is read by the roles' own loaders, so a file that passes here is
-one the role accepts.  A file whose structure is wrong stops at its first
-problem (the loader stops there); once it parses, each named file is
-checked on its own and every problem is said.
+The file is read by the roles' one loader (L{relaynat.load}), so a file
+that passes here is one the role accepts.  A file whose text is wrong stops
+at its first problem (the loader stops there); once it is right, each named
+file is read and every problem is said.
 """
 
 from __future__ import annotations
@@ -18,23 +18,9 @@ import attrs
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
-from relaynat.auth import Users
-from relaynat.config import (
-    ConfigError,
-    RelayAccess,
-    clientConfig,
-    readToml,
-    relayConfig,
-    skeletonConfig,
-)
-from relaynat.identity import IdentityError, RelayIdentity
-from relaynat.link import linkFromConfig
+from relaynat.config import ConfigError
+from relaynat.load import LoadedClient, LoadedRelay, load, readConfig
 from relaynat.scripts.command import Subcommand, UsageError
-from relaynat.secret import SecretFileError, loadSecret
-from relaynat.users import UsersFileError
-
-#: The table that tells each role's file, in the order they are tried.
-ROLES = ("relay", "skeleton", "client")
 
 #: Listening endpoints C{--bind} tries: those that bind a port and nothing
 #: else.  A C{unix:} one would leave or take over a socket file, a
@@ -81,77 +67,23 @@ async def checkCommand(reactor: Any, options: CheckOptions, out: TextIO, err: Te
 async def checkFile(reactor: Any, path: str, bind: bool = False) -> list[str]:
     """Every problem found with the role's file at C{path}, one line each."""
     try:
-        document = readToml(path)
-        role = roleOf(document, path)
-        if role == "relay":
-            relay = relayConfig(document, path)
-            problems = relayFiles(relay.key, relay.cert, relay.users)
-            listening = {"relay.clients": relay.clients, "relay.skeletons": relay.skeletons}
-            if relay.web is not None:
-                listening["relay.web"] = relay.web
-        elif role == "skeleton":
-            skeleton = skeletonConfig(document, path)
-            problems = accessFiles(reactor, skeleton.access)
-            problems += secretFiles({f"server[{i}]": s.secret_file for i, s in enumerate(skeleton.servers)})
-            listening = {}
-        else:
-            client = clientConfig(document, path)
-            problems = accessFiles(reactor, client.access)
-            problems += secretFiles({f"tunnel[{i}]": t.secret_file for i, t in enumerate(client.tunnels)})
-            listening = {f"tunnel[{i}].listen": t.listen for i, t in enumerate(client.tunnels)}
+        loaded = load(*readConfig(path))
     except ConfigError as e:
-        return [str(e)]
+        return e.lines
+    listening: dict[str, str] = {}
+    if isinstance(loaded, LoadedRelay):
+        relay = loaded.config
+        listening = {"relay.clients": relay.clients, "relay.skeletons": relay.skeletons}
+        if relay.web is not None:
+            listening["relay.web"] = relay.web
+    elif isinstance(loaded, LoadedClient):
+        listening = {f"tunnel[{i}].listen": t.listen for i, t in enumerate(loaded.config.tunnels)}
+    problems = []
     if bind:
         for key, description in listening.items():
             problem = await tryListening(reactor, description)
             if problem is not None:
                 problems.append(f"{path}: {key}: {problem}")
-    return problems
-
-
-def roleOf(document: dict[str, Any], path: str) -> str:
-    """Which role's file C{document} is, from the one role table it has."""
-    found = [role for role in ROLES if role in document]
-    if len(found) != 1:
-        tables = ", ".join(f"[{role}]" for role in ROLES)
-        what = "none" if not found else " and ".join(f"[{role}]" for role in found)
-        raise ConfigError(path, "(file)", f"a role's file has one of {tables}; this one has {what}")
-    return found[0]
-
-
-def relayFiles(key: str, cert: str, users: str) -> list[str]:
-    """The problems of a relay's key, certificate and users file."""
-    problems = []
-    try:
-        RelayIdentity.load(key, cert)
-    except IdentityError as e:
-        problems.append(str(e))
-    try:
-        Users(users)
-    except UsersFileError as e:
-        problems.append(str(e))
-    return problems
-
-
-def accessFiles(reactor: Any, access: RelayAccess) -> list[str]:
-    """The problems of the files a skeleton or a client logs in with."""
-    try:
-        # The role's own loader reads the password file, the relay's
-        # certificate file and the CA file, if named; it connects nowhere.
-        linkFromConfig(access, reactor)
-    except ConfigError as e:
-        return [str(e)]
-    return []
-
-
-def secretFiles(paths: dict[str, str]) -> list[str]:
-    """The problems of each secret file, by the key that names it."""
-    problems = []
-    for key, path in paths.items():
-        try:
-            loadSecret(path)
-        except SecretFileError as e:
-            problems.append(f"{e} ({key}.secret_file)")
     return problems
 
 

@@ -30,10 +30,10 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 
 from relaynat.client import ClientControl, TunnelFactory
-from relaynat.config import ClientConfig, ConfigError, clientConfig, withFlags
-from relaynat.link import linkFromConfig
+from relaynat.config import ConfigError
+from relaynat.load import LoadedAccess
 from relaynat.names import checkServerId
-from relaynat.scripts.access import clientDocument, clientFlags, defineAccess
+from relaynat.scripts.access import defineAccess, loadedClient
 from relaynat.scripts.command import Subcommand, UsageError, absolutePath, seconds
 from relaynat.secret import SecretFileError, loadSecret
 from relaynat.splice import Outcome, SpliceHalf
@@ -47,7 +47,7 @@ class ConnectOptions:
     and its secret, read when the command line was.
     """
 
-    client: ClientConfig
+    access: LoadedAccess
     server: str
     secret: bytes = attrs.field(repr=False)
     timeout: float = 60.0
@@ -77,25 +77,23 @@ def read(args: Namespace) -> ConnectOptions:
     except BadRequest as e:
         raise UsageError(f"SERVER: {e}") from e
     timeout = seconds("--timeout", args.timeout)
-    document, source = clientDocument(args)
-    client = clientConfig(
-        withFlags(document, "client", clientFlags(args)), source, needTunnels=False
-    )
+    loaded = loadedClient(args)
     if args.secret is not None:
-        path, where = absolutePath(args.secret), "--secret"
+        path = absolutePath(args.secret)
+        try:
+            secret = loadSecret(path)
+        except SecretFileError as e:
+            raise ConfigError("command line", "--secret", str(e)) from None
+    elif server in loaded.secrets:
+        secret = loaded.secrets[server]
     else:
-        tunnels = [t for t in client.tunnels if t.server == server]
-        if not tunnels:
-            raise ConfigError(
-                source, "tunnel", f"no [[tunnel]] for server {server!r}: give --secret FILE"
-            )
-        path, where = tunnels[0].secret_file, "secret_file"
-    try:
-        secret = loadSecret(path)
-    except SecretFileError as e:
-        raise ConfigError(path, where, str(e).removeprefix(f"{path}: ")) from None
+        raise ConfigError(
+            args.config or "command line",
+            "tunnel",
+            f"no [[tunnel]] for server {server!r}: give --secret FILE",
+        )
     return ConnectOptions(
-        client=client, server=server, secret=secret, timeout=timeout, verbose=args.verbose
+        access=loaded.access, server=server, secret=secret, timeout=timeout, verbose=args.verbose
     )
 
 
@@ -191,7 +189,7 @@ async def connectCommand(reactor: Any, options: ConnectOptions, out: TextIO, err
     )
     server = options.server
     try:
-        await carry(reactor, options.client, server, options.secret, options.timeout)
+        await carry(reactor, options.access, server, options.secret, options.timeout)
     except Exception as e:
         err.write(f"relaynat connect: {server}: {e}\n")
         return 1
@@ -200,7 +198,7 @@ async def connectCommand(reactor: Any, options: ConnectOptions, out: TextIO, err
 
 async def carry(
     reactor: Any,
-    config: ClientConfig,
+    access: LoadedAccess,
     server: str,
     secret: bytes,
     timeout: float,
@@ -208,12 +206,12 @@ async def carry(
     stdout: int = 1,
 ) -> None:
     """
-    Log in with C{config}, open one tunnel to C{server} and carry the
+    Log in with C{access}, open one tunnel to C{server} and carry the
     descriptors C{stdin} and C{stdout} through it until it ends; a failed
     login or join raises what the relay or the server said, a cut
     L{TunnelCut}.
     """
-    link = linkFromConfig(config.access, reactor)
+    link = access.link(reactor)
     # No tunnel is kept ready: this one is opened when asked for, once.
     tunnels = TunnelFactory(link, server, secret, ready=0)
     control = ClientControl(link)

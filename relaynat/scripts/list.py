@@ -15,9 +15,8 @@ import attrs
 from twisted.internet.defer import ensureDeferred
 
 from relaynat.client import listServers
-from relaynat.config import ClientConfig, clientConfig, withFlags
-from relaynat.link import linkFromConfig
-from relaynat.scripts.access import clientDocument, clientFlags, defineAccess
+from relaynat.load import LoadedAccess
+from relaynat.scripts.access import defineAccess, loadedClient
 from relaynat.scripts.command import Subcommand, seconds
 
 
@@ -25,7 +24,7 @@ from relaynat.scripts.command import Subcommand, seconds
 class ListOptions:
     """What C{relaynat list} was told: how to log in, and how to print."""
 
-    client: ClientConfig
+    access: LoadedAccess
     json: bool = False
     timeout: float = 10.0
 
@@ -42,11 +41,8 @@ def define(parser: ArgumentParser) -> None:
 
 
 def read(args: Namespace) -> ListOptions:
-    document, source = clientDocument(args)
-    # The tunnels' secrets are not needed to list.
-    merged = {k: v for k, v in withFlags(document, "client", clientFlags(args)).items() if k != "tunnel"}
     return ListOptions(
-        client=clientConfig(merged, source, needTunnels=False),
+        access=loadedClient(args).access,
         json=args.json,
         timeout=seconds("--timeout", args.timeout),
     )
@@ -82,7 +78,7 @@ def _utc(epoch: float) -> str:
 
 async def listCommand(reactor: Any, options: ListOptions, out: TextIO, err: TextIO) -> int:
     """Run C{relaynat list}; its exit status."""
-    link = linkFromConfig(options.client.access, reactor)
+    link = options.access.link(reactor)
     d = ensureDeferred(listServers(link))
     d.addTimeout(options.timeout, reactor)
     try:

@@ -6,7 +6,7 @@ trust the relay, their control service, and their reload on SIGHUP.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.internet import backoffPolicy
@@ -45,17 +45,32 @@ class AccessOptions(ConfigOptions):
         self.secretFiles[serverId] = os.path.abspath(os.path.expanduser(path))
 
     def accessFlags(self) -> dict[str, Any]:
-        relayKey = self["relay-key"]
-        if relayKey is not None and not relayKey.lower().startswith("sha256:"):
-            relayKey = self.pathFlag("relay-key")
-        return {
-            "relay_key": relayKey,
-            "relay_verify": self["relay-verify"],
-            "relay_ca": self.pathFlag("relay-ca"),
-            "relay_name": self["relay-name"],
-            "user": self["user"],
-            "password_file": self.pathFlag("password-file"),
-        }
+        return accessFlags(self)
+
+
+def accessFlags(given: Mapping[str, str | None]) -> dict[str, Any]:
+    """
+    The keys of a role's table that the access flags in C{given} (by flag
+    name, None when not given) set: a file named by a flag is relative to
+    where the command runs, not to the config file's folder; a C{sha256:}
+    relay key is no file.
+    """
+
+    def path(flag: str) -> str | None:
+        value = given[flag]
+        return None if value is None else os.path.abspath(os.path.expanduser(value))
+
+    relayKey = given["relay-key"]
+    if relayKey is not None and not relayKey.lower().startswith("sha256:"):
+        relayKey = path("relay-key")
+    return {
+        "relay_key": relayKey,
+        "relay_verify": given["relay-verify"],
+        "relay_ca": path("relay-ca"),
+        "relay_name": given["relay-name"],
+        "user": given["user"],
+        "password_file": path("password-file"),
+    }
 
 
 def controlService(

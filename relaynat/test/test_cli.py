@@ -138,19 +138,23 @@ def runMain(case: SynchronousTestCase, *argv: str) -> tuple[object, str, str]:
 class OptionsTests(SynchronousTestCase):
     """The C{relaynat} command line, parsed in process."""
 
+    def setUp(self) -> None:
+        # The password file ACCESS names, in the folder the tests run in:
+        # the command reads it with the rest of the configuration.
+        writePrivate("pw", b"pw\n")
+
     def test_list(self) -> None:
         """C{relaynat list --relay ENDPOINT ... --json} parses into its parts."""
         invocation = parse(["list", *ACCESS, "--json"])
         self.assertEqual(invocation.name, "list")
         options = invocation.options
         self.assertIsInstance(options, ListOptions)
-        self.assertEqual(options.client.access.relay, "tcp:relay.example:7000")
-        self.assertEqual(options.client.access.user, "alice")
-        self.assertEqual(options.client.access.relay_key, FINGERPRINT)
+        self.assertEqual(options.access.config.relay, "tcp:relay.example:7000")
+        self.assertEqual(options.access.config.user, "alice")
+        self.assertEqual(options.access.config.relay_key, FINGERPRINT)
         self.assertEqual(
-            options.client.access.password_file, os.path.join(os.getcwd(), "pw")
+            options.access.config.password_file, os.path.join(os.getcwd(), "pw")
         )
-        self.assertEqual(options.client.tunnels, ())
         self.assertTrue(options.json)
         self.assertEqual(options.timeout, 10.0)
 
@@ -299,7 +303,11 @@ class OptionsTests(SynchronousTestCase):
         The relay can come from a client's config file, tunnels and all, and
         C{--relay} overrides it.
         """
-        path = self.mktemp()
+        folder = self.mktemp()
+        os.makedirs(folder)
+        writePrivate(os.path.join(folder, "pw"), b"pw\n")
+        generateSecret(os.path.join(folder, "web.secret"))
+        path = os.path.join(folder, "client.toml")
         with open(path, "w") as f:
             f.write(
                 '[client]\nrelay = "tcp:from-file:7000"\n'
@@ -307,12 +315,12 @@ class OptionsTests(SynchronousTestCase):
                 '[[tunnel]]\nserver = "web"\nlisten = "tcp:8080"\nsecret_file = "web.secret"\n'
             )
         options = listOptions("--config", path)
-        self.assertEqual(options.client.access.relay, "tcp:from-file:7000")
+        self.assertEqual(options.access.config.relay, "tcp:from-file:7000")
         self.assertEqual(
-            options.client.access.password_file, os.path.join(os.path.dirname(path), "pw")
+            options.access.config.password_file, os.path.join(os.path.dirname(path), "pw")
         )
         options = listOptions("-c", path, "--relay", "tcp:from-flag:7000")
-        self.assertEqual(options.client.access.relay, "tcp:from-flag:7000")
+        self.assertEqual(options.access.config.relay, "tcp:from-flag:7000")
 
 
 class HelpTests(SynchronousTestCase):
@@ -859,8 +867,10 @@ class CheckTests(TestCase):
         self.assertEqual(
             err.splitlines(),
             [
-                f"{self.path(KEY_FILE)} and {self.path(CERT_FILE)} do not belong together",
-                f"{self.path('users')}: readable by everyone (mode 0644); run chmod 640 {self.path('users')}",
+                f"{self.path('relay.toml')}: relay.key: {self.path(KEY_FILE)} and {self.path(CERT_FILE)}"
+                " do not belong together",
+                f"{self.path('relay.toml')}: relay.users: {self.path('users')}: readable by everyone"
+                f" (mode 0644); run chmod 640 {self.path('users')}",
             ],
         )
 
@@ -870,7 +880,12 @@ class CheckTests(TestCase):
         writePrivate(self.path("users"), b"alice not-a-verifier\n")
         code, out, err = await self.check("--config", self.relay())
         self.assertEqual(code, 1)
-        self.assertTrue(err.startswith(f"{self.path('users')}, line 1: not a SCRAM-SHA-256"), err)
+        self.assertTrue(
+            err.startswith(
+                f"{self.path('relay.toml')}: relay.users: {self.path('users')}, line 1: not a SCRAM-SHA-256"
+            ),
+            err,
+        )
         self.assertEqual(err.count("\n"), 1)
 
     @runAsync
@@ -887,11 +902,12 @@ class CheckTests(TestCase):
         self.assertEqual(
             err.splitlines(),
             [
-                f"{self.path('password')}: password_file: No such file or directory",
-                f"{self.path('web.secret')}: writable by its group (mode 0660); run chmod 640"
-                f" {self.path('web.secret')} (server[0].secret_file)",
-                f"{self.path('db.secret')}: the secret is too short (make one with 'relaynat secret')"
-                " (server[1].secret_file)",
+                f"{self.path('skeleton.toml')}: skeleton.password_file: {self.path('password')}:"
+                " No such file or directory",
+                f"{self.path('skeleton.toml')}: server[0].secret_file: {self.path('web.secret')}: writable"
+                f" by its group (mode 0660); run chmod 640 {self.path('web.secret')}",
+                f"{self.path('skeleton.toml')}: server[1].secret_file: {self.path('db.secret')}: the secret"
+                " is too short (make one with 'relaynat secret')",
             ],
         )
 
