@@ -73,6 +73,19 @@ class ServerEntry:
     requested: int = 0
 
 
+@attrs.frozen
+class Changes:
+    """What one L{Registry.register} changed: server ids added, removed, described anew, resized."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    described: tuple[str, ...] = ()
+    resized: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.described or self.resized)
+
+
 class Registry:
     """
     The set of available servers, their idle connections and pending joins.
@@ -92,16 +105,23 @@ class Registry:
 
     def register(
         self, skeleton: SkeletonLink, servers: list[tuple[str, str]], pool: int
-    ) -> None:
+    ) -> Changes:
         """
-        Add C{skeleton}'s servers, all or none, and start filling their pools.
+        Make C{servers} (id, description) the servers C{skeleton} fronts, all
+        or none, each with C{pool} idle connections: the first time, every
+        one is added; later (a reload at the skeleton), those it no longer
+        lists are withdrawn and new ones added, while one it lists again
+        keeps its entry (its C{since}, its pool, its waiting clients), only
+        its description and pool size taken anew.
 
-        @raise DuplicateServer: one of the ids belongs to another skeleton.
+        @raise DuplicateServer: one of the ids belongs to another skeleton,
+            or is listed twice.
+        @raise BadRequest: one of the ids is malformed.
         """
         ids = [checkServerId(serverId) for serverId, _ in servers]
         for serverId in ids:
             entry = self._servers.get(serverId)
-            if entry is not None:
+            if entry is not None and entry.skeleton is not skeleton:
                 # Which skeleton (its name, its user) is not for another
                 # user to learn.
                 raise DuplicateServer(
@@ -111,17 +131,39 @@ class Registry:
         if len(set(ids)) != len(ids):
             raise DuplicateServer("the same server id is listed twice")
         pool = max(0, min(pool, self.maxPool))
+        held = set(self.serversOf(skeleton))
+        removed = sorted(held - set(ids))
+        for serverId in removed:
+            self._remove(serverId, f"server {serverId} was withdrawn by its skeleton")
         now = self._clock.seconds()
+        added: list[str] = []
+        described: list[str] = []
+        resized: list[str] = []
         for serverId, description in servers:
-            entry = ServerEntry(serverId, description, skeleton, now, pool)
-            self._servers[serverId] = entry
-            self._seen.add(serverId)
-            _log.info(
-                "server {server} registered by skeleton {skeleton}",
-                server=serverId,
-                skeleton=skeleton.describe(),
-            )
-            self._refill(entry)
+            entry = self._servers.get(serverId)
+            if entry is None:
+                entry = ServerEntry(serverId, description, skeleton, now, pool)
+                self._servers[serverId] = entry
+                self._seen.add(serverId)
+                added.append(serverId)
+                _log.info(
+                    "server {server} registered by skeleton {skeleton}",
+                    server=serverId,
+                    skeleton=skeleton.describe(),
+                )
+                self._refill(entry)
+            else:
+                if entry.description != description:
+                    entry.description = description
+                    described.append(serverId)
+                if entry.pool != pool:
+                    entry.pool = pool
+                    resized.append(serverId)
+                    # Idle past the new size: not needed any more.
+                    while len(entry.idle) > entry.pool:
+                        entry.idle.popleft().close()
+                    self._refill(entry)
+        return Changes(tuple(added), tuple(removed), tuple(described), tuple(resized))
 
     def unregister(self, skeleton: SkeletonLink) -> None:
         """Remove every server of C{skeleton}: it went away."""

@@ -698,7 +698,10 @@ class RelayChannel(Channel):
 
 
 class SkeletonChannel(RelayChannel):
-    """A skeleton's control connection: registers servers, is asked for connections."""
+    """
+    A skeleton's control connection: registers servers (and again, to change
+    them), is asked for connections.
+    """
 
     def __init__(self, relay: Relay) -> None:
         super().__init__(relay)
@@ -736,11 +739,15 @@ class SkeletonChannel(RelayChannel):
         self, name: str, servers: list[dict[str, str]], pool: int
     ) -> dict[str, object]:
         user = self.loggedInUser()
-        if self.registered:
-            raise BadRequest("this connection is already in use")
+        assert self.login is not None
+        if self.registered and user.name != self._owner:
+            raise BadRequest("this connection registered its servers as another user")
         if not servers:
             raise BadRequest("a skeleton must register at least one server")
-        self.name = checkText("skeleton name", name)
+        name = checkText("skeleton name", name)
+        if not self.registered:
+            # Its refusals name it.
+            self.name = name
         entries = [
             (checkServerId(s["id"]), checkText("description", s["description"]))
             for s in servers
@@ -751,24 +758,32 @@ class SkeletonChannel(RelayChannel):
                     "{user} may not register {server}", user=user.name, server=serverId
                 )
                 raise PermissionDenied(f"user {user.name} may not register server {serverId}")
-        assert self.login is not None
+        # Counted against the cap as the first registration is: what this
+        # connection holds already is replaced, not added to.
+        more = len(entries) - self._counted
         try:
-            self.relay.usage.register(user.name, len(entries))
+            if more > 0:
+                self.relay.usage.register(user.name, more)
         except LimitReached as e:
             _log.warn(
                 "skeleton {skeleton} of {user} refused: {why}",
                 skeleton=self.describe(), user=user.name, why=str(e),
             )
             raise
-        self._owner, self._counted = user.name, len(entries)
-        # Filed first: the registry asks for connections at once, and their
-        # tickets must find their skeleton.
-        self.relay.skeletons[self.login.id] = self
+        first = not self.registered
+        if first:
+            # Filed first: the registry asks for connections at once, and
+            # their tickets must find their skeleton.
+            self.relay.skeletons[self.login.id] = self
+        previousName, self.name = self.name, name
         try:
-            self.relay.registry.register(self, entries, pool)
+            changes = self.relay.registry.register(self, entries, pool)
         except Exception as e:
-            del self.relay.skeletons[self.login.id]
-            self._uncount()
+            self.name = previousName
+            if first:
+                del self.relay.skeletons[self.login.id]
+            if more > 0:
+                self.relay.usage.unregister(user.name, more)
             _log.warn(
                 "skeleton {skeleton} of {user} from {peer} refused: {why}",
                 skeleton=self.describe(),
@@ -777,14 +792,28 @@ class SkeletonChannel(RelayChannel):
                 why=str(e),
             )
             raise
+        if more < 0:
+            self.relay.usage.unregister(user.name, -more)
+        self._owner, self._counted = user.name, len(entries)
         self.registered = True
-        _log.info(
-            "skeleton {skeleton} of {user} connected from {peer} with {count} servers",
-            skeleton=self.describe(),
-            user=user.name,
-            peer=self.source(),
-            count=len(servers),
-        )
+        if first:
+            _log.info(
+                "skeleton {skeleton} of {user} connected from {peer} with {count} servers",
+                skeleton=self.describe(),
+                user=user.name,
+                peer=self.source(),
+                count=len(servers),
+            )
+        elif changes:
+            _log.info(
+                "skeleton {skeleton} of {user} changed its servers: added {added},"
+                " withdrew {removed}, changed {changed}",
+                skeleton=self.describe(),
+                user=user.name,
+                added=", ".join(changes.added) or "none",
+                removed=", ".join(changes.removed) or "none",
+                changed=", ".join(sorted({*changes.described, *changes.resized})) or "none",
+            )
         return {}
 
     @ListServers.responder

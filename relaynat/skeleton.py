@@ -91,6 +91,9 @@ class Skeleton:
         self.withdrawn: set[str] = set()
         #: Servers a reload added that no registration has carried yet.
         self.untried: set[str] = set()
+        #: The control connection logged in and registering (or registered):
+        #: a reload's changes go on it.
+        self.control: SkeletonControl | None = None
         #: Open data connections, pooled or joined.
         self.dataConnections: set[RelayEnd] = set()
         #: Tunnels by server and what became of them ("opened",
@@ -154,14 +157,19 @@ class Skeleton:
     ) -> bool:
         """
         Take a reloaded configuration: C{servers} to front from now on, the
-        unchanged ones the same objects as before.  A server removed or
+        unchanged ones the same objects as before.  If the registration
+        (ids, descriptions, name, pool) changed, the relay is told on the
+        live control connection, which stays (L{SkeletonControl.changed});
+        with none, the next connection registers the new set.  A server
         changed loses its connections that carry nothing yet (pooled at the
         relay, or joined and waiting for a client's first record), so that
-        the relay's pool is refilled with the new settings; its open tunnels
-        finish as they began.  Returns whether the relay must be told: the
-        registration (ids, descriptions, name, pool) changed.
+        the relay's pool is refilled with the new settings, and so does a
+        removed one once the relay has taken the new set; open tunnels
+        finish as they began.
+
+        Returns False: nobody needs to make a new control connection for the
+        relay to learn of the change.  (It said True when they did.)
         """
-        before = self.registration()
         # Forgotten once gone from the file: added again later, it is tried again.
         self.withdrawn &= set(servers)
         for serverId in sorted(self.withdrawn):
@@ -171,12 +179,9 @@ class Skeleton:
                 server=serverId,
             )
         offered = {i: s for i, s in servers.items() if i not in self.withdrawn}
-        changed = {i for i, s in self.servers.items() if offered.get(i) is not s}
-        for end in list(self.dataConnections):
-            if end.server.id in changed and end.unused():
-                end.transport.loseConnection()
         added = sorted(set(offered) - set(self.servers))
         removed = sorted(set(self.servers) - set(offered))
+        changed = {i for i, s in self.servers.items() if i in offered and offered[i] is not s}
         self.untried = (self.untried | set(added)) & set(offered)
         self.servers, self.name, self.pool = offered, name, pool
         if added or removed or changed:
@@ -185,13 +190,31 @@ class Skeleton:
                 " changed {changed}",
                 added=", ".join(added) or "none",
                 removed=", ".join(removed) or "none",
-                changed=", ".join(sorted(changed - set(removed))) or "none",
+                changed=", ".join(sorted(changed)) or "none",
             )
-        return self.registration() != before
+        closing = set(changed)
+        if self.control is not None:
+            self.control.changed()
+        else:
+            closing.update(removed)
+        # A removed server's connections close once the relay has taken the
+        # new set (L{registered}): closed before, they would have the relay
+        # ask for replacements that this skeleton refuses.
+        for end in list(self.dataConnections):
+            if end.server.id in closing and end.unused():
+                end.transport.loseConnection()
+        return False
 
     def registered(self, registration: Registration) -> None:
-        """The relay took C{registration}: its servers are tried."""
+        """
+        The relay took C{registration}: its servers are tried, and the
+        connections of servers no longer fronted that carry nothing yet
+        close (the relay has closed those it pooled).
+        """
         self.untried -= {i for i, _ in registration.servers}
+        for end in list(self.dataConnections):
+            if end.server.id not in self.servers and end.unused():
+                end.transport.loseConnection()
 
     def refuse(self, refused: list[str], why: str) -> None:
         """
@@ -244,9 +267,9 @@ class Registration:
     pool: int
     servers: tuple[tuple[str, str], ...]
 
-
-class StaleRegistration(Exception):
-    """A reload changed the servers while this connection registered the old ones."""
+    def without(self, serverId: str) -> Registration:
+        """This registration once the relay withdrew C{serverId}."""
+        return attrs.evolve(self, servers=tuple(s for s in self.servers if s[0] != serverId))
 
 
 class NothingToRegister(RelaynatError):
@@ -255,8 +278,9 @@ class NothingToRegister(RelaynatError):
 
 class SkeletonControl(ControlChannel):
     """
-    The skeleton's control connection: logs in and registers, answers the
-    relay's requests for connections, and hears of servers withdrawn.
+    The skeleton's control connection: logs in and registers, registers
+    again when a reload changes the servers, answers the relay's requests
+    for connections, and hears of servers withdrawn.
     """
 
     role = "skeleton"
@@ -264,22 +288,53 @@ class SkeletonControl(ControlChannel):
     def __init__(self, skeleton: Skeleton) -> None:
         super().__init__(skeleton.link, skeleton.heartbeat, skeleton.pingTimeout)
         self.skeleton = skeleton
+        #: What the relay holds of this connection's registration, once it
+        #: took one.
+        self.held: Registration | None = None
+        self._syncing = False
 
     async def prepare(self) -> None:
         """Log in, then register the skeleton's servers."""
         await self.start()
+        self.skeleton.control = self
+        await self._sync()
+
+    def changed(self) -> None:
+        """
+        A reload changed what the skeleton registers: send it on this
+        connection (the relay replaces the set), unless a registration is
+        on its way, which sends it after its answer.  Should the relay
+        refuse it whole, for a server the reload kept, this connection is
+        dropped, and the next one registers what is current.
+        """
+        if self._syncing or self.held is None or not self.connected:
+            return
+        Deferred.fromCoroutine(self._sync()).addErrback(self._syncFailed)
+
+    async def _sync(self) -> None:
+        """Register until the relay holds what the skeleton offers now."""
+        self._syncing = True
         try:
-            registered = await self.skeleton.registerOn(self)
-        except _REFUSALS as e:
-            registered = await self._withoutRefused(e)
-        self.skeleton.registered(registered)
-        if registered != self.skeleton.registration():
-            # A reload came while the answer was on its way: this
-            # connection holds the old servers, so it is dropped and the
-            # next one registers the new.
-            raise StaleRegistration(
-                "the configuration was reloaded during the registration; registering again"
-            )
+            while self.held != self.skeleton.registration():
+                try:
+                    registered = await self.skeleton.registerOn(self)
+                except _REFUSALS as e:
+                    registered = await self._withoutRefused(e)
+                self.held = registered
+                self.skeleton.registered(registered)
+        finally:
+            self._syncing = False
+
+    def _syncFailed(self, failure: Failure) -> None:
+        if not self.connected:
+            # Lost meanwhile: the next connection registers what is current.
+            return
+        _log.error(
+            "the relay refused the reloaded servers ({why}); registering them on a new"
+            " connection",
+            why=failure.getErrorMessage(),
+        )
+        self.transport.abortConnection()
 
     async def _withoutRefused(self, error: Exception) -> Registration:
         """
@@ -304,6 +359,8 @@ class SkeletonControl(ControlChannel):
     @ServerWithdrawn.responder
     def serverWithdrawn(self, server: str, reason: str) -> dict[str, object]:
         self.skeleton.withdraw(server, reason)
+        if self.held is not None:
+            self.held = self.held.without(server)
         return {}
 
     @OpenConnection.responder
@@ -330,6 +387,11 @@ class SkeletonControl(ControlChannel):
                 )
                 raise
         return {}
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.skeleton.control is self:
+            self.skeleton.control = None
+        super().connectionLost(reason)
 
 
 #: How the relay refuses a registration whole for some of its servers.

@@ -4,7 +4,8 @@ the control connections, their errors, and the few bytes the relay itself
 reads or writes on a data connection.
 
 Control connections (TLS, AMP):
-  - skeleton -> relay (port Y): L{Login}, L{LoginFinish}, L{Register}.
+  - skeleton -> relay (port Y): L{Login}, L{LoginFinish}, L{Register}
+    (again on the same connection when a reload changed its servers).
   - relay -> skeleton: L{OpenConnection}, with a ticket for the new data
     connection; L{ServerWithdrawn} when its user lost the right to a server.
   - client -> relay (port X): L{Login}, L{LoginFinish}, L{ListServers},
@@ -221,7 +222,12 @@ class Register(_Command):
     """
     Sent by a logged-in skeleton on its control connection: who it is, which
     servers it fronts, and how many idle connections per server it keeps
-    ready.
+    ready.  Sent again on the same connection (a reload), it replaces the
+    set, all or none: servers no longer listed are withdrawn, new ones
+    added, and those listed again keep their registration (their C{since},
+    pool and tunnels), with the description and pool given now.  A refused
+    one changes nothing, and is checked as the first is (ids, rights, the
+    user's cap on servers, counting what this connection holds as replaced).
     """
 
     arguments = [

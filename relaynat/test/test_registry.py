@@ -12,7 +12,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaynat.registry import Registry
+from relaynat.registry import Changes, Registry
 from relaynat.wire import (
     BadRequest,
     DuplicateServer,
@@ -266,6 +266,109 @@ class RegisterTests(RegistryTestCase):
         self.registry.unregister(first)
         self.registry.register(second, [("web", "")], 0)
         self.assertTrue(self.registry.owns(second, "web"))
+
+
+class ReplaceTests(RegistryTestCase):
+    """A skeleton registering again (a reload): its set of servers replaced."""
+
+    def test_addedRemovedKept(self) -> None:
+        """
+        Registering a, b after a, c, d: c and d are removed (c's idle
+        connection closed, d's waiting client failed), b added now, and a
+        kept as it was: its C{since}, its idle connection and its pool
+        untouched, and nothing more asked for it.
+        """
+        skeleton = FakeSkeleton()
+        self.registry.register(skeleton, [("a", "A"), ("c", "C"), ("d", "D")], pool=1)
+        idleA, idleC = self.deliver(skeleton, "a"), self.deliver(skeleton, "c")
+        self.clock.advance(100)
+        # d has no idle connection yet: its client waits.
+        waiting = self.registry.claim("d")
+        asked = len(skeleton.requests)
+
+        changes = self.registry.register(skeleton, [("a", "A"), ("b", "B")], pool=1)
+
+        self.assertEqual(changes, Changes(added=("b",), removed=("c", "d")))
+        self.assertTrue(idleC.closed)
+        failure = self.failureResultOf(waiting, SkeletonGone)
+        self.assertEqual(failure.getErrorMessage(), "server d was withdrawn by its skeleton")
+        self.assertFalse(idleA.closed)
+        self.assertEqual(
+            self.registry.listing(),
+            [
+                {"id": "a", "description": "A", "since": 0.0, "idle": 1},
+                {"id": "b", "description": "B", "since": 100.0, "idle": 0},
+            ],
+        )
+        # Only b's pool was asked for.
+        self.assertEqual([s for s, _ in skeleton.requests[asked:]], ["b"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # A removed server is offline, as one whose skeleton went away.
+        self.failureResultOf(self.registry.claim("c"), ServerOffline)
+
+    def test_sameSetChangesNothing(self) -> None:
+        """The same servers registered again: no change, nothing asked, nothing closed."""
+        skeleton = FakeSkeleton()
+        self.registry.register(skeleton, [("a", "A")], pool=1)
+        idle = self.deliver(skeleton, "a")
+        before = self.registry.listing()
+        self.clock.advance(5)
+        self.assertEqual(self.registry.register(skeleton, [("a", "A")], pool=1), Changes())
+        self.assertEqual(self.registry.listing(), before)
+        self.assertFalse(idle.closed)
+        self.assertEqual(skeleton.pending(), [])
+
+    def test_describedAnew(self) -> None:
+        """A new description reaches the listing; the server keeps its C{since} and pool."""
+        skeleton = FakeSkeleton()
+        self.registry.register(skeleton, [("a", "old")], pool=1)
+        idle = self.deliver(skeleton, "a")
+        self.clock.advance(5)
+        changes = self.registry.register(skeleton, [("a", "new")], pool=1)
+        self.assertEqual(changes, Changes(described=("a",)))
+        self.assertEqual(
+            self.registry.listing(), [{"id": "a", "description": "new", "since": 0.0, "idle": 1}]
+        )
+        self.assertFalse(idle.closed)
+
+    def test_poolResized(self) -> None:
+        """
+        A smaller pool closes the idle connections past it; a larger one
+        asks for more (never past C{maxPool}).
+        """
+        skeleton = FakeSkeleton()
+        self.registry.register(skeleton, [("a", "")], pool=2)
+        first, second = self.deliver(skeleton, "a"), self.deliver(skeleton, "a")
+        changes = self.registry.register(skeleton, [("a", "")], pool=1)
+        self.assertEqual(changes, Changes(resized=("a",)))
+        self.assertEqual([first.closed, second.closed], [True, False])
+        self.assertEqual(self.registry.counts()["idle"], 1)
+        self.assertEqual(skeleton.pending(), [])
+        self.registry.register(skeleton, [("a", "")], pool=1000)
+        self.assertEqual(len(skeleton.pending()), 7)
+
+    def test_refusedChangesNothing(self) -> None:
+        """
+        A replacement listing another skeleton's id, an id twice or a
+        malformed id is refused whole: the old set stands, nothing is
+        closed or asked for.
+        """
+        mine, theirs = FakeSkeleton("mine"), FakeSkeleton("theirs")
+        self.registry.register(theirs, [("taken", "")], pool=0)
+        self.registry.register(mine, [("a", "A"), ("c", "C")], pool=1)
+        idle = self.deliver(mine, "c")
+        asked = len(mine.requests)
+        before = self.registry.listing()
+        for servers, error in (
+            ([("a", "A"), ("taken", "")], DuplicateServer),
+            ([("b", ""), ("b", "")], DuplicateServer),
+            ([("a", "A"), ("bad id", "")], BadRequest),
+        ):
+            self.assertRaises(error, self.registry.register, mine, servers, 1)
+        self.assertEqual(self.registry.listing(), before)
+        self.assertFalse(idle.closed)
+        self.assertEqual(len(mine.requests), asked)
+        self.assertTrue(self.registry.owns(theirs, "taken"))
 
 
 class ClaimTests(RegistryTestCase):

@@ -31,7 +31,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.protocols import amp, tls
 from twisted.python.failure import Failure
 from twisted.test.iosim import ConnectionCompleter, FakeTransport, IOPump
@@ -45,6 +45,7 @@ from relaynat.link import Credentials, LoginSession, RelayLink
 from relaynat.caps import Limits
 from relaynat.relay import DataConnection, FirstBytes, Relay
 from relaynat.skeleton import FrontedServer, RelayEnd, Skeleton, SkeletonControl
+from relaynat.test.logs import logEvents
 from relaynat.test.loopback import ANYTHING, PASSWORD, relayIdentity, writeUsers
 from relaynat.test.streams import Collect, Echo
 from relaynat.tickets import TICKET_LIFETIME
@@ -440,21 +441,33 @@ class RelayTestCase(SynchronousTestCase):
         pool: int = 1,
         name: str = "test-skeleton",
         sealed: bool = True,
+        user: str = "alice",
     ) -> tuple[Skeleton, SkeletonControl]:
-        """A real skeleton fronting C{servers} (id to target port), registered."""
+        """A real skeleton of C{user} fronting C{servers} (id to target port), registered."""
         servers = {"web": TARGET} if servers is None else servers
         fronted = {
-            serverId: FrontedServer(
-                serverId, f"{serverId} server", self.net.endpoint(port), SECRET, sealed
-            )
-            for serverId, port in servers.items()
+            serverId: self.fronted(serverId, port, sealed) for serverId, port in servers.items()
         }
-        skeleton = Skeleton(self.link(SKELETONS), name, fronted, pool)
+        skeleton = Skeleton(self.link(SKELETONS, user), name, fronted, pool)
         control = self.connectVia(skeleton.link, SkeletonControl(skeleton))
         d = skeleton.register(control)
         self.net.settle()
         self.successResultOf(d)
         return skeleton, control
+
+    def fronted(self, serverId: str, port: int = TARGET, sealed: bool = True) -> FrontedServer:
+        """What a skeleton fronts as C{serverId}: the target at C{port}."""
+        return FrontedServer(
+            serverId, f"{serverId} server", self.net.endpoint(port), SECRET, sealed
+        )
+
+    def listed(self, user: str = "alice") -> dict[str, dict[str, Any]]:
+        """What L{ListServers} says to C{user} now, by server id."""
+        client, _ = self.loggedIn(CLIENTS, Peer(), user)
+        answer = self.successResultOf(self.call(client, ListServers))
+        client.transport.loseConnection()
+        self.net.settle()
+        return {s["id"]: s for s in answer["servers"]}
 
     def stalledSkeleton(
         self, servers: list[str] | None = None, pool: int = 0, user: str = "alice"
@@ -759,6 +772,29 @@ class UserCapsTests(RelayTestCase):
         )
         self.successResultOf(self.register(channel, ["db"]))
 
+    def test_serversCappedWhenRegisteredAgain(self) -> None:
+        """
+        Registering again on a connection counts what it holds as replaced,
+        not added: its two servers may become two others, not three; the
+        refused set leaves the two as they were, and fewer free the rest.
+        """
+        control = self.stalledSkeleton(["web", "db"])
+        self.successResultOf(self.register(control, ["db", "mail"]))
+        failure = self.failureResultOf(
+            self.register(control, ["db", "mail", "ftp"]), LimitReached
+        )
+        self.assertEqual(
+            failure.getErrorMessage(),
+            "user alice may register at most 2 servers (2 registered now)",
+        )
+        self.assertEqual(sorted(self.listed()), ["db", "mail"])
+        self.assertEqual(self.relay.usage.servers, {"alice": 2})
+        self.successResultOf(self.register(control, ["ftp"]))
+        self.assertEqual(self.relay.usage.servers, {"alice": 1})
+        other, _ = self.loggedIn(SKELETONS, Peer())
+        self.successResultOf(self.register(other, ["web"]))
+        self.assertEqual(self.relay.usage.servers, {"alice": 2})
+
 
 class RegisterTests(RelayTestCase):
     """L{Register} on the relay's skeleton port."""
@@ -817,17 +853,6 @@ class RegisterTests(RelayTestCase):
         other = self.connect(SKELETONS, Peer())
         self.failureResultOf(self.register(other, ["web"]), LoginRequired)
         self.assertEqual(self.relay.registry.listing(), [])
-
-    def test_secondRegisterOnOneConnection(self) -> None:
-        """
-        A connection that has registered cannot register again: the second
-        L{Register} fails with L{BadRequest} and the first stands.
-        """
-        channel, _ = self.loggedIn(SKELETONS, Peer())
-        self.successResultOf(self.register(channel, ["web"]))
-        failure = self.failureResultOf(self.register(channel, ["db"]), BadRequest)
-        self.assertEqual(failure.getErrorMessage(), "this connection is already in use")
-        self.assertEqual([s["id"] for s in self.relay.registry.listing()], ["web"])
 
     def test_registerNothing(self) -> None:
         """A registration without servers is refused with L{BadRequest}."""
@@ -918,6 +943,252 @@ class RegisterTests(RelayTestCase):
         self.assertEqual(failure.getErrorMessage(), "a ticket is 32 bytes")
         self.assertEqual(self.net.relayData("skeleton"), [])
         self.assertEqual(self.net.pending(), [])
+
+
+class RegisterAgainTests(RelayTestCase):
+    """
+    L{Register} again on a registered connection (a skeleton's reload): the
+    set of servers replaced, the kept ones untouched.
+    """
+
+    def test_replacedOnTheSameConnection(self) -> None:
+        """
+        A second L{Register} replaces the connection's servers: web, kept,
+        keeps its C{since} and its open tunnel, which carries bytes both
+        ways; db is withdrawn (its pooled connection closed, no longer
+        listed, offline to clients); mail is added (listed since now, its
+        pool asked for).  The connection stays, is told of no withdrawal,
+        and alice holds two servers.
+        """
+        self.reactor.advance(10)
+        control = self.stalledSkeleton(["web", "db"], pool=1)
+        byServer = {r.server: self.offer(r) for r in control.unanswered()}
+        _, [ticket] = self.clientTickets("web")
+        client = self.data(CLIENTS, ticket + b"up")
+        self.assertEqual(byServer["web"].received, b"up")
+        self.reactor.advance(100)
+
+        self.successResultOf(self.register(control, ["web", "mail"], pool=1))
+
+        self.assertTrue(byServer["db"].closed)
+        byServer["web"].transport.write(b"down")
+        client.transport.write(b" and more")
+        self.net.settle()
+        self.assertEqual(client.received, b"down")
+        self.assertEqual(byServer["web"].received, b"up and more")
+        self.assertFalse(client.closed or byServer["web"].closed)
+        listed = self.listed()
+        self.assertEqual(sorted(listed), ["mail", "web"])
+        self.assertEqual((listed["web"]["since"], listed["mail"]["since"]), (10.0, 110.0))
+        # Asked for: web's replacement of the connection its tunnel took, and mail's pool.
+        self.assertEqual(sorted(r.server for r in control.unanswered()), ["mail", "web"])
+        self.assertTrue(control.connected)
+        self.assertEqual(control.withdrawn, [])
+        self.assertEqual(len(self.relay.tunnels), 1)
+        self.assertEqual(self.relay.usage.servers, {"alice": 2})
+        channel, _ = self.loggedIn(CLIENTS, Peer())
+        self.failureResultOf(self.askTickets(channel, "db"), ServerOffline)
+
+    def test_describedAnew(self) -> None:
+        """
+        A kept server with a new description is listed with it, and keeps
+        its C{since} and its pooled connection; so does a new name.
+        """
+        control = self.stalledSkeleton(["web"], pool=1)
+        [pooled] = [self.offer(r) for r in control.unanswered()]
+        since = self.listed()["web"]["since"]
+        self.reactor.advance(5)
+        self.successResultOf(
+            self.call(
+                control,
+                Register,
+                name="renamed",
+                servers=[{"id": "web", "description": "the new web"}],
+                pool=1,
+            )
+        )
+        self.assertEqual(
+            self.listed()["web"],
+            {"id": "web", "description": "the new web", "since": since, "idle": 1},
+        )
+        self.assertFalse(pooled.closed)
+        [channel] = self.relay.skeletons.values()
+        self.assertEqual(channel.name, "renamed")
+
+    def test_refusedChangesNothing(self) -> None:
+        """
+        A new set that is refused (another skeleton's id, a malformed id,
+        no server, a server its user may not register) changes nothing: the
+        servers held stay listed as they were, with their pooled
+        connections, and are counted as before.
+        """
+        alice = self.stalledSkeleton(["db"], pool=1)
+        self.stalledSkeleton(["taken"])
+        bob = self.stalledSkeleton(["web"], pool=1, user="bob")
+        pooled = [self.offer(r) for r in alice.unanswered() + bob.unanswered()]
+        before = self.listed()
+        self.reactor.advance(5)
+        self.failureResultOf(self.register(alice, ["db", "taken"]), DuplicateServer)
+        self.failureResultOf(self.register(alice, ["db", "no/slashes"]), BadRequest)
+        self.failureResultOf(self.register(alice, []), BadRequest)
+        failure = self.failureResultOf(self.register(bob, ["web", "db2"]), PermissionDenied)
+        self.assertEqual(failure.getErrorMessage(), "user bob may not register server db2")
+        self.assertEqual(self.listed(), before)
+        self.assertFalse(any(raw.closed for raw in pooled))
+        self.assertEqual(self.relay.usage.servers, {"alice": 2, "bob": 1})
+        self.assertTrue(alice.connected and bob.connected)
+
+    def test_revocationAfterRegisteringAgain(self) -> None:
+        """
+        The users file reloaded after a skeleton registered again: a server
+        it added is withdrawn as any other (the skeleton is told), and the
+        counts stay right, to nothing once it disconnects.
+        """
+        control = self.stalledSkeleton(["web"])
+        self.successResultOf(self.register(control, ["web", "db"]))
+        self.changeUsers(alice=Rights(register=frozenset({"web"}), join=None))
+        self.net.settle()
+        self.assertEqual(control.withdrawn, [("db", "user alice may no longer register it")])
+        self.assertEqual(sorted(self.listed()), ["web"])
+        self.assertEqual(self.relay.usage.servers, {"alice": 1})
+        control.transport.loseConnection()
+        self.net.settle()
+        self.assertEqual(self.relay.usage.servers, {})
+        self.assertEqual(self.relay.registry.counts()["servers"], 0)
+
+
+class SkeletonReconfigureTests(RelayTestCase):
+    """A real skeleton's reload told to the real relay on its control connection."""
+
+    def test_liveConnectionKept(self) -> None:
+        """
+        A reload that keeps web, drops db and adds mail goes to the relay on
+        the control connection, which stays: a tunnel to web open across it
+        carries bytes, web keeps its C{since}, mail is listed, db is not, and
+        the skeleton's connections for db close (once the relay has taken
+        the new set, so that it asks for no replacement).  C{reconfigure}
+        returns False: nobody needs to reconnect.
+        """
+        skeleton, control = self.startSkeleton({"web": TARGET, "db": TARGET}, pool=1)
+        self.startClient("web")
+        collector = self.collect(b"before")
+        self.assertEqual(b"".join(collector.received), b"before")
+        since = self.listed()["web"]["since"]
+        forDb = {end for end in skeleton.dataConnections if end.server.id == "db"}
+        self.assertEqual(len(forDb), 1)
+        self.reactor.advance(50)
+        servers = {"web": skeleton.servers["web"], "mail": self.fronted("mail")}
+
+        self.assertFalse(skeleton.reconfigure(servers, "test-skeleton", 1))
+        # Not closed before the relay has taken the new set: it would ask
+        # for a replacement, which the skeleton would refuse.
+        self.assertFalse(any(end.transport.disconnecting for end in forDb))
+        self.net.settle()
+
+        self.assertTrue(control.connected)
+        self.assertIs(skeleton.control, control)
+        self.assertEqual(len(self.relay.skeletons), 1)
+        listed = self.listed()
+        self.assertEqual(sorted(listed), ["mail", "web"])
+        self.assertEqual((listed["web"]["since"], listed["mail"]["since"]), (since, since + 50))
+        self.assertTrue(all(end.lost is not None for end in forDb))
+        assert collector.transport is not None
+        collector.transport.write(b" and after")
+        self.net.settle()
+        self.assertEqual(b"".join(collector.received), b"before and after")
+        self.assertIsNone(collector.reason)
+        # Each pool full again, mail's with the new server.
+        self.assertEqual(self.relay.registry.counts()["idle"], 2)
+        self.assertEqual(control.held, skeleton.registration())
+
+    def test_reloadsInARow(self) -> None:
+        """
+        A second reload before the relay answered the first: the relay ends
+        with the second's servers and name, on the same connection.
+        """
+        skeleton, control = self.startSkeleton({"web": TARGET}, pool=0)
+        web = skeleton.servers["web"]
+        skeleton.reconfigure({"web": web, "db": self.fronted("db")}, "test-skeleton", 0)
+        skeleton.reconfigure({"web": web, "mail": self.fronted("mail")}, "renamed", 0)
+        self.net.settle()
+        self.assertEqual(sorted(self.listed()), ["mail", "web"])
+        [channel] = self.relay.skeletons.values()
+        self.assertEqual(channel.name, "renamed")
+        self.assertTrue(control.connected)
+        self.assertEqual(control.held, skeleton.registration())
+
+    def test_unchangedSendsNothing(self) -> None:
+        """A reload that changes no registration sends no L{Register}."""
+        skeleton, control = self.startSkeleton({"web": TARGET}, pool=0)
+        sent: list[object] = []
+        original = control.callRemote
+
+        def spy(command: Any, **kw: Any) -> Deferred[Any]:
+            sent.append(command)
+            return original(command, **kw)
+
+        self.patch(control, "callRemote", spy)
+        self.assertFalse(skeleton.reconfigure(dict(skeleton.servers), "test-skeleton", 0))
+        self.net.settle()
+        self.assertEqual(sent, [])
+
+    def test_withoutConnection(self) -> None:
+        """
+        A reload while no control connection is up tells nobody; the next
+        connection registers the new set.
+        """
+        skeleton, control = self.startSkeleton({"web": TARGET}, pool=0)
+        control.transport.loseConnection()
+        self.net.settle()
+        self.assertIsNone(skeleton.control)
+        self.assertFalse(skeleton.reconfigure({"db": self.fronted("db")}, "test-skeleton", 0))
+        again = self.connectVia(skeleton.link, SkeletonControl(skeleton))
+        d = skeleton.register(again)
+        self.net.settle()
+        self.successResultOf(d)
+        self.assertEqual(sorted(self.listed()), ["db"])
+
+    def test_refusedAdditionLeftOut(self) -> None:
+        """
+        A reload adding a server its user may not register: the relay
+        refuses the new set whole, the skeleton sends it again without that
+        server on the same connection, and says so in one error line; the
+        kept server keeps its C{since} and its pooled connection.
+        """
+        skeleton, control = self.startSkeleton({"web": TARGET}, pool=1, user="bob")
+        [pooled] = skeleton.dataConnections
+        since = self.listed("bob")["web"]["since"]
+        events = logEvents(self)
+        self.reactor.advance(5)
+        servers = {"web": self.fronted("web"), "db": self.fronted("db")}
+        servers["web"] = skeleton.servers["web"]
+        skeleton.reconfigure(servers, "test-skeleton", 1)
+        self.net.settle()
+        [line] = [formatEvent(e) for e in events if "not registered" in formatEvent(e)]
+        self.assertIn("server db, added by a reload, not registered", line)
+        self.assertIn("user bob may not register server db", line)
+        self.assertEqual(self.listed("bob")["web"]["since"], since)
+        self.assertIsNone(pooled.lost)
+        self.assertTrue(control.connected)
+        self.assertEqual(sorted(skeleton.servers), ["web"])
+
+    def test_nothingLeftDropsTheConnection(self) -> None:
+        """
+        A reload that leaves only a server the relay withdrew has nothing
+        to register: the connection is dropped (the relay forgets its
+        servers) with an error line, as the next connection is refused.
+        """
+        skeleton, control = self.startSkeleton({"web": TARGET, "db": TARGET}, pool=0)
+        self.changeUsers(alice=Rights(register=frozenset({"web"}), join=None))
+        self.net.settle()
+        self.assertEqual(sorted(skeleton.servers), ["web"])
+        events = logEvents(self)
+        skeleton.reconfigure({"db": self.fronted("db")}, "test-skeleton", 0)
+        self.net.settle()
+        self.assertFalse(control.connected)
+        self.assertEqual(self.listed(), {})
+        [line] = [formatEvent(e) for e in events if "refused the reloaded" in formatEvent(e)]
+        self.assertIn("every server of it was withdrawn", line)
 
 
 class ListServersTests(RelayTestCase):

@@ -22,11 +22,11 @@ from twisted.internet.protocol import Factory
 from twisted.logger import formatEvent
 from twisted.trial.unittest import TestCase
 
-from relaynat.client import TunnelFactory
+from relaynat.client import TunnelFactory, listServers
 from relaynat.localstack import LocalStack, relaynatTool
 from relaynat.localstack import pollUntil as pollProcess
-from relaynat.identity import writePrivate
-from relaynat.link import ControlService
+from relaynat.identity import PinnedRelay, writePrivate
+from relaynat.link import ControlService, Credentials, RelayLink
 from relaynat.relay import Relay
 from relaynat.secret import generateSecret
 from relaynat.skeleton import Skeleton
@@ -35,7 +35,7 @@ from relaynat.tap import skeleton as skeletonTap
 from relaynat.tap.hangup import ReloadOnHangup
 from relaynat.test.logs import logEvents
 from relaynat.test.loopback import ANYTHING, PASSWORD, relayIdentity, writeUsers
-from relaynat.test.net import listen, openConnections, pollUntil, reactor, runAsync
+from relaynat.test.net import endpointOf, listen, openConnections, pollUntil, reactor, runAsync
 from relaynat.test.streams import Collect, Echo
 from relaynat.users import Rights
 
@@ -149,6 +149,16 @@ class Ends:
         """The servers the relay lists now, id to description."""
         return {str(s["id"]): str(s["description"]) for s in self.relay.registry.listing()}
 
+    async def listedByClient(self) -> dict[str, dict[str, Any]]:
+        """What L{ListServers} tells alice's client now (as C{relaynat list}), by id."""
+        link = RelayLink(
+            endpointOf(self.clientPort),
+            PinnedRelay(self.identity.fingerprint),
+            Credentials("alice", PASSWORD),
+            reactor,
+        )
+        return {s["id"]: s for s in await listServers(link)}
+
 
 def reloadOf(service: MultiService) -> Any:
     """What SIGHUP calls in C{service}."""
@@ -192,7 +202,7 @@ def said(events: list[dict[str, Any]], words: str) -> list[str]:
 
 
 class SkeletonReloadTests(TestCase):
-    """A skeleton's reload: its servers registered anew, its tunnels kept."""
+    """A skeleton's reload: its servers registered anew on the same connection, its tunnels kept."""
 
     timeout = 60
 
@@ -206,33 +216,39 @@ class SkeletonReloadTests(TestCase):
     @runAsync
     async def test_addedRemovedUnchanged(self) -> None:
         """
-        A reload that drops b and adds c: the relay lists a and c, a tunnel
-        to c works, b is refused, and a tunnel to a opened before the reload
+        A reload that drops c and adds b goes to the relay on the same
+        control connection: the relay lists a and b, a tunnel to b works, c
+        is refused, and a was never offline (its C{since} in the client's
+        listing is unchanged) while a tunnel to it opened before the reload
         carries bytes after it, as do the client's ready connections to a.
         """
         ends = Ends(self)
         await ends.startRelay()
-        skeleton, ports = await self.startBoth(ends, {"a": "A", "b": "B"})
+        skeleton, ports = await self.startBoth(ends, {"a": "A", "c": "C"})
         before = await ends.echoed(ports["a"], b"before")
-        await ends.echoed(ports["b"], b"b works")
+        await ends.echoed(ports["c"], b"c works")
         old = partOf(skeleton, ControlService).ready.current
+        since = (await ends.listedByClient())["a"]["since"]
 
-        await ends.writeSkeleton({"a": "A", "c": "C"})
+        await ends.writeSkeleton({"a": "A", "b": "B"})
         reloadOf(skeleton)()
-        await pollUntil(lambda: ends.listed() == {"a": "A", "c": "C"})
+        await pollUntil(lambda: ends.listed() == {"a": "A", "b": "B"})
 
-        # Re-registered on a new control connection; the tunnel stayed.
-        self.assertIsNot(partOf(skeleton, ControlService).ready.current, old)
+        self.assertIs(partOf(skeleton, ControlService).ready.current, old)
+        listed = await ends.listedByClient()
+        self.assertEqual(sorted(listed), ["a", "b"])
+        self.assertEqual(listed["a"]["since"], since)
         await echoedAgain(before, b" and after")
-        self.assertEqual(sorted(skeletonOf(skeleton).servers), ["a", "c"])
+        self.assertEqual(sorted(skeletonOf(skeleton).servers), ["a", "b"])
         # A fresh connection to a: perhaps through one made ready before.
         await ends.echoed(ports["a"], b"a again")
-        await ends.echoed(ports["c"], b"c works")
-        refused = Collect(b"b?")
-        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", ports["b"]), refused)
+        await ends.echoed(ports["b"], b"b works")
+        refused = Collect(b"c?")
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", ports["c"]), refused)
         await refused.finished
         self.assertEqual(refused.received, [])
         self.assertIsNone(before.reason)
+        self.assertEqual((await ends.listedByClient())["a"]["since"], since)
 
     @runAsync
     async def test_unchangedUntouched(self) -> None:
@@ -310,14 +326,17 @@ class SkeletonReloadTests(TestCase):
     async def test_refusedAdditionLeftOut(self) -> None:
         """
         A reload adding a server its user may not register: the relay
-        refuses the registration whole, so the skeleton registers the
-        others again without it, and says so in one line.
+        refuses the new set whole, so the skeleton sends it again without
+        that one, on the same connection, and says so in one line; a, kept
+        with a new description, is never offline.
         """
         ends = Ends(self)
         await ends.startRelay(Rights(register=frozenset({"a", "b"}), join=None))
         path = await ends.writeSkeleton({"a": "A"})
         skeleton = ends.run(skeletonTap, path)
         await pollUntil(lambda: ends.listed() == {"a": "A"})
+        control = partOf(skeleton, ControlService).ready.current
+        since = (await ends.listedByClient())["a"]["since"]
         events = logEvents(self)
         await ends.writeSkeleton({"a": "A2", "b": "B", "forbidden": "F"})
         reloadOf(skeleton)()
@@ -325,6 +344,8 @@ class SkeletonReloadTests(TestCase):
         [line] = said(events, "not registered")
         self.assertIn("forbidden", line)
         self.assertEqual(sorted(skeletonOf(skeleton).servers), ["a", "b"])
+        self.assertIs(partOf(skeleton, ControlService).ready.current, control)
+        self.assertEqual((await ends.listedByClient())["a"]["since"], since)
 
 
 class ClientReloadTests(TestCase):
@@ -433,15 +454,16 @@ class HangupTests(TestCase):
         """
         The skeleton as a twistd process: after its file gets a new
         description for web and a server its user may not register, SIGHUP
-        makes the relay list web anew, the other left out and said once,
-        and a tunnel open across it keeps carrying bytes.
+        makes the relay list web anew, registered since it first was (never
+        offline), the other left out and said once, and a tunnel open across
+        it keeps carrying bytes.
         """
         echo = await listen(Factory.forProtocol(Echo))
         self.addCleanup(echo.stopListening)
         stack = LocalStack(reactor, os.path.abspath(self.mktemp()), echo.getHost().port)  # type: ignore[attr-defined]
         self.addCleanup(stack.stop)
         stack.start()
-        await stack.waitRegistered(timeout=30)
+        [registered] = await stack.waitRegistered(timeout=30)
         collector = Collect(b"before")
         tunnel = TCP4ClientEndpoint(reactor, "127.0.0.1", stack.configs.tunnelPorts[0])
         await pollProcess(
@@ -467,14 +489,17 @@ class HangupTests(TestCase):
         assert skeleton.pid is not None
         os.kill(skeleton.pid, signal.SIGHUP)
 
-        async def renamed() -> None:
-            listed = {s["id"]: s["description"] for s in await stack.listing()}
-            if listed != {serverId: "described anew"}:
+        async def renamed() -> dict[str, Any]:
+            [listed] = await stack.listing()
+            if listed["description"] != "described anew":
                 raise ValueError(f"listed: {listed}")
+            return listed
 
-        await pollProcess(
+        listed = await pollProcess(
             reactor, renamed, timeout=30, what="the new description", guard=stack.checkAlive
         )
+        # Registered again on the same connection: never offline.
+        self.assertEqual((listed["id"], listed["since"]), (serverId, registered["since"]))
         await echoedAgain(collector, b" and after")
         self.assertEqual(skeleton.text().count("not registered"), 1, skeleton.text())
         collector.transport.loseConnection()  # type: ignore[union-attr]
