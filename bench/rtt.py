@@ -43,7 +43,10 @@ sys.path.insert(0, HERE)
 import netns  # noqa: E402
 import run  # noqa: E402
 from load import percentile  # noqa: E402
-from run import BenchError, log  # noqa: E402
+from run import BENCH_ERRORS, BenchError, log  # noqa: E402
+
+from relaynat.localstack import childEnvironment, pollUntilBlocking  # noqa: E402
+from relaynat.localstack.serve import READY_BOUND, STOP_BOUND  # noqa: E402
 
 PYTHON = sys.executable
 PATHS = ("relaynat", "ssh", "socat")
@@ -97,7 +100,8 @@ class Network:
                 [PYTHON, os.path.join(HERE, "delayline.py"), "--delay", str(self.delay),
                  nsA, devA, nsB, devB], logPath)
             self.lines.append(line)
-            run.waitFor(f"delay line {leg}", saysReady(logPath), 15, [line])
+            pollUntilBlocking(saysReady(logPath), 15, f"delay line {leg}",
+                              guard=run.running([line]))
 
     def down(self) -> None:
         for line in self.lines:
@@ -135,8 +139,11 @@ class Network:
             return readText("/proc/sys/net/ipv4/tcp_congestion_control").strip()
 
 
-def saysReady(logPath: str) -> Callable[[], bool]:
-    return lambda: "ready" in readText(logPath)
+def saysReady(logPath: str) -> Callable[[], None]:
+    def ready() -> None:
+        if "ready" not in readText(logPath):
+            raise ValueError("it has not said ready")
+    return ready
 
 
 def readText(path: str) -> str:
@@ -196,8 +203,8 @@ def connectTimes(source: str, target: str, host: str, count: int) -> list[float]
     return times
 
 
-def pageWorks(ns: str, host: str, port: int, timeout: float = 10.0) -> bool:
-    """Whether an HTTP GET of the page from namespace C{ns} brings all of it."""
+def getPage(ns: str, host: str, port: int, timeout: float = 10.0) -> None:
+    """An HTTP GET of the page from namespace C{ns} brings all of it; OSError or ValueError if not."""
     s = netns.socketIn(ns)
     s.settimeout(timeout)
     try:
@@ -206,23 +213,20 @@ def pageWorks(ns: str, host: str, port: int, timeout: float = 10.0) -> bool:
         reply = b""
         while chunk := s.recv(65536):
             reply += chunk
-    except OSError:
-        return False
     finally:
         s.close()
     head, _, body = reply.partition(b"\r\n\r\n")
-    return head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0] and \
-        len(body) == PAGE_BYTES
+    status = head.split(b"\r\n")[0]
+    if not (head.startswith(b"HTTP/1.") and b" 200 " in status):
+        raise ValueError(f"answered {status[:80]!r}")
+    if len(body) != PAGE_BYTES:
+        raise ValueError(f"{len(body)} bytes of the page's {PAGE_BYTES}")
 
 
-def pollUntil(check: Callable[[], bool], timeout: float, interval: float = 0.001) -> bool:
-    """C{check} every C{interval} seconds until it holds (True) or C{timeout} has passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(interval)
-    return check()
+def listensIn(ns: str, port: int) -> None:
+    """Something listens on C{port} in namespace C{ns}; ValueError if not."""
+    if not netns.listens(ns, port):
+        raise ValueError(f"nothing listens on port {port}")
 
 
 CURL_OUT = "%{http_code} %{size_download} %{time_connect} %{time_starttransfer} %{time_total}"
@@ -279,11 +283,15 @@ class RttPath:
         self.logs[proc.pid] = logPath
         return proc
 
-    def waitFor(self, what: str, check: Callable[[], bool], timeout: float = 30) -> None:
-        """L{run.waitFor}, and on failure the last line each process that ended logged."""
+    def waitFor(self, what: str, check: Callable[[], Any], timeout: float = 30,
+                step: float = 0.1) -> Any:
+        """
+        L{pollUntilBlocking} until C{check} returns (its value) while this
+        path's processes run, and on failure the last line each that ended logged.
+        """
         try:
-            run.waitFor(what, check, timeout, self.procs)
-        except BenchError as e:
+            return pollUntilBlocking(check, timeout, what, step, guard=run.running(self.procs))
+        except BENCH_ERRORS as e:
             said = [f"{os.path.basename(self.logs[p.pid])}: {run.lastLine(self.logs[p.pid])}"
                     for p in self.procs if p.poll() is not None]
             raise BenchError("; ".join([str(e), *said])) from None
@@ -310,7 +318,9 @@ class Relaynat(RttPath):
     """
     The three roles as twistd processes, one in each namespace, from the
     files bench/run.py makes for its relaynat path (conf/ with only the
-    addresses and file names changed).
+    addresses and file names changed), started as run.py starts them: by
+    relaynat's local stack, run in the client's namespace and starting the
+    relay and the skeleton in theirs.
     """
 
     name = "relaynat"
@@ -321,21 +331,20 @@ class Relaynat(RttPath):
             os.path.join(b.tmp, "relaynat"), b.ports.take, f"tcp:127.0.0.1:{b.webPort}",
             clientsHost=RELAY_A_IP, skeletonsHost=RELAY_B_IP)
         files = self.files
-        self.spawn(net.relay, files.argv("relay"), "relaynat-relay", cwd=files.dir,
-                   preexec_fn=run.serviceFileLimit)
-        self.waitFor("relaynat relay",
-                     lambda: netns.listens(net.relay, files.clientsPort)
-                     and netns.listens(net.relay, files.skeletonsPort))
-        self.spawn(net.skeleton, files.argv("skeleton"), "relaynat-skeleton", cwd=files.dir,
-                   preexec_fn=run.serviceFileLimit)
+        argv = files.serveArgv({"relay": net.relay, "skeleton": net.skeleton})
+        self.stack = self.spawn(net.client, argv, "relaynat", env=childEnvironment(),
+                                preexec_fn=run.serviceFileLimit, grace=STOP_BOUND + 5)
+        self.pids = self.waitFor("relaynat's local stack", files.started, READY_BOUND + 5)
         self.entry = files.entry
         self.url = f"http://127.0.0.1:{files.entry}/{PAGE}"
-        self.startClient()
-        self.waitFor("relaynat tunnel", lambda: pageWorks(net.client, "127.0.0.1", files.entry))
+        self.waitFor("relaynat tunnel", lambda: getPage(net.client, "127.0.0.1", files.entry))
 
-    def startClient(self) -> None:
-        self.client = self.spawn(self.net.client, self.files.argv("client"), "relaynat-client",
-                                 cwd=self.files.dir, preexec_fn=run.serviceFileLimit)
+    def restartClient(self) -> None:
+        """The local stack stops the client and starts it again (SIGUSR1); back with its pid."""
+        old = self.pids["client"]
+        os.kill(self.stack.pid, signal.SIGUSR1)
+        self.pids = self.waitFor("relaynat's client started again",
+                                 lambda: self.files.started(stale=old), step=0.001)
 
 
 class Ssh(RttPath):
@@ -349,14 +358,14 @@ class Ssh(RttPath):
         sshPort, self.remote, self.entry = ports.take(), ports.take(), ports.take()
         run.writeSshFiles(self.dir, sshPort, [RELAY_A_IP, RELAY_B_IP])
         self.spawn(net.relay, run.sshdArgv(self.dir), "sshd")
-        self.waitFor("sshd", lambda: netns.listens(net.relay, sshPort))
+        self.waitFor("sshd", lambda: listensIn(net.relay, sshPort))
         self.spawn(net.skeleton, run.sshArgv(self.dir, RELAY_B_IP)
                    + ["-R", f"127.0.0.1:{self.remote}:127.0.0.1:{b.webPort}", "bench"], "ssh-R")
-        self.waitFor("ssh -R", lambda: netns.listens(net.relay, self.remote))
+        self.waitFor("ssh -R", lambda: listensIn(net.relay, self.remote))
         self.url = f"http://127.0.0.1:{self.entry}/{PAGE}"
         self.startClient()
         entry = self.entry
-        self.waitFor("ssh -L", lambda: pageWorks(net.client, "127.0.0.1", entry))
+        self.waitFor("ssh -L", lambda: getPage(net.client, "127.0.0.1", entry))
 
     def startClient(self) -> None:
         self.client = self.spawn(self.net.client, run.sshArgv(self.dir, RELAY_A_IP)
@@ -385,7 +394,7 @@ class Socat(RttPath):
         self.spawn(net.relay, ["socat", listen.format(entry, RELAY_A_IP),
                                f"TCP4:{SKELETON_IP}:{hop}"], "socat-relay")
         self.url = f"http://{RELAY_A_IP}:{entry}/{PAGE}"
-        self.waitFor("socat", lambda: pageWorks(net.client, RELAY_A_IP, entry))
+        self.waitFor("socat", lambda: getPage(net.client, RELAY_A_IP, entry))
 
 
 PATH_CLASSES: dict[str, type[RttPath]] = {c.name: c for c in (Relaynat, Ssh, Socat)}
@@ -414,8 +423,8 @@ class RoundTrips:
             netns.execArgv(self.net.skeleton, [PYTHON, "-m", "http.server", str(self.webPort),
                                                "--bind", "127.0.0.1", "--directory", www]),
             os.path.join(self.tmp, "web.log"))
-        run.waitFor("web server", lambda: pageWorks(self.net.skeleton, "127.0.0.1", self.webPort),
-                    15, [proc])
+        pollUntilBlocking(lambda: getPage(self.net.skeleton, "127.0.0.1", self.webPort), 15,
+                          "web server", guard=run.running([proc]))
 
     def floor(self) -> dict[str, Any]:
         """Each leg's round trip, the whole way's, and the server's own time."""
@@ -447,8 +456,11 @@ class RoundTrips:
         for _ in range(self.args.starts):
             path.restartClient()
             started = time.monotonic()
-            if not pollUntil(lambda: netns.listens(self.net.client, entry), 30):
-                samples.append({"ok": False, "error": "its port did not listen within 30 s"})
+            try:
+                pollUntilBlocking(lambda: listensIn(self.net.client, entry), 30,
+                                  "its port listening", step=0.001)
+            except BENCH_ERRORS as e:
+                samples.append({"ok": False, "error": str(e)})
                 continue
             seen = time.monotonic()
             r = curl(self.net.client, path.url)
@@ -479,7 +491,7 @@ class RoundTrips:
             path = PATH_CLASSES[name](self)
             try:
                 path.start()
-            except (BenchError, OSError, subprocess.SubprocessError) as e:
+            except (*BENCH_ERRORS, OSError, subprocess.SubprocessError) as e:
                 # The other paths are still measured: relaynat's code may be
                 # in the middle of a change while the tools it is held
                 # against are not.
@@ -680,7 +692,7 @@ def main() -> None:
     signal.signal(signal.SIGHUP, stop)
     try:
         meta = bench.run()
-    except (BenchError, netns.NamespaceError, OSError, subprocess.SubprocessError) as e:
+    except (*BENCH_ERRORS, netns.NamespaceError, OSError, subprocess.SubprocessError) as e:
         log(f"error: {e}")
         bench.cleanup()
         sys.exit(1)

@@ -48,12 +48,16 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from relaynat.localstack import (  # noqa: E402
+    ROLES,
     LocalStackError,
+    childEnvironment,
     pickFreePort,
-    twistdArguments,
+    pollUntilBlocking,
     writeConfigs,
     writeKeysAndUsers,
 )
+from relaynat.localstack.serve import READY_BOUND, STOP_BOUND, readReady, serveArgv  # noqa: E402
+
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
 PYTHON = sys.executable
 TWISTD = os.path.join(VENV_BIN, "twistd")
@@ -86,6 +90,11 @@ class BenchError(Exception):
     """The benchmark cannot go on; the message says why."""
 
 
+#: What a failure the bench reports raises: its own error, or the local
+#: stack's (a wait that ran out, in L{pollUntilBlocking}).
+BENCH_ERRORS = (BenchError, LocalStackError)
+
+
 # Processes: everything started is remembered and stopped by its pid.
 
 
@@ -94,8 +103,12 @@ class Processes:
 
     def __init__(self) -> None:
         self.running: list[subprocess.Popen] = []
+        #: Seconds each process may take to end after SIGTERM, by pid.
+        self.graces: dict[int, float] = {}
 
-    def start(self, argv: list[str], log_path: str, **kwargs: Any) -> subprocess.Popen:
+    def start(self, argv: list[str], log_path: str, grace: float = 5.0,
+              **kwargs: Any) -> subprocess.Popen:
+        """C{argv}, logging to C{log_path}; stopped with SIGKILL C{grace} s after SIGTERM."""
         out = open(log_path, "ab")
         try:
             proc = subprocess.Popen(
@@ -105,10 +118,12 @@ class Processes:
         finally:
             out.close()
         self.running.append(proc)
+        self.graces[proc.pid] = grace
         return proc
 
-    def stop(self, proc: subprocess.Popen, grace: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after C{grace} seconds; then its stray children."""
+    def stop(self, proc: subprocess.Popen) -> None:
+        """SIGTERM, then SIGKILL after its grace; then its stray children."""
+        grace = self.graces.pop(proc.pid, 5.0)
         children = descendants([proc.pid]) - {proc.pid}
         if proc.poll() is None:
             try:
@@ -267,13 +282,41 @@ class Ports:
         raise BenchError("no free port left that this run has not taken")
 
 
+# Waiting: the local stack's one polling helper, with checks that raise
+# until they hold.
+
+
+def echo(port: int, timeout: float = 2.0) -> None:
+    """One byte there and back through 127.0.0.1:C{port}; OSError or ValueError if not."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"e")
+        got = s.recv(1)
+    if got != b"e":
+        raise ValueError(f"echoed {got!r}, not b'e'")
+
+
 def echoWorks(port: int, timeout: float = 2.0) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall(b"e")
-            return s.recv(1) == b"e"
-    except OSError:
+        echo(port, timeout)
+    except (OSError, ValueError):
         return False
+    return True
+
+
+def connects(port: int) -> None:
+    """A connection to 127.0.0.1:C{port} is accepted; OSError if not."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+
+
+def running(procs: Iterable[subprocess.Popen]) -> Callable[[], None]:
+    """A guard for L{pollUntilBlocking}: gives up once one of C{procs} has exited."""
+    def guard() -> None:
+        for p in procs:
+            if p.poll() is not None:
+                command = " ".join(os.path.basename(str(a)) for a in p.args[:4])
+                raise BenchError(f"{command} exited with {p.returncode}")
+    return guard
 
 
 def logSize(path: str) -> int:
@@ -292,26 +335,6 @@ def lastLine(path: str, since: int = 0) -> str:
     except OSError:
         return ""
     return lines[-1][-300:] if lines else "(nothing)"
-
-
-def waitFor(what: str, check: Callable[[], bool], timeout: float, procs: list = ()) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        for p in procs:
-            if p.poll() is not None:
-                raise BenchError(f"{what}: process {p.args[0]} exited with {p.returncode}")
-        time.sleep(0.1)
-    raise BenchError(f"{what}: not ready after {timeout:.0f} s")
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 # Tools: installed from Debian's packages when missing.
@@ -419,9 +442,15 @@ class Path:
     def healthy(self) -> bool:
         return all(p.poll() is None for p in self.procs) and echoWorks(self.entry, 5)
 
+    def logPath(self, name: str) -> str:
+        return os.path.join(self.bench.tmp, f"{name}.log")
+
+    def waitEcho(self, what: str, timeout: float = 15) -> None:
+        """Wait until a byte comes back through the path's entry."""
+        pollUntilBlocking(lambda: echo(self.entry), timeout, what, guard=running(self.procs))
+
     def spawn(self, argv: list[str], name: str, **kwargs: Any) -> subprocess.Popen:
-        proc = self.bench.processes.start(argv, os.path.join(self.bench.tmp, f"{name}.log"),
-                                          **kwargs)
+        proc = self.bench.processes.start(argv, self.logPath(name), **kwargs)
         self.procs.append(proc)
         return proc
 
@@ -443,7 +472,7 @@ class Socat(Path):
         self.spawn(["socat", listen.format(hop), f"TCP4:127.0.0.1:{self.bench.serverPort}"],
                    "socat-hop")
         self.spawn(["socat", listen.format(self.entry), f"TCP4:127.0.0.1:{hop}"], "socat-relay")
-        waitFor("socat", lambda: echoWorks(self.entry), 15, self.procs)
+        self.waitEcho("socat")
 
 
 def writeSshFiles(d: str, port: int, hosts: list[str]) -> None:
@@ -537,12 +566,12 @@ class Ssh(Path):
         self.entry = ports.take()
         writeSshFiles(d, sshPort, ["127.0.0.1"])
         self.spawn(sshdArgv(d), "sshd")
-        waitFor("sshd", lambda: listening(sshPort), 15, self.procs)
+        pollUntilBlocking(lambda: connects(sshPort), 15, "sshd", guard=running(self.procs))
         ssh = sshArgv(d)
         self.spawn(ssh + ["-R", f"127.0.0.1:{remote}:127.0.0.1:{b.serverPort}", "bench"], "ssh-R")
-        waitFor("ssh -R", lambda: listening(remote), 15, self.procs)
+        pollUntilBlocking(lambda: connects(remote), 15, "ssh -R", guard=running(self.procs))
         self.spawn(ssh + ["-L", f"127.0.0.1:{self.entry}:127.0.0.1:{remote}", "bench"], "ssh-L")
-        waitFor("ssh -L", lambda: echoWorks(self.entry), 15, self.procs)
+        self.waitEcho("ssh -L")
 
 
 #: Connections each haproxy process may hold: the 1,000-connection test with
@@ -600,7 +629,7 @@ class Haproxy(Path):
                 f.write(haproxyConfig(listen, to, self.options))
             # -db: in the foreground, one process, never daemonized.
             self.spawn([haproxy, "-db", "-f", config], f"{self.name}-{role}")
-        waitFor(self.name, lambda: echoWorks(self.entry), 15, self.procs)
+        self.waitEcho(self.name)
 
 
 class HaproxySplice(Haproxy):
@@ -670,7 +699,7 @@ class Stunnel(Path):
             with open(config, "w") as f:
                 f.write(stunnelConfig(listen, to, key, cert, client))
             self.spawn([stunnel, config], f"{self.name}-{role}")
-        waitFor(self.name, lambda: echoWorks(self.entry), 15, self.procs)
+        self.waitEcho(self.name)
 
 
 class Portforward(Path):
@@ -681,7 +710,7 @@ class Portforward(Path):
         self.spawn([TWISTD, "-n", "--pidfile=", "portforward",
                     "-p", f"tcp:{self.entry}:interface=127.0.0.1:backlog=1024",
                     "-h", "127.0.0.1", "-d", str(self.bench.serverPort)], "portforward")
-        waitFor("twistd portforward", lambda: echoWorks(self.entry), 30, self.procs)
+        self.waitEcho("twistd portforward", 30)
 
 
 #: The open-file limit relaynat is started with, as systemd starts a service:
@@ -724,12 +753,31 @@ class RelaynatFiles:
     entry: int
     settings: dict[str, Any]
 
-    def argv(self, role: str) -> list[str]:
-        """C{twistd -n} for one role, from its file in L{dir} (run it with C{cwd=dir})."""
-        return [TWISTD, *twistdArguments(role, os.path.join(self.dir, f"{role}.toml"))]
+    def serveArgv(self, namespaces: dict[str, str] | None = None) -> list[str]:
+        """
+        The local stack that runs the three roles from these files, as the
+        demo runs them (run it with L{childEnvironment}); it writes its pids
+        to L{ready} once the relay lists the skeleton's servers.
+        """
+        return serveArgv(self.dir, self.ready, namespaces)
 
+    @property
+    def ready(self) -> str:
+        return os.path.join(self.dir, "ready.json")
 
-RELAYNAT_ROLES = ("relay", "skeleton", "client")
+    def started(self, stale: int | None = None) -> dict[str, int]:
+        """
+        The roles' pids, once the stack has written them (and a client other
+        than C{stale}, after a restart); OSError or ValueError before.
+        """
+        pids: dict[str, int] = readReady(self.ready)["pids"]
+        if pids["client"] == stale:
+            raise ValueError(f"the client is still {stale}")
+        return pids
+
+    def roleLog(self, role: str) -> str:
+        """Where the local stack keeps what C{role} logged, run after run."""
+        return os.path.join(self.dir, f"{role}.log")
 
 
 def writeRelaynatFiles(d: str, take: Callable[[], int], target: str, *,
@@ -754,7 +802,7 @@ def writeRelaynatFiles(d: str, take: Callable[[], int], target: str, *,
     except LocalStackError as e:
         raise BenchError(f"the relaynat files: {e}") from None
     documents = {}
-    for role in RELAYNAT_ROLES:
+    for role in ROLES:
         with open(configs.path(role), "rb") as f:
             documents[role] = tomllib.load(f)
     relay, skeleton = documents["relay"]["relay"], documents["skeleton"]["skeleton"]
@@ -810,10 +858,12 @@ def defaultPaths() -> list[str]:
 
 
 class Relaynat(Path):
-    """The three roles as twistd processes, configured from conf/ with ports moved."""
+    """
+    The three roles as twistd processes, configured from conf/ with ports
+    moved, started by relaynat's local stack as the demo's and the tests' are.
+    """
 
     name = "relaynat"
-    ROLES = RELAYNAT_ROLES
     #: Keys set in the skeleton's [[server]] over conf/'s.
     server: dict[str, Any] = {}
 
@@ -822,48 +872,68 @@ class Relaynat(Path):
         b = self.bench
         self.files = writeRelaynatFiles(os.path.join(b.tmp, self.name), b.ports.take,
                                         f"tcp:127.0.0.1:{b.serverPort}", server=self.server)
-        self.dir = self.files.dir
-        self.clientsPort, self.skeletonsPort = self.files.clientsPort, self.files.skeletonsPort
         self.entry = self.files.entry
         self.settings = self.files.settings
+        self.pids: dict[str, int] = {}
 
     def start(self) -> None:
         if not hasattr(self, "files"):
             self.prepare()
-        self.pids: dict[str, int] = {}
-        marks = {role: logSize(self.logFile(role)) for role in self.ROLES}
+        files = self.files
+        if os.path.exists(files.ready):
+            os.remove(files.ready)
+        # One process, relaynat's local stack, starts the three roles and
+        # stops them when it is stopped; what is measured is the roles.
+        mark = logSize(self.logPath(self.name))
+        stack = self.spawn(files.serveArgv(), self.name, env=childEnvironment(),
+                           preexec_fn=serviceFileLimit, grace=STOP_BOUND + 5)
         try:
-            for role in self.ROLES:
-                proc = self.spawn(self.files.argv(role), f"{self.name}-{role}",
-                                  cwd=self.dir, preexec_fn=serviceFileLimit)
-                self.pids[role] = proc.pid
-                if role == "relay":
-                    waitFor(f"{self.name} relay", lambda: listening(self.clientsPort), 30,
-                            self.procs)
-            waitFor(f"{self.name} tunnel", lambda: echoWorks(self.entry), 30, self.procs)
-        except BenchError as e:
-            dead = [role for role, pid in self.pids.items() if not alive(pid)]
-            said = {role: lastLine(self.logFile(role), marks[role]) for role in dead}
-            raise BenchError(f"{e}" + "".join(f"; {role} logged: {line}"
-                                              for role, line in said.items())) from None
+            # The stack's own bound is the shorter: it gives up first, saying why.
+            self.pids = pollUntilBlocking(files.started, READY_BOUND + 5,
+                                          f"{self.name}'s local stack", guard=running([stack]))
+            self.waitEcho(f"{self.name} tunnel", 30)
+        except BENCH_ERRORS as e:
+            raise BenchError(f"{e}{stackSaid(self.logPath(self.name), mark)}") from None
+
+    def roots(self) -> list[int]:
+        return list(self.pids.values())
 
     def relayOnly(self) -> set[int] | None:
         return {self.pids["relay"]}
 
     def logFile(self, role: str) -> str:
-        return os.path.join(self.bench.tmp, f"{self.name}-{role}.log")
+        return self.files.roleLog(role)
 
     def logMarks(self) -> dict[str, int]:
-        return {role: os.path.getsize(self.logFile(role)) for role in self.ROLES}
+        return {role: logSize(self.logFile(role)) for role in ROLES}
 
     def logs(self, marks: dict[str, int]) -> str:
         """What the three processes logged since C{marks}."""
         text = []
-        for role in self.ROLES:
+        for role in ROLES:
             with open(self.logFile(role), errors="replace") as f:
                 f.seek(marks.get(role, 0))
                 text.append(f.read())
         return "\n".join(text)
+
+
+def stackSaid(logPath: str, since: int = 0) -> str:
+    """
+    What a local stack that ended said of it after byte C{since} of its log:
+    its line naming the role that failed, and that role's last line (a
+    skeleton refusing its file says why).
+    """
+    try:
+        with open(logPath, errors="replace") as f:
+            f.seek(since)
+            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+    except OSError:
+        return ""
+    failed = [line for line in lines if line.startswith("relaynat local stack:")]
+    if not failed:
+        return ""
+    said = f"; {failed[-1].rstrip(':')}"
+    return said if lines[-1] == failed[-1] else f"{said}; it logged: {lines[-1][-300:]}"
 
 
 class RelaynatOpen(Relaynat):
@@ -1081,7 +1151,7 @@ class Bench:
         self.quiesce(path)
         try:
             value = fn()
-        except (BenchError, OSError, subprocess.TimeoutExpired, ValueError) as e:
+        except (*BENCH_ERRORS, OSError, subprocess.TimeoutExpired, ValueError) as e:
             value = {"error": str(e)}
             log(f"{path.name} {test}: {e}")
         self.record(path.name, test, value)
@@ -1101,7 +1171,8 @@ class Bench:
         server = self.processes.start([PYTHON, os.path.join(HERE, "server.py"),
                                        str(self.serverPort)],
                                       os.path.join(self.tmp, "server.log"))
-        waitFor("echo server", lambda: echoWorks(self.serverPort), 15, [server])
+        pollUntilBlocking(lambda: echo(self.serverPort), 15, "echo server",
+                          guard=running([server]))
         for name in names:
             log(f"starting {name}")
             path = self.paths[name] = PATH_CLASSES[name](self)
@@ -1578,7 +1649,7 @@ def main() -> None:
     started = time.monotonic()
     try:
         meta = bench.run()
-    except BenchError as e:
+    except BENCH_ERRORS as e:
         log(f"error: {e}")
         bench.cleanup()
         sys.exit(1)

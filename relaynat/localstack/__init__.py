@@ -6,12 +6,14 @@ configurations in C{conf/} with their ports moved.
 Each concern has a module of its own: L{files} makes the configurations,
 keys, users and secrets; L{ports} picks free ports; L{children} starts and
 stops processes; L{waiting} waits with a bound.  L{LocalStack} puts them
-together.
+together; L{serve} runs one as a process of its own, for a program with no
+reactor (C{bench/}): C{python -m relaynat.localstack serve DIR}.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
@@ -22,6 +24,7 @@ from relaynat.link import linkFromConfig
 from relaynat.localstack.children import (
     ChildProcess,
     childEnvironment,
+    netnsExec,
     relaynatCommand,
     relaynatList,
     runCommand,
@@ -38,13 +41,14 @@ from relaynat.localstack.files import (
     endpointPort,
     moveEndpoint,
     moveEndpoints,
+    readConfigs,
     relaynatTool,
     tomlText,
     writeConfigs,
     writeKeysAndUsers,
 )
 from relaynat.localstack.ports import pickFreePort
-from relaynat.localstack.waiting import HttpGet, fetchPage, pollUntil
+from relaynat.localstack.waiting import HttpGet, fetchPage, pollUntil, pollUntilBlocking
 
 __all__ = [
     "CONF",
@@ -60,8 +64,11 @@ __all__ = [
     "fetchPage",
     "moveEndpoint",
     "moveEndpoints",
+    "netnsExec",
     "pickFreePort",
     "pollUntil",
+    "pollUntilBlocking",
+    "readConfigs",
     "relaynatCommand",
     "relaynatList",
     "relaynatTool",
@@ -81,31 +88,67 @@ class LocalStack:
     """
     The relay, a skeleton and a client as C{twistd -n} processes on
     127.0.0.1, from the example configurations with their ports moved, and
-    every server of the skeleton pointed at C{targetPort}.  L{stop} ends
-    them all, with SIGKILL for any that does not go with SIGTERM.
+    every server of the skeleton pointed at C{targetPort}; with no
+    C{targetPort}, from the files L{writeConfigs} and L{writeKeysAndUsers}
+    left in C{workDir} before (with whatever hosts and overrides).  A role
+    named in C{namespaces} runs in that network namespace (C{ip netns exec}).
+    L{stop} ends them all, with SIGKILL for any that does not go with SIGTERM.
     """
 
-    def __init__(self, reactor: Any, workDir: str, targetPort: int, confDir: str = CONF) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        workDir: str,
+        targetPort: int | None = None,
+        confDir: str = CONF,
+        namespaces: Mapping[str, str] | None = None,
+    ) -> None:
         self.reactor = reactor
         self.workDir = os.path.abspath(workDir)
-        self.configs = writeConfigs(self.workDir, targetPort, confDir)
-        #: The tool commands that made the keys, users and secrets.
-        self.setup = writeKeysAndUsers(self.configs)
+        if targetPort is None:
+            self.configs = readConfigs(self.workDir)
+            #: The tool commands that made the keys, users and secrets.
+            self.setup: list[str] = []
+        else:
+            self.configs = writeConfigs(self.workDir, targetPort, confDir)
+            self.setup = writeKeysAndUsers(self.configs)
+        self.namespaces = dict(namespaces or {})
         self.children: dict[str, ChildProcess] = {}
         self.stopping = False
 
     def start(self) -> None:
         """Start the three processes (each logs to C{ROLE.log})."""
         for role in ROLES:
-            argv = twistdCommand() + twistdArguments(role, self.configs.path(role))
-            self.children[role] = spawn(
-                self.reactor,
-                role,
-                argv,
-                cwd=self.workDir,
-                logPath=os.path.join(self.workDir, f"{role}.log"),
-                ownGroup=True,
-            )
+            self.startRole(role)
+
+    def startRole(self, role: str) -> ChildProcess:
+        """Start one role's process; it logs to C{ROLE.log}, after what it logged before."""
+        if self.stopping:
+            raise LocalStackError(f"not starting the {role}: the stack is stopping")
+        argv = twistdCommand() + twistdArguments(role, self.configs.path(role))
+        namespace = self.namespaces.get(role)
+        if namespace is not None:
+            argv = [*netnsExec(namespace), *argv]
+        child = self.children[role] = spawn(
+            self.reactor,
+            role,
+            argv,
+            cwd=self.workDir,
+            logPath=os.path.join(self.workDir, f"{role}.log"),
+            ownGroup=True,
+        )
+        return child
+
+    async def restart(self, role: str, timeout: float = 10.0) -> ChildProcess:
+        """
+        Stop one role (as L{stop} does) and start it again; the new process.
+        The old one leaves L{children} first, so whoever watches for a role
+        that ends on its own can tell this end from one.
+        """
+        old = self.children.pop(role, None)
+        if old is not None:
+            await old.stop(self.reactor, timeout)
+        return self.startRole(role)
 
     def checkAlive(self) -> None:
         """Raise L{LocalStackError} with its log if a process has ended."""

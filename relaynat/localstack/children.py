@@ -7,6 +7,7 @@ bound (SIGTERM, then SIGKILL).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 from typing import Any
@@ -39,6 +40,20 @@ def twistdArguments(role: str, configPath: str) -> list[str]:
     return ["-n", "--pidfile=", role, "--config", configPath]
 
 
+def netnsExec(namespace: str) -> list[str]:
+    """
+    The command prefix that runs a command in network namespace
+    C{namespace}: C{ip netns exec}, by its full path (a process group of its
+    own is made by exec, which takes no search of C{PATH}).
+    """
+    ip = shutil.which("ip") or next(
+        (p for p in ("/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip") if os.access(p, os.X_OK)), None
+    )
+    if ip is None:
+        raise LocalStackError("no ip(8) to run a role in a network namespace: install iproute2")
+    return [ip, "netns", "exec", namespace]
+
+
 def relaynatCommand() -> list[str]:
     """The C{relaynat} command of the Python running this."""
     script = os.path.join(os.path.dirname(sys.executable), "relaynat")
@@ -66,8 +81,9 @@ def childEnvironment(sourceFirst: bool = True) -> dict[str, str]:
 
 class ChildProcess(ProcessProtocol):
     """
-    A child process: its output kept, and copied to C{logPath} if given; its
-    end reported to whoever waits with L{ended}.
+    A child process: its output kept, and copied to C{logPath} if given
+    (after what is there: a role started again keeps its predecessor's
+    lines); its end reported to whoever waits with L{ended}.
     """
 
     def __init__(self, name: str, logPath: str | None = None) -> None:
@@ -76,7 +92,7 @@ class ChildProcess(ProcessProtocol):
         self.output = bytearray()
         self.stdout = bytearray()
         self.status: Failure | None = None
-        self._log = open(logPath, "wb") if logPath else None
+        self._log = open(logPath, "ab") if logPath else None
         self._waiters: list[Deferred[None]] = []
 
     @property

@@ -21,7 +21,14 @@ import attrs
 import relaynat
 from relaynat.cli import Options as CommandOptions
 from relaynat.cli import runLocal
-from relaynat.config import clientConfig, parseToml, readToml, relayConfig, skeletonConfig
+from relaynat.config import (
+    ConfigError,
+    clientConfig,
+    parseToml,
+    readToml,
+    relayConfig,
+    skeletonConfig,
+)
 from relaynat.identity import CERT_FILE, KEY_FILE
 from relaynat.localstack.errors import LocalStackError
 from relaynat.localstack.ports import pickFreePort
@@ -292,6 +299,32 @@ def writeConfigs(
         targetPort=targetPort,
         tunnelPorts=tunnelPorts,
         servers=tuple((s.id, s.description) for s in servers.servers),
+    )
+
+
+def readConfigs(workDir: str) -> StackConfigs:
+    """
+    The stack whose three files L{writeConfigs} wrote in C{workDir} (with
+    whatever hosts and overrides), read back from them as the roles will
+    read them: a stack made once and started again, or by another process.
+    """
+    paths = {role: os.path.join(os.path.abspath(workDir), f"{role}.toml") for role in ROLES}
+    try:
+        relay = relayConfig(readToml(paths["relay"]), paths["relay"])
+        skeleton = skeletonConfig(readToml(paths["skeleton"]), paths["skeleton"])
+        client = clientConfig(readToml(paths["client"]), paths["client"])
+    except ConfigError as e:
+        raise LocalStackError(f"no local stack in {workDir}: {e}") from None
+    return StackConfigs(
+        relay=paths["relay"],
+        skeleton=paths["skeleton"],
+        client=paths["client"],
+        clientsPort=endpointPort(relay.clients, True),
+        skeletonsPort=endpointPort(relay.skeletons, True),
+        webPort=None if relay.web is None else endpointPort(relay.web, True),
+        targetPort=endpointPort(skeleton.servers[0].target, False),
+        tunnelPorts=tuple(endpointPort(t.listen, True) for t in client.tunnels),
+        servers=tuple((s.id, s.description) for s in skeleton.servers),
     )
 
 

@@ -1,10 +1,13 @@
 """
-Waiting, with a bound, on the reactor: the one polling helper of the demo and
-the tests, and the HTTP GET the demo and the tests poll with.
+Waiting, with a bound: the one polling helper of the demo, the tests and
+C{bench/}, on the reactor (L{pollUntil}) or, for a program without one,
+blocking (L{pollUntilBlocking}); and the HTTP GET the demo and the tests poll
+with.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,6 +24,22 @@ T = TypeVar("T")
 # Waiting, with a bound.
 
 
+class _Bound:
+    """
+    How long a wait may last, on C{clock}, and what it says when that has
+    passed: the part both ways of waiting share.
+    """
+
+    def __init__(self, clock: Callable[[], float], timeout: float, what: str) -> None:
+        self.clock, self.timeout, self.what = clock, timeout, what
+        self.deadline = clock() + timeout
+
+    def check(self, error: Exception) -> None:
+        """Raise L{LocalStackError} if the time is up; C{error} is the last try's."""
+        if self.clock() > self.deadline:
+            raise LocalStackError(f"{self.what}: not within {self.timeout:g} s: {error}") from error
+
+
 async def pollUntil(
     reactor: Any,
     attempt: Callable[[], Awaitable[T]],
@@ -33,7 +52,7 @@ async def pollUntil(
     Call C{attempt} until it returns without raising, every C{step} seconds
     for at most C{timeout} seconds; C{guard} may raise to give up early.
     """
-    deadline = reactor.seconds() + timeout
+    bound = _Bound(reactor.seconds, timeout, what)
     while True:
         if guard is not None:
             guard()
@@ -42,9 +61,33 @@ async def pollUntil(
         except LocalStackError:
             raise
         except Exception as e:  # not yet: try again
-            if reactor.seconds() > deadline:
-                raise LocalStackError(f"{what}: not within {timeout:g} s: {e}") from e
+            bound.check(e)
         await deferLater(reactor, step, lambda: None)
+
+
+def pollUntilBlocking(
+    attempt: Callable[[], T],
+    timeout: float,
+    what: str,
+    step: float = 0.1,
+    guard: Callable[[], None] | None = None,
+) -> T:
+    """
+    L{pollUntil} for a program with no reactor (C{bench/}, which measures
+    with plain sockets and processes): the same tries, bound and message,
+    sleeping this thread C{step} seconds between tries.
+    """
+    bound = _Bound(time.monotonic, timeout, what)
+    while True:
+        if guard is not None:
+            guard()
+        try:
+            return attempt()
+        except LocalStackError:
+            raise
+        except Exception as e:  # not yet: try again
+            bound.check(e)
+        time.sleep(step)
 
 
 class HttpGet(Protocol):
