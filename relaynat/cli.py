@@ -177,16 +177,3 @@ def _inReactor(reactor: Any, run: Callable[..., Coroutine[Any, Any, int]], optio
     return ensureDeferred(running())
 
 
-class Options:
-    """
-    The command line parsed the way the old C{usage.Options} did, kept only
-    for L{relaynat.localstack.files.relaynatTool} until it calls L{parse}
-    (C{parse(argv)} gives C{.name} and C{.options} for L{runLocal}).
-    """
-
-    subCommand: str | None = None
-    subOptions: Any = None
-
-    def parseOptions(self, argv: Sequence[str]) -> None:
-        invocation = parse(argv)
-        self.subCommand, self.subOptions = invocation.name, invocation.options

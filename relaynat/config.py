@@ -139,17 +139,6 @@ class ClientConfig:
     metrics: str | None = None
 
 
-def readToml(path: str) -> dict[str, Any]:
-    """The TOML document in C{path}, or a L{ConfigError} naming the file."""
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(path, "(file)", e.strerror or str(e)) from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, "(syntax)", str(e)) from e
-
-
 def parseToml(text: str, source: str = "<string>") -> dict[str, Any]:
     """The TOML document in C{text}."""
     try:
@@ -535,26 +524,3 @@ def _unique(source: str, key: str, values: Iterable[str], what: str) -> None:
         if value in seen:
             raise ConfigError(source, key, f"{what} {value!r} appears twice")
         seen.add(value)
-
-
-def withFlags(
-    document: dict[str, Any],
-    table: str,
-    flags: dict[str, Any],
-    arrays: dict[str, list[dict[str, Any]]] | None = None,
-) -> dict[str, Any]:
-    """
-    C{document} with command-line values laid over it: C{flags} replace keys
-    of C{[table]} (None means not given), C{arrays} add entries to
-    C{[[array]]}s.
-    """
-    merged = dict(document)
-    given = {key: value for key, value in flags.items() if value is not None}
-    if given:
-        section = merged.get(table, {})
-        merged[table] = {**section, **given} if isinstance(section, dict) else section
-    for key, entries in (arrays or {}).items():
-        if entries:
-            existing = merged.get(key, [])
-            merged[key] = (list(existing) if isinstance(existing, list) else existing) + entries
-    return merged

@@ -19,8 +19,7 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred
 
 from relaynat.client import listServers
-from relaynat.config import clientConfig, readToml
-from relaynat.link import linkFromConfig
+from relaynat.load import loadClient, readConfig
 from relaynat.localstack.children import (
     ChildProcess,
     childEnvironment,
@@ -160,8 +159,8 @@ class LocalStack:
 
     async def listing(self, timeout: float = 5.0) -> list[dict[str, Any]]:
         """What the relay lists now for the client's user, asked in this process."""
-        access = clientConfig(readToml(self.configs.client), self.configs.client).access
-        d = ensureDeferred(listServers(linkFromConfig(access, self.reactor)))
+        access = loadClient(*readConfig(self.configs.client)).access
+        d = ensureDeferred(listServers(access.link(self.reactor)))
         d.addTimeout(timeout, self.reactor)
         return await d
 

@@ -19,17 +19,16 @@ from typing import Any
 import attrs
 
 import relaynat
-from relaynat.cli import Options as CommandOptions
-from relaynat.cli import runLocal
+from relaynat.cli import parse, runLocal
 from relaynat.config import (
     ConfigError,
     clientConfig,
     parseToml,
-    readToml,
     relayConfig,
     skeletonConfig,
 )
 from relaynat.identity import CERT_FILE, KEY_FILE
+from relaynat.load import readConfig
 from relaynat.localstack.errors import LocalStackError
 from relaynat.localstack.ports import pickFreePort
 
@@ -247,7 +246,7 @@ def writeConfigs(
     C{[[server]]}.  The files are checked by L{relaynat.config} as the roles
     will check them.
     """
-    documents = {role: readToml(os.path.join(confDir, f"{role}.toml")) for role in ROLES}
+    documents = {role: _parsed(os.path.join(confDir, f"{role}.toml")) for role in ROLES}
     ports: dict[int, int] = {}
 
     def move(old: int, new: int) -> int:
@@ -310,9 +309,9 @@ def readConfigs(workDir: str) -> StackConfigs:
     """
     paths = {role: os.path.join(os.path.abspath(workDir), f"{role}.toml") for role in ROLES}
     try:
-        relay = relayConfig(readToml(paths["relay"]), paths["relay"])
-        skeleton = skeletonConfig(readToml(paths["skeleton"]), paths["skeleton"])
-        client = clientConfig(readToml(paths["client"]), paths["client"])
+        relay = relayConfig(_parsed(paths["relay"]), paths["relay"])
+        skeleton = skeletonConfig(_parsed(paths["skeleton"]), paths["skeleton"])
+        client = clientConfig(_parsed(paths["client"]), paths["client"])
     except ConfigError as e:
         raise LocalStackError(f"no local stack in {workDir}: {e}") from None
     return StackConfigs(
@@ -331,16 +330,19 @@ def readConfigs(workDir: str) -> StackConfigs:
 # The relay's key, the users and the servers' secrets.
 
 
+def _parsed(path: str) -> dict[str, Any]:
+    """The role's file at C{path}, parsed (the files it names may not exist yet)."""
+    return parseToml(*readConfig(path))
+
+
 def relaynatTool(*argv: str) -> str:
     """
     Run one of the C{relaynat} tools that need no network (C{keygen},
     C{passwd}, C{secret}) in this process, as the command would; its output.
     """
-    options = CommandOptions()
-    options.parseOptions(list(argv))
-    assert options.subCommand is not None
+    invocation = parse(list(argv))
     out, err = io.StringIO(), io.StringIO()
-    if runLocal(options.subCommand, options.subOptions, out, err) != 0:
+    if runLocal(invocation.name, invocation.options, out, err) != 0:
         raise LocalStackError(f"relaynat {' '.join(argv)}: {err.getvalue().strip()}")
     return out.getvalue()
 
@@ -369,9 +371,9 @@ def writeKeysAndUsers(
     client.  The certificate names C{names}, the hosts the relay is reached
     by.  Returns the commands, as a user would type them.
     """
-    relay = relayConfig(readToml(configs.relay), configs.relay)
-    skeleton = skeletonConfig(readToml(configs.skeleton), configs.skeleton)
-    client = clientConfig(readToml(configs.client), configs.client)
+    relay = relayConfig(_parsed(configs.relay), configs.relay)
+    skeleton = skeletonConfig(_parsed(configs.skeleton), configs.skeleton)
+    client = clientConfig(_parsed(configs.client), configs.client)
     typed: list[str] = []
 
     def run(*argv: str) -> None:

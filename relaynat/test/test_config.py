@@ -33,15 +33,13 @@ from relaynat.config import (
     clientConfig,
     hostOf,
     parseToml,
-    readToml,
     relayConfig,
     skeletonConfig,
     splitAssignment,
     withDefaultBacklog,
-    withFlags,
 )
 from relaynat.identity import fingerprintOfFile, generate, writePrivate
-from relaynat.load import LoadedClient, LoadedRelay, LoadedSkeleton
+from relaynat.load import LoadedClient, LoadedRelay, LoadedSkeleton, readConfig
 from relaynat.names import checkServerId, printable
 from relaynat.secret import generateSecret, loadSecret
 from relaynat.tap import client as clientTap
@@ -127,7 +125,7 @@ class ConfigErrorMixin:
 
 
 class TomlTests(SynchronousTestCase):
-    """L{parseToml} and L{readToml}."""
+    """L{parseToml}, and L{readConfig}'s text parsed."""
 
     def test_parseGood(self) -> None:
         """A TOML string becomes its document."""
@@ -160,23 +158,23 @@ class TomlTests(SynchronousTestCase):
         self.assertEqual(error.source, "<string>")
 
     def test_readFile(self) -> None:
-        """L{readToml} reads a file into its document."""
+        """A file's text parses into its document."""
         path = self.mktemp()
         with open(path, "w") as f:
             f.write(RELAY)
-        self.assertEqual(readToml(path)["relay"]["clients"], "tcp:7000")
+        self.assertEqual(parseToml(*readConfig(path))["relay"]["clients"], "tcp:7000")
 
     def test_readMissingFile(self) -> None:
         """A file that does not exist is reported with its path."""
         path = self.mktemp()
-        error = self.assertRaises(ConfigError, readToml, path)
+        error = self.assertRaises(ConfigError, lambda: parseToml(*readConfig(path)))
         self.assertEqual(str(error), f"{path}: (file): No such file or directory")
 
     def test_readDirectory(self) -> None:
         """A directory given as the file is reported with its path."""
         path = self.mktemp()
         os.mkdir(path)
-        error = self.assertRaises(ConfigError, readToml, path)
+        error = self.assertRaises(ConfigError, lambda: parseToml(*readConfig(path)))
         self.assertEqual(str(error), f"{path}: (file): Is a directory")
 
     def test_readBadSyntax(self) -> None:
@@ -184,7 +182,7 @@ class TomlTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write('[relay]\nclients = "tcp:7000\n')
-        error = self.assertRaises(ConfigError, readToml, path)
+        error = self.assertRaises(ConfigError, lambda: parseToml(*readConfig(path)))
         self.assertEqual((error.source, error.key), (path, "(syntax)"))
         self.assertIn("line 2", str(error))
 
@@ -200,7 +198,7 @@ class TomlTests(SynchronousTestCase):
         ]
         for name, build in builds:
             path = os.path.join(conf, name)
-            build(readToml(path), path)
+            build(parseToml(*readConfig(path)), path)
 
 
 class RelayConfigTests(ConfigErrorMixin, SynchronousTestCase):
@@ -905,54 +903,6 @@ class BacklogTests(SynchronousTestCase):
         """Endpoints that are not TCP are left alone."""
         for description in ["unix:/tmp/s", "systemd:domain=INET:index=0", "onion:80"]:
             self.assertEqual(withDefaultBacklog(description), description)
-
-
-class WithFlagsTests(SynchronousTestCase):
-    """L{withFlags}: the command line laid over a document."""
-
-    def test_flagsReplaceKeys(self) -> None:
-        """Given flags replace the table's keys; others stay."""
-        document = {"relay": {"clients": "tcp:1", "skeletons": "tcp:2"}}
-        merged = withFlags(document, "relay", {"clients": "tcp:9"})
-        self.assertEqual(merged, {"relay": {"clients": "tcp:9", "skeletons": "tcp:2"}})
-
-    def test_noneMeansNotGiven(self) -> None:
-        """A flag that is None does not erase the file's value."""
-        document = {"relay": {"clients": "tcp:1"}}
-        self.assertEqual(withFlags(document, "relay", {"clients": None}), document)
-
-    def test_tableCreated(self) -> None:
-        """Flags alone make the table."""
-        self.assertEqual(
-            withFlags({}, "client", {"relay": "tcp:h:1", "other": None}),
-            {"client": {"relay": "tcp:h:1"}},
-        )
-
-    def test_arraysAppended(self) -> None:
-        """Array entries from flags come after the file's."""
-        document = {"server": [{"id": "a"}]}
-        merged = withFlags(document, "skeleton", {}, {"server": [{"id": "b"}]})
-        self.assertEqual(merged["server"], [{"id": "a"}, {"id": "b"}])
-
-    def test_emptyArraysAddNothing(self) -> None:
-        """An empty array of flags does not add the key."""
-        self.assertEqual(withFlags({}, "client", {}, {"tunnel": []}), {})
-
-    def test_documentUnchanged(self) -> None:
-        """The document given is not modified."""
-        document = {"skeleton": {"pool": 1}, "server": [{"id": "a"}]}
-        withFlags(document, "skeleton", {"pool": 2}, {"server": [{"id": "b"}]})
-        self.assertEqual(document, {"skeleton": {"pool": 1}, "server": [{"id": "a"}]})
-
-    def test_nonTableLeftForTheCheck(self) -> None:
-        """
-        A section that is not a table is left as it is, so that the
-        configuration check reports it rather than the flags hiding it.
-        """
-        merged = withFlags({"relay": 5}, "relay", {"clients": "tcp:1"})
-        self.assertEqual(merged, {"relay": 5})
-        error = self.assertRaises(ConfigError, relayConfig, merged, "r")
-        self.assertEqual(str(error), "r: relay: must be a table")
 
 
 #: Ids without '=' (and non-empty), and endpoints that may contain '='.

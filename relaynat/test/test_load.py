@@ -107,6 +107,13 @@ class LoadTests(FilesMixin, SynchronousTestCase):
         self.assertEqual([s.id for s in loaded.config.servers], ["web", "db"])
         self.assertEqual(loaded.secrets["db"], loadSecret(other))
 
+    def test_flagsOverNoTable(self) -> None:
+        """A section that is not a table is left for the check to say, not hidden by flags."""
+        error = self.assertRaises(
+            ConfigError, loadRelay, "relay = 5\n", self.source, Flags({"clients": "tcp:1"})
+        )
+        self.assertEqual(str(error), f"{self.source}: relay: must be a table")
+
     def test_secretForNoServer(self) -> None:
         error = self.assertRaises(
             ConfigError, loadSkeleton, SKELETON, self.source, Flags(secrets={"wbe": self.web})
