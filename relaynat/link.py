@@ -86,6 +86,14 @@ class RelayUnproven(LoginFailed):
     """The relay's last login step did not prove that it knows this user's verifier."""
 
 
+class LoginRefused(LoginFailed):
+    """
+    The relay checked this user's proof and refused it: the password is
+    wrong, or the relay has no such user (it does not say which).  Its
+    other refusals (too many attempts) come at the first step.
+    """
+
+
 @attrs.frozen
 class Credentials:
     """A user's name and password; the password never leaves this process."""
@@ -198,7 +206,10 @@ class RelayLink:
                     channel.callRemote(Tickets, server=serverId, count=TICKET_BATCH),
                     finishing,
                 )
-            final = await finishing
+            try:
+                final = await finishing
+            except LoginFailed as e:
+                raise LoginRefused(*e.args) from e
             scram.set_server_final(final["message"])
         except ScramException as e:
             channel.transport.abortConnection()
@@ -430,13 +441,16 @@ class FailureNotes:
 
     def __init__(self) -> None:
         self._last: str | None = None
+        #: Why the last attempt failed, in a few words; None after a success.
+        self.reason: str | None = None
 
     def succeeded(self) -> None:
         self._last = None
+        self.reason = None
 
     def failed(self, error: BaseException, channel: ControlChannel, timeout: float) -> None:
         """Log why C{channel}'s attempt failed with C{error}, unless it was said last."""
-        level, text, fields = _describe(error, channel, timeout)
+        level, text, fields, self.reason = _describe(error, channel, timeout)
         # Numbers do not make a failure a new one: the minutes of the
         # relay's lock-out count down from one retry to the next.
         said = re.sub(r"\d+", "#", text.format(**fields))
@@ -448,28 +462,50 @@ class FailureNotes:
 
 def _describe(
     error: BaseException, channel: ControlChannel, timeout: float
-) -> tuple[LogLevel, str, dict[str, object]]:
-    """How to log the failure C{error} of an attempt: its level, format and fields."""
+) -> tuple[LogLevel, str, dict[str, object], str]:
+    """
+    How to log the failure C{error} of an attempt: its level, format and
+    fields; and the reason in a few words, for the line of each retry.
+    """
     link = channel.link
     why = str(error) or repr(error)
     if isinstance(error, LoginFailed) and not isinstance(error, RelayUnproven):
-        where = f" in {link.passwordFile}" if link.passwordFile else ""
+        if isinstance(error, LoginRefused):
+            why = "wrong password or unknown user"
+        where = f" {link.passwordFile}" if link.passwordFile else ""
         return (
             LogLevel.error,
-            "login as {user} refused: {why}; check the user name and the password{where}",
-            {"user": link.credentials.user, "why": why, "where": where},
+            "login as {user} refused: {why}; check password_file{where} and user in [{role}]",
+            {"user": link.credentials.user, "why": why, "where": where, "role": channel.role},
+            f"login refused: {why}",
         )
-    if isinstance(error, (RelayKeyMismatch, RelayUnproven)):
-        return LogLevel.error, "no control connection to the relay: {why}", {"why": why}
+    if isinstance(error, RelayKeyMismatch):
+        short = f"its key {error.seen} is not the pinned one"
+        return LogLevel.error, "no control connection to the relay: {why}", {"why": why}, short
+    if isinstance(error, RelayUnproven):
+        short = "it did not prove that it knows this user"
+        return LogLevel.error, "no control connection to the relay: {why}", {"why": why}, short
     if isinstance(error, RelaynatError):
         return (
             LogLevel.error,
             "the relay refused this {role}: {why}",
             {"role": channel.role, "why": why},
+            f"refused: {why}",
         )
+    short = why
     if isinstance(error, defer.TimeoutError):
+        short = f"not ready within {timeout:g} s"
         why = f"it was not ready within {timeout:g} s (TLS, login); trying again"
-    return LogLevel.warn, "no control connection to the relay: {why}", {"why": why}
+    elif isinstance(error, RelayUnreachable) and error.__cause__ is not None:
+        # What the network said (connection refused, no route), without
+        # "cannot reach the relay", which the retry's line says already.
+        short = str(error.__cause__) or repr(error.__cause__)
+    return (
+        LogLevel.warn,
+        "no control connection to the relay: {why}",
+        {"why": why},
+        short.rstrip("."),
+    )
 
 
 @implementer(IStreamClientEndpoint)
@@ -505,8 +541,12 @@ class LoginEndpoint:
         self.notes = FailureNotes()
 
     def __repr__(self) -> str:
-        # As ClientService's "Scheduling retry N to connect ..." names it.
-        return "the relay"
+        # As ClientService's "Scheduling retry N to connect ... in D
+        # seconds." names it: with why the last attempt failed, so that
+        # each retry's line says why as well as when.
+        if self.notes.reason is None:
+            return "the relay"
+        return f"the relay (last try: {self.notes.reason})"
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         channel = self.channels()
@@ -580,7 +620,9 @@ class ControlService(ClientService):
         if self._atOnce:
             self._atOnce = False
             return 0.0
-        return self._retryPolicy(attempt)
+        # To the hundredth of a second: ClientService's retry line shows the
+        # delay as it is, and a jitter's sixteen digits say nothing more.
+        return round(self._retryPolicy(attempt), 2)
 
     def reconnect(self) -> None:
         """

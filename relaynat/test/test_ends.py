@@ -123,11 +123,17 @@ class RefusedLoginTests(TestCase):
         self.addCleanup(service.stopService)
         return service
 
-    async def assertRefusedQuietly(self, link: RelayLink, channels: Counted) -> None:
+    async def assertRefusedQuietly(
+        self,
+        link: RelayLink,
+        channels: Counted,
+        role: str = "client",
+        why: str = "wrong password or unknown user",
+    ) -> None:
         """
-        Over four retries, one line says why, and no refused connection
-        stays open: once the fifth is refused, the connections are those
-        there were before.
+        Over four retries, one line says C{why} and what to check, and no
+        refused connection stays open: once the fifth is refused, the
+        connections are those there were before.
         """
         events = said(self)
         baseline = len(openConnections())
@@ -141,10 +147,13 @@ class RefusedLoginTests(TestCase):
         await service.stopService()
         self.assertEqual([c.connected for c in channels.made], [False] * len(channels.made))
         await pollUntil(lambda: len(openConnections()) == baseline)
-        [line] = lines(events)
-        self.assertIn("login as alice refused: ", line)
-        self.assertIn("unknown user or wrong password", line)
-        self.assertIn("check the user name and the password in /etc/relaynat/alice.password", line)
+        self.assertEqual(
+            lines(events),
+            [
+                f"login as alice refused: {why}; check password_file"
+                f" /etc/relaynat/alice.password and user in [{role}]"
+            ],
+        )
 
     @runAsync
     async def test_clientWrongPassword(self) -> None:
@@ -167,7 +176,9 @@ class RefusedLoginTests(TestCase):
         skeleton = Skeleton(
             link, "second", {"other": FrontedServer("other", "", SOMEWHERE, b"s" * 32)}
         )
-        await self.assertRefusedQuietly(link, Counted(lambda: SkeletonControl(skeleton)))
+        await self.assertRefusedQuietly(
+            link, Counted(lambda: SkeletonControl(skeleton)), role="skeleton"
+        )
         self.assertEqual([s["id"] for s in stack.relay.registry.listing()], ["echo"])
 
     @runAsync
@@ -176,6 +187,8 @@ class RefusedLoginTests(TestCase):
         A refused login's connection is dropped by the end that was refused,
         not left to the relay: against one that keeps it open (as the relay
         did until it learnt to close it), four retries leave nothing open.
+        (It refuses at the first step, as the relay refuses too many
+        attempts: its reason is passed on.)
         """
         directory = self.mktemp()
         os.makedirs(directory)
@@ -191,7 +204,11 @@ class RefusedLoginTests(TestCase):
             reactor,
             passwordFile="/etc/relaynat/alice.password",
         )
-        await self.assertRefusedQuietly(link, Counted(lambda: ClientControl(link)))
+        await self.assertRefusedQuietly(
+            link,
+            Counted(lambda: ClientControl(link)),
+            why="login failed: unknown user or wrong password",
+        )
 
     @runAsync
     async def test_wrongRelayKey(self) -> None:
@@ -525,10 +542,10 @@ class FailureNotesTests(SynchronousTestCase):
             lines(events),
             [
                 "login as alice refused: login failed: unknown user or wrong password;"
-                " check the user name and the password in /etc/relaynat/alice.password",
+                " check password_file /etc/relaynat/alice.password and user in [client]",
                 "login as alice refused: too many failed logins from this address;"
-                " try again in 15 min; check the user name and the password in"
-                " /etc/relaynat/alice.password",
+                " try again in 15 min; check password_file /etc/relaynat/alice.password"
+                " and user in [client]",
                 "no control connection to the relay: cannot reach the relay: connection refused",
                 "no control connection to the relay: cannot reach the relay: connection refused",
             ],
