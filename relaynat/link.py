@@ -20,7 +20,7 @@ from scramp import ScramClient, ScramException
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, ssl
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import clientFromString, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.error import ConnectingCancelledError, ConnectionLost
 from twisted.internet.interfaces import (
     IProtocol,
@@ -35,16 +35,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaynat.channel import CLOSE_GRACE, Channel
-from relaynat.config import ConfigError, RelayAccess
 from relaynat.identity import (
-    IdentityError,
     PinnedRelay,
     RelayKeyMismatch,
-    fingerprintOfFile,
     serverEndPoint,
     trustRootFromPem,
 )
-from relaynat.private import PrivateFileError, readPrivate
 from relaynat.splice import OneProtocolFactory
 from relaynat.wire import (
     HEARTBEAT,
@@ -663,53 +659,3 @@ class ControlService(ClientService):
 
         stopping.addBoth(done)
         return stopped
-
-
-def linkFromConfig(access: RelayAccess, reactor: Any) -> RelayLink:
-    """
-    The L{RelayLink} a skeleton's or client's configuration describes,
-    with its files read now: a missing or bad file is a L{ConfigError}.
-    """
-    password = _readPassword(access.password_file)
-    if access.relay_verify == "hostname":
-        assert access.relay_name is not None
-        caPem = None
-        if access.relay_ca is not None:
-            caPem = _readFile(access.relay_ca, "relay_ca")
-        try:
-            verifier = hostnameVerifier(access.relay_name, caPem)
-        except IdentityError as e:
-            raise ConfigError(access.relay_ca or "relay_ca", "relay_ca", str(e)) from None
-    else:
-        assert access.relay_key is not None
-        expected = access.relay_key
-        if not expected.startswith("sha256:"):
-            try:
-                expected = fingerprintOfFile(expected)
-            except IdentityError as e:
-                raise ConfigError(access.relay_key, "relay_key", str(e)) from None
-        verifier = PinnedRelay(expected)
-    endpoint = clientFromString(reactor, access.relay)
-    return RelayLink(
-        endpoint, verifier, Credentials(access.user, password), reactor, access.password_file
-    )
-
-
-def _readFile(path: str, key: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ConfigError(path, key, e.strerror or str(e)) from None
-
-
-def _readPassword(path: str) -> str:
-    # The password file is held to the rule of every private file.
-    try:
-        data = readPrivate(path)
-    except PrivateFileError as e:
-        raise ConfigError(e.path, "password_file", e.problem) from None
-    lines = data.decode("utf-8", "replace").splitlines()
-    if not lines or not lines[0]:
-        raise ConfigError(path, "password_file", "the first line must hold the password")
-    return lines[0]
