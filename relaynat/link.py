@@ -607,35 +607,14 @@ class ControlService(ClientService):
         if retryPolicy is None:
             retryPolicy = backoffPolicy()
         self._retryPolicy = retryPolicy
-        self._atOnce = False
         super().__init__(
             self.ready, Factory.forProtocol(Protocol), retryPolicy=self._delay, clock=clock
         )
 
     def _delay(self, attempt: int) -> float:
-        if self._atOnce:
-            self._atOnce = False
-            return 0.0
         # To the hundredth of a second: ClientService's retry line shows the
         # delay as it is, and a jitter's sixteen digits say nothing more.
         return round(self._retryPolicy(attempt), 2)
-
-    def reconnect(self) -> None:
-        """
-        Replace the ready connection with a new one at once, not after the
-        back-off a lost connection waits: what it registered is no longer
-        what this end offers (a reload changed it).  With no ready
-        connection there is nothing to do: the next attempt prepares what
-        is current.
-        """
-        channel = self.ready.current
-        if channel is None or not channel.connected:
-            return
-        self._atOnce = True
-        # Dropped, not closed with TLS's goodbye: the relay forgets it now,
-        # before the new connection's registration arrives, and one that
-        # cannot be reached does not hold the reload.
-        _drop(channel)
 
     def stopService(self) -> Deferred[None]:
         # ClientService closes a ready connection with TLS's goodbye and

@@ -152,9 +152,7 @@ class Skeleton:
         )
         return registration
 
-    def reconfigure(
-        self, servers: Mapping[str, FrontedServer], name: str, pool: int
-    ) -> bool:
+    def reconfigure(self, servers: Mapping[str, FrontedServer], name: str, pool: int) -> None:
         """
         Take a reloaded configuration: C{servers} to front from now on, the
         unchanged ones the same objects as before.  If the registration
@@ -166,9 +164,6 @@ class Skeleton:
         the relay's pool is refilled with the new settings, and so does a
         removed one once the relay has taken the new set; open tunnels
         finish as they began.
-
-        Returns False: nobody needs to make a new control connection for the
-        relay to learn of the change.  (It said True when they did.)
         """
         # Forgotten once gone from the file: added again later, it is tried again.
         self.withdrawn &= set(servers)
@@ -203,7 +198,6 @@ class Skeleton:
         for end in list(self.dataConnections):
             if end.server.id in closing and end.unused():
                 end.transport.loseConnection()
-        return False
 
     def registered(self, registration: Registration) -> None:
         """

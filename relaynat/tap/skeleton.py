@@ -10,7 +10,6 @@ from twisted.python.usage import UsageError
 from twisted.web.server import Site
 
 from relaynat.config import ConfigError, ServerConfig, splitAssignment
-from relaynat.link import ControlService
 from relaynat.load import Flags, LoadedSkeleton, loadSkeleton
 from relaynat.metrics import skeletonRegistry
 from relaynat.skeleton import FrontedServer, Skeleton, SkeletonControl
@@ -63,11 +62,9 @@ class Options(AccessOptions):
 class SkeletonReload:
     """
     The skeleton's reload: its file read again, its servers compared with
-    the running ones by configuration and secret.  Added, removed or
-    described anew, they are registered anew: the relay takes one
-    registration per control connection, so the connection is made again
-    at once.  Its open tunnels are data connections and stay, and so do
-    the client's ready ones; the idle pool is refilled.
+    the running ones by configuration and secret, and the new set sent to
+    the relay on the control connection, which stays up (L{Skeleton.reconfigure}):
+    unchanged servers are never offline, and open tunnels carry on.
     """
 
     def __init__(
@@ -75,10 +72,9 @@ class SkeletonReload:
         options: Options,
         loaded: LoadedSkeleton,
         skeleton: Skeleton,
-        control: ControlService,
         reactor: Any,
     ) -> None:
-        self.options, self.skeleton, self.control = options, skeleton, control
+        self.options, self.skeleton = options, skeleton
         self.reactor = reactor
         self.config = loaded.config
         #: Each configured server as read, its secret, and what fronts it.
@@ -103,8 +99,7 @@ class SkeletonReload:
                 self.running[s.id] = (s, secrets[s.id], fronted)
         self.config = config
         servers = {serverId: f for serverId, (_, _, f) in self.running.items()}
-        if self.skeleton.reconfigure(servers, config.name, config.pool):
-            self.control.reconnect()
+        self.skeleton.reconfigure(servers, config.name, config.pool)
 
 
 def front(server: ServerConfig, secret: bytes, reactor: Any) -> FrontedServer:
@@ -129,11 +124,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     servers = {s.id: front(s, loaded.secrets[s.id], reactor) for s in config.servers}
     skeleton = Skeleton(link, config.name, servers, config.pool)
     service = MultiService()
-    control = controlService(link, lambda: SkeletonControl(skeleton), reactor)
-    control.setServiceParent(service)
-    ReloadOnHangup(reactor, SkeletonReload(options, loaded, skeleton, control, reactor)).setServiceParent(
-        service
-    )
+    controlService(link, lambda: SkeletonControl(skeleton), reactor).setServiceParent(service)
+    reload = SkeletonReload(options, loaded, skeleton, reactor)
+    ReloadOnHangup(reactor, reload).setServiceParent(service)
     if config.metrics is not None:
         Listening(
             reactor, config.metrics, Site(metricsResource(skeletonRegistry(skeleton))),
