@@ -460,7 +460,7 @@ async def listServers(link: RelayLink) -> list[dict[str, Any]]:
     """The servers the relay has available for this user now."""
     channel = await link.connect(Channel())
     try:
-        await link.login(channel)
+        await link.login(channel, "client")
         answer = await channel.callRemote(ListServers)
     finally:
         channel.transport.loseConnection()

@@ -174,9 +174,10 @@ class RelayLink:
                 return mismatch
         return RelayUnreachable(f"TLS with the relay failed: {error}")
 
-    async def login(self, channel: Channel, prefetch: Any = ()) -> LoginSession:
+    async def login(self, channel: Channel, role: str, prefetch: Any = ()) -> LoginSession:
         """
-        Log in on C{channel}: SCRAM-SHA-256-PLUS bound to this TLS channel.
+        Log in on C{channel} as a C{role} (C{"client"} or C{"skeleton"}, as
+        the relay's port expects): SCRAM-SHA-256-PLUS bound to this TLS channel.
         The relay's final message proves it knows this user's verifier; a
         relay that cannot prove it is refused.  Tickets for the servers in
         C{prefetch} are asked for right behind the last step, so that a
@@ -192,7 +193,9 @@ class RelayLink:
             channel_binding=("tls-server-end-point", binding),
         )
         try:
-            first = await channel.callRemote(Login, message=scram.get_client_first())
+            first = await channel.callRemote(
+                Login, role=role, message=scram.get_client_first()
+            )
             scram.set_server_first(first["message"])
             finishing = channel.callRemote(LoginFinish, message=scram.get_client_final())
             for serverId in prefetch:
@@ -367,7 +370,7 @@ class ControlChannel(Channel):
         self._onLoss.append(callback)
 
     async def start(self) -> LoginSession:
-        self.session = session = await self.link.login(self, sorted(self.link.wanted))
+        self.session = session = await self.link.login(self, self.role, sorted(self.link.wanted))
         self.link.adopt(self, session)
         now = self.link.clock.seconds()
         if self.connected:

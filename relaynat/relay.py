@@ -548,6 +548,10 @@ class RelayChannel(Channel):
     command that needs a user checks for one.
     """
 
+    #: Who logs in at this port, and what one of the other role is told.
+    role: str
+    atTheOtherPort: str
+
     def __init__(self, relay: Relay) -> None:
         super().__init__()
         self.relay = relay
@@ -578,7 +582,15 @@ class RelayChannel(Channel):
         return peerHost(self.transport)
 
     @Login.responder
-    def loginStart(self, message: str) -> dict[str, str]:
+    def loginStart(self, role: str, message: str) -> dict[str, str]:
+        if role != self.role:
+            # Before the throttle: a role at the wrong port guesses nothing.
+            self.relay.budget.warn(
+                "logins at the wrong port",
+                "{source} logs in as a {role} at the {port}s' port",
+                source=self.source(), role=printable(role, 20), port=self.role,
+            )
+            raise BadRequest(self.atTheOtherPort)
         if self._scram is not None or self._failing:
             raise BadRequest("one login at a time: finish this one first")
         throttle = self.relay.throttle
@@ -703,6 +715,12 @@ class SkeletonChannel(RelayChannel):
     them), is asked for connections.
     """
 
+    role = "skeleton"
+    atTheOtherPort = (
+        "this is the relay's port for skeletons (port Y); a client connects to"
+        " its port for clients (port X): check [client] relay"
+    )
+
     def __init__(self, relay: Relay) -> None:
         super().__init__(relay)
         self.name = ""
@@ -816,16 +834,6 @@ class SkeletonChannel(RelayChannel):
             )
         return {}
 
-    @ListServers.responder
-    def wrongPortList(self) -> dict[str, object]:
-        _log.warn("{source} lists servers at the skeletons' port", source=self.source())
-        raise BadRequest(_AT_SKELETONS_PORT)
-
-    @Tickets.responder
-    def wrongPortTickets(self, server: str, count: int) -> dict[str, object]:
-        _log.warn("{source} asks for tickets at the skeletons' port", source=self.source())
-        raise BadRequest(_AT_SKELETONS_PORT)
-
     def withdraw(self, serverId: str, why: str) -> None:
         """Take C{serverId} off this skeleton: its registration is no longer allowed."""
         _log.warn(
@@ -856,25 +864,14 @@ class SkeletonChannel(RelayChannel):
         super().connectionLost(reason)
 
 
-#: What a role at the other role's port is told: the commonest mistake in
-#: a configuration, and a command nobody handles says nothing of it.
-_AT_CLIENTS_PORT = (
-    "this is the relay's port for clients (port X); a skeleton connects to"
-    " its port for skeletons (port Y): check [skeleton] relay"
-)
-_AT_SKELETONS_PORT = (
-    "this is the relay's port for skeletons (port Y); a client connects to"
-    " its port for clients (port X): check [client] relay"
-)
-
-
 class ClientChannel(RelayChannel):
     """A client's control connection: lists servers and hands out tickets."""
 
-    @Register.responder
-    def wrongPort(self, name: str, servers: list[dict[str, str]], pool: int) -> dict[str, object]:
-        _log.warn("{source} registers at the clients' port", source=self.source())
-        raise BadRequest(_AT_CLIENTS_PORT)
+    role = "client"
+    atTheOtherPort = (
+        "this is the relay's port for clients (port X); a skeleton connects to"
+        " its port for skeletons (port Y): check [skeleton] relay"
+    )
 
     @ListServers.responder
     def listServers(self) -> dict[str, object]:

@@ -194,10 +194,13 @@ def _errors(*kinds: type[Exception]) -> dict[type[Exception], bytes]:
 class Login(_Command):
     """
     The first step of SCRAM-SHA-256-PLUS (tls-server-end-point binding) on a
-    control connection: the client-first message; answered server-first.
+    control connection: the role logging in (C{client} or C{skeleton}) and
+    the client-first message; answered server-first.  The role is checked
+    against the port first, so that a role at the other role's port (the
+    commonest mistake in a configuration) is told so before anything else.
     """
 
-    arguments = [(b"message", amp.Unicode())]
+    arguments = [(b"role", amp.Unicode()), (b"message", amp.Unicode())]
     response = [(b"message", amp.Unicode())]
     errors = _errors(LoginFailed, BadRequest)
 

@@ -229,7 +229,7 @@ class AttackTestCase(TestCase):
         link = stack.link(stack.clientPort, user, PASSWORD, source=source)
         channel = await link.connect(channel if channel is not None else Channel())
         self.addCleanup(lambda: channel.transport.abortConnection() if channel.connected else None)
-        await link.login(channel)
+        await link.login(channel, "client")
         return channel
 
     def relayChannelOf(self, stack: Stack, user: str) -> RelayChannel:
@@ -254,7 +254,9 @@ class LoginAttackTests(AttackTestCase):
         for _ in range(stack.relay.limits.login_burst + 5):
             link = stack.link(stack.skeletonPort, "alice", "guess", source="127.0.1.2")
             channel = await link.connect(Channel())
-            await self.assertFailure(Deferred.fromCoroutine(link.login(channel)), LoginFailed)
+            await self.assertFailure(
+                Deferred.fromCoroutine(link.login(channel, "skeleton")), LoginFailed
+            )
             channel.transport.abortConnection()
         self.assertGreater(stack.relay.throttle.refusedFor("127.0.1.2"), 0)
         [skeleton] = stack.relay.skeletons.values()
@@ -279,7 +281,7 @@ class LoginAttackTests(AttackTestCase):
                 name = secrets.token_hex(8)
                 message = f"p=tls-server-end-point,,n={name},r={secrets.token_hex(12)}"
                 try:
-                    await channel.callRemote(Login, message=message)
+                    await channel.callRemote(Login, role="client", message=message)
                 except LoginFailed as e:
                     if "too many login attempts" in str(e):
                         refused += 1
@@ -318,13 +320,13 @@ class LoginAttackTests(AttackTestCase):
         self.patch(scramp.core, "saslprep", counted)
         huge = await self.secure(stack.clientPort, "127.0.5.1", Channel())
         message = "p=tls-server-end-point,,n=" + "a" * 60_000 + ",r=abc"
-        d = huge.callRemote(Login, message=message)
+        d = huge.callRemote(Login, role="client", message=message)
         await self.assertFailure(d, Exception)
         await pollUntil(lambda: not huge.connected)
         long = await self.secure(stack.clientPort, "127.0.5.2", Channel())
         message = "p=tls-server-end-point,,n=" + "a" * 500 + ",r=abc"
         started = time.process_time()
-        error = await self.assertFailure(long.callRemote(Login, message=message), LoginFailed)
+        error = await self.assertFailure(long.callRemote(Login, role="client", message=message), LoginFailed)
         _log.info(
             "figure: a 500-character name refused in {ms:.2f} ms of CPU (test and relay)",
             ms=(time.process_time() - started) * 1000,
@@ -354,7 +356,7 @@ class LoginAttackTests(AttackTestCase):
                 ["SCRAM-SHA-256-PLUS"], name, "x",
                 channel_binding=("tls-server-end-point", serverEndPoint(cert)),
             )
-            answer = await channel.callRemote(Login, message=client.get_client_first())
+            answer = await channel.callRemote(Login, role="client", message=client.get_client_first())
             channel.transport.abortConnection()
             fields = dict(f.split("=", 1) for f in answer["message"].split(","))
             self.assertEqual(fields["i"], "4096")

@@ -344,7 +344,7 @@ class KeepsRefused(amp.AMP):
     """A relay's control channel that refuses every login and keeps the connection open."""
 
     @Login.responder
-    def login(self, message: str) -> dict[str, object]:
+    def login(self, role: str, message: str) -> dict[str, object]:
         raise LoginFailed("login failed: unknown user or wrong password")
 
 

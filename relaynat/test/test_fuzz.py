@@ -287,13 +287,13 @@ class ChannelFuzzTests(FreshRelayTestCase):
         self.assertEqual(answer[b"_error_code"], b"UNHANDLED")
         self.assertFalse(transport.disconnecting)
 
-    def test_skeletonCommandsRefusedOnClientPort(self) -> None:
+    def test_skeletonRefusedOnClientPort(self) -> None:
         """
-        A client cannot register servers: the client port answers a
-        well-formed L{Register} with where a skeleton should connect.
+        A skeleton's login at the clients' port is answered with where a
+        skeleton should connect, before any SCRAM.
         """
-        register = _registerBox()
-        relay, transport, escaped = self.feed(ClientChannel, register)
+        login = _command("Login", role=b"skeleton", message=b"n,,n=alice,r=x")
+        relay, transport, escaped = self.feed(ClientChannel, login)
         self.assertIsNone(escaped)
         [answer] = amp.parseString(transport.value())
         self.assertEqual(answer[b"_error_code"], b"BAD_REQUEST")
@@ -371,7 +371,8 @@ class ChannelFuzzTests(FreshRelayTestCase):
         escapes or is logged as an unhandled error.
         """
         relay, channel, transport = self.start(SkeletonChannel if skeletonSide else ClientChannel)
-        login = amp.AmpBox(_command=b"Login", _ask=b"1", message=first.encode())
+        role = b"skeleton" if skeletonSide else b"client"
+        login = amp.AmpBox(_command=b"Login", _ask=b"1", role=role, message=first.encode())
         self.assertIsNone(self.send(relay, channel, login.serialize()))
         [answer] = amp.parseString(transport.value())
         transport.clear()
@@ -512,7 +513,9 @@ def _samples() -> list[bytes]:
         _serialize({b"_command": b"Tickets", b"_ask": b"1", b"server": b"echo", b"count": b"16"}),
         _serialize({b"_command": b"Tickets", b"_ask": b"1", b"server": b"\xff"}),
         _serialize({b"_command": b"OpenConnection", b"_ask": b"1", b"server": b"echo"}),
-        _serialize({b"_command": b"Login", b"_ask": b"1", b"message": b"n,,n=alice,r=x"}),
+        _serialize(
+            {b"_command": b"Login", b"_ask": b"1", b"role": b"client", b"message": b"n,,n=alice,r=x"}
+        ),
         _serialize({b"_command": b"LoginFinish", b"_ask": b"1", b"message": b"c=biws"}),
         _serialize({b"_command": b"ListServers", b"_ask": b"1"}) * 3,
         b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n",
@@ -591,7 +594,11 @@ def _command(name: str, **arguments: bytes) -> bytes:
 #: login, a skeleton's command on the clients' port, the relay's own
 #: commands sent to it).
 _commands = st.one_of(
-    _clientFirst.map(lambda m: _command("Login", message=m.encode())),
+    st.builds(
+        lambda role, m: _command("Login", role=role, message=m.encode()),
+        st.sampled_from([b"client", b"skeleton", b"", b"\xff"]),
+        _clientFirst,
+    ),
     st.text(max_size=60).map(lambda m: _command("LoginFinish", message=m.encode())),
     st.just(_registerBox()),
     st.builds(

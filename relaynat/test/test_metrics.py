@@ -54,7 +54,7 @@ class RelayMetricsTests(TestCase):
         await pollUntil(lambda: len(stack.relay.tunnels) == 2)
         link = stack.link(stack.clientPort, "alice", "wrong")
         channel = await link.connect(Channel())
-        await self.assertFailure(Deferred.fromCoroutine(link.login(channel)), LoginFailed)
+        await self.assertFailure(Deferred.fromCoroutine(link.login(channel, "client")), LoginFailed)
         after = scrape(stack)
         web = (("server", "web"),)
         self.assertEqual(

@@ -387,18 +387,18 @@ class RelayTestCase(SynchronousTestCase):
     def connect(self, port: int, channel: C) -> C:
         return self.connectVia(self.link(port), channel)
 
-    def login(self, channel: Channel, user: str = "alice") -> LoginSession:
-        """Log in as C{user} on C{channel}; the session the relay issued."""
+    def login(self, channel: Channel, user: str = "alice", role: str = "client") -> LoginSession:
+        """Log in as C{user}, a C{role}, on C{channel}; the session the relay issued."""
         # The link only lends its credentials: the login runs on C{channel},
         # whatever port that is connected to.
-        d = Deferred.fromCoroutine(self.link(CLIENTS, user).login(channel))
+        d = Deferred.fromCoroutine(self.link(CLIENTS, user).login(channel, role))
         self.net.settle()
         return self.successResultOf(d)
 
     def loggedIn(self, port: int, channel: C, user: str = "alice") -> tuple[C, LoginSession]:
         """C{channel} connected to C{port} and logged in as C{user}."""
         channel = self.connect(port, channel)
-        return channel, self.login(channel, user)
+        return channel, self.login(channel, user, "client" if port == CLIENTS else "skeleton")
 
     def call(self, channel: amp.AMP, command: type[amp.Command], **kw: object) -> Deferred[Any]:
         """
@@ -1237,17 +1237,29 @@ class ListServersTests(RelayTestCase):
 
     def test_notOnSkeletonPort(self) -> None:
         """
-        The skeleton port does not list servers, even logged in (skeletons
-        do not see each other's servers): a client sent there is told it is
-        at the wrong port.
+        A client sent to the skeleton port is told at its first step that
+        it is at the wrong port; and the skeleton port does not list
+        servers, even logged in (skeletons do not see each other's servers).
         """
-        channel, _ = self.loggedIn(SKELETONS, Peer())
-        failure = self.failureResultOf(self.call(channel, ListServers), BadRequest)
+        channel = self.connect(SKELETONS, Peer())
+        login = Deferred.fromCoroutine(self.link(CLIENTS).login(channel, "client"))
+        self.net.settle()
+        failure = self.failureResultOf(login, BadRequest)
         self.assertEqual(
             failure.getErrorMessage(),
             "this is the relay's port for skeletons (port Y); a client connects to"
             " its port for clients (port X): check [client] relay",
         )
+        channel, _ = self.loggedIn(SKELETONS, Peer())
+        self.failureResultOf(self.call(channel, ListServers), amp.UnhandledCommand)
+
+    def test_skeletonNotOnClientPort(self) -> None:
+        """A skeleton sent to the clients' port is told so at its first step."""
+        channel = self.connect(CLIENTS, Peer())
+        login = Deferred.fromCoroutine(self.link(CLIENTS).login(channel, "skeleton"))
+        self.net.settle()
+        failure = self.failureResultOf(login, BadRequest)
+        self.assertIn("this is the relay's port for clients (port X)", failure.getErrorMessage())
 
     def test_deletedUser(self) -> None:
         """
@@ -1421,11 +1433,10 @@ class TicketsTests(RelayTestCase):
         self.assertRefused(self.data(CLIENTS, ticket), SESSION_REFUSED)
 
     def test_notOnSkeletonPort(self) -> None:
-        """The skeleton port hands out no client tickets, even logged in."""
+        """The skeleton port hands out no client tickets, even to a skeleton logged in."""
         self.stalledSkeleton()
         channel, _ = self.loggedIn(SKELETONS, Peer())
-        failure = self.failureResultOf(self.askTickets(channel), BadRequest)
-        self.assertIn("this is the relay's port for skeletons", failure.getErrorMessage())
+        self.failureResultOf(self.askTickets(channel), amp.UnhandledCommand)
         self.assertEqual(len(self.relay.tickets), 0)
 
 
@@ -1896,7 +1907,7 @@ class JoinTests(RelayTestCase):
         """
         control = self.stalledSkeleton(pool=1)
         [request] = control.asked
-        self.login(control)
+        self.login(control, role="skeleton")
         self.offer(request)
         # Pooled (one idle), or refused and asked for again (one new request).
         self.assertEqual(self.relay.registry.counts()["idle"] + len(control.unanswered()), 1)

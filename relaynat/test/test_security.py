@@ -421,7 +421,7 @@ class SecurityTestCase(TestCase):
     async def loggedIn(self, link: RelayLink) -> tuple[Channel, LoginSession]:
         """A control connection of C{link}, logged in: its tickets last as long as it."""
         channel = await self.channel(link)
-        return channel, await link.login(channel)
+        return channel, await link.login(channel, "client")
 
     def logEvents(self) -> list[dict[str, Any]]:
         """Every log event from now to the end of the test."""
@@ -524,7 +524,7 @@ class LoginTests(SecurityTestCase):
             link = stack.link(stack.clientPort, user, password)
             channel = await self.channel(link)
             error = await self.assertFailure(
-                Deferred.fromCoroutine(link.login(channel)), LoginFailed
+                Deferred.fromCoroutine(link.login(channel, "client")), LoginFailed
             )
             messages.append(str(error))
         self.assertEqual(messages[0], messages[1])
@@ -549,11 +549,15 @@ class LoginTests(SecurityTestCase):
         for _ in range(burst):
             link = stack.link(stack.clientPort, "alice", "wrong", source="127.0.1.2")
             channel = await self.channel(link)
-            error = await self.assertFailure(Deferred.fromCoroutine(link.login(channel)), LoginFailed)
+            error = await self.assertFailure(
+                Deferred.fromCoroutine(link.login(channel, "client")), LoginFailed
+            )
             self.assertEqual(str(error), "login failed: unknown user or wrong password")
         link = stack.link(stack.clientPort, "alice", PASSWORD, source="127.0.1.2")
         channel = await self.channel(link)
-        error = await self.assertFailure(Deferred.fromCoroutine(link.login(channel)), LoginFailed)
+        error = await self.assertFailure(
+                Deferred.fromCoroutine(link.login(channel, "client")), LoginFailed
+            )
         self.assertRegex(
             str(error),
             r"^too many login attempts from this address or its network; try again in \d+ s$",
@@ -580,14 +584,14 @@ class LoginTests(SecurityTestCase):
             channel_binding=("tls-server-end-point", serverEndPoint(cert)),
         )
         clientFirst = scram.get_client_first()
-        answer = await first.callRemote(Login, message=clientFirst)
+        answer = await first.callRemote(Login, role="client", message=clientFirst)
         scram.set_server_first(answer["message"])
         clientFinal = scram.get_client_final()
         done = await first.callRemote(LoginFinish, message=clientFinal)
         scram.set_server_final(done["message"])
 
         replay = await self.channel(link)
-        await replay.callRemote(Login, message=clientFirst)
+        await replay.callRemote(Login, role="client", message=clientFirst)
         await self.assertFailure(replay.callRemote(LoginFinish, message=clientFinal), LoginFailed)
 
     @runAsync
@@ -601,7 +605,9 @@ class LoginTests(SecurityTestCase):
         channel = await self.channel(link)
         original = stack.relay.users.users["alice"]
         stack.relay.users.users["alice"] = attrs.evolve(original, serverKey=b"\0" * 32)
-        error = await self.assertFailure(Deferred.fromCoroutine(link.login(channel)), LoginFailed)
+        error = await self.assertFailure(
+                Deferred.fromCoroutine(link.login(channel, "client")), LoginFailed
+            )
         self.assertIn("failed to prove", str(error))
 
 
@@ -651,7 +657,7 @@ class PinningTests(SecurityTestCase):
             endpointOf(port), hostnameVerifier("localhost", caPem), Credentials("alice", PASSWORD), reactor
         )
         channel = await good.connect(Channel())
-        session = await good.login(channel)
+        session = await good.login(channel, "client")
         self.assertIsInstance(session, LoginSession)
         channel.transport.loseConnection()
 
@@ -675,7 +681,7 @@ class SessionTests(SecurityTestCase):
         stack = await self.startStack()
         link = stack.link(stack.clientPort, "alice")
         control = await link.connect(Channel())
-        session = await link.login(control)
+        session = await link.login(control, "client")
         self.assertIsNotNone(stack.relay.sessions.get(session.id))
         control.transport.loseConnection()
         await pollUntil(lambda: stack.relay.sessions.get(session.id) is None)
@@ -731,7 +737,7 @@ class TicketTests(SecurityTestCase):
         stack = await self.startStack()
         link = stack.link(stack.clientPort, "alice")
         control = await link.connect(Channel())
-        session = await link.login(control)
+        session = await link.login(control, "client")
         first, second = (await control.callRemote(Tickets, server="web", count=2))["tickets"]
         secret = stack.secrets["web"]
         await self.assertJoined(await self.useTicket(stack.clientPort, first, secret))
@@ -771,7 +777,7 @@ class TicketTests(SecurityTestCase):
         link = stack.link(stack.skeletonPort, "alice")
         catcher = await link.connect(TicketCatcher())
         self.addCleanup(catcher.transport.loseConnection)
-        session = await link.login(catcher)
+        session = await link.login(catcher, "skeleton")
         await catcher.callRemote(
             Register, name="catcher", servers=[{"id": "spare", "description": ""}], pool=3
         )
@@ -1173,7 +1179,7 @@ class LogHygieneTests(SecurityTestCase):
         stack = await self.startStack()
         bad = stack.link(stack.clientPort, "alice", "not the password")
         await self.assertFailure(
-            Deferred.fromCoroutine(bad.login(await self.channel(bad))), LoginFailed
+            Deferred.fromCoroutine(bad.login(await self.channel(bad), "client")), LoginFailed
         )
         wrong = TunnelFactory(stack.clientLink, "web", b"w" * 32)
         port = await listen(wrong)
