@@ -10,10 +10,9 @@ sshd, aes128-gcm@openssh.com), haproxy and haproxy-splice (two haproxy hops in
 TCP mode, the second pair splicing in the kernel both ways), stunnel (two stunnel hops,
 TLS between them), portforward (twistd portforward), relaynat (relay, skeleton
 and client twistd processes, TLS on), relaynat-open (the same with its server
-not sealed; only once relaynat knows the key, or with --only).  Everything
-listens on 127.0.0.1, on ports below the kernel's ephemeral range; every
-process this script starts is stopped by its pid.  bench/README.md says what
-is measured and how.
+not sealed).  Everything listens on 127.0.0.1, on ports below the kernel's
+ephemeral range; every process this script starts is stopped by its pid.
+bench/README.md says what is measured and how.
 """
 
 from __future__ import annotations
@@ -35,10 +34,11 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import attrs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -47,6 +47,8 @@ REPO = os.path.dirname(HERE)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from relaynat.config import ConfigError, parseToml, relayConfig, skeletonConfig  # noqa: E402
+from relaynat.load import readConfig  # noqa: E402
 from relaynat.localstack import (  # noqa: E402
     ROLES,
     LocalStackError,
@@ -801,14 +803,16 @@ def writeRelaynatFiles(d: str, take: Callable[[], int], target: str, *,
         writeKeysAndUsers(configs, names=[*dict.fromkeys((clientsHost, skeletonsHost))])
     except LocalStackError as e:
         raise BenchError(f"the relaynat files: {e}") from None
-    documents = {}
-    for role in ROLES:
-        with open(configs.path(role), "rb") as f:
-            documents[role] = tomllib.load(f)
-    relay, skeleton = documents["relay"]["relay"], documents["skeleton"]["skeleton"]
-    settings = {"pool": skeleton.get("pool", 1), "max_pool": relay.get("max_pool", 64),
-                "join_timeout": relay.get("join_timeout", 10),
-                "server": documents["skeleton"]["server"][0]}
+    # The settings as the roles will read them, defaults included: relaynat's
+    # configuration owns those (the files the roles name are not read here).
+    try:
+        relay = relayConfig(parseToml(*readConfig(configs.relay)), configs.relay)
+        skeleton = skeletonConfig(parseToml(*readConfig(configs.skeleton)), configs.skeleton)
+    except ConfigError as e:
+        raise BenchError(f"the relaynat files: {e}") from None
+    settings = {"pool": skeleton.pool, "max_pool": relay.max_pool,
+                "join_timeout": relay.join_timeout,
+                "server": attrs.asdict(skeleton.servers[0])}
     return RelaynatFiles(configs.dir, configs.clientsPort, configs.skeletonsPort,
                          configs.tunnelPorts[0], settings)
 
@@ -837,24 +841,6 @@ BENCH_LIMITS = {
 #: bytes the client and skeleton do not seal end to end, so the relay may
 #: pass them on as they are.
 OPEN_SERVER = {"seal": False}
-
-
-def sealKnown() -> bool:
-    """
-    Whether relaynat's configuration knows a server's C{seal} key yet:
-    relaynat-open joins the default paths once relaynat/config.py names it
-    (before that, its skeleton would refuse the file).
-    """
-    try:
-        with open(os.path.join(REPO, "relaynat", "config.py")) as f:
-            return re.search(r"""["']seal["']""", f.read()) is not None
-    except OSError:
-        return False
-
-
-def defaultPaths() -> list[str]:
-    """The paths a run without C{--only} measures."""
-    return [p for p in PATHS if p != "relaynat-open" or sealKnown()]
 
 
 class Relaynat(Path):
@@ -1159,10 +1145,7 @@ class Bench:
 
     def run(self) -> dict:
         a, sizes = self.args, self.sizes
-        names = [p for p in PATHS if p in a.only] if a.only else defaultPaths()
-        if "relaynat-open" in names and not sealKnown():
-            log("relaynat/config.py names no 'seal' key yet: relaynat-open's skeleton will "
-                "likely refuse its file")
+        names = [p for p in PATHS if p in a.only] if a.only else list(PATHS)
         ensureTools(names)
         meta: dict[str, Any] = {"started": utcnow(), "load_before": os.getloadavg(),
                                 "sizes": sizes, "quick": a.quick, "paths": names}
@@ -1625,8 +1608,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
     parser.add_argument("--only", type=lambda s: s.split(","), default=None,
-                        help=f"comma-separated paths from {', '.join(PATHS)} (default: all "
-                        "but relaynat-open until relaynat knows its seal key)")
+                        help=f"comma-separated paths from {', '.join(PATHS)} (default: all)")
     parser.add_argument("--json", default=None, help="where to write every value "
                         "(default bench/results/bench-DATE.json)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 1)")

@@ -123,16 +123,6 @@ class TargetTests(SynchronousTestCase):
         self.assertEqual(self.verdicts(made)[:6], ["—"] * 6)
 
 
-class DefaultPathTests(SynchronousTestCase):
-    def test_openWaitsForSeal(self) -> None:
-        """relaynat-open is measured by default only once relaynat knows the seal key."""
-        self.patch(BENCH, "sealKnown", lambda: False)
-        self.assertNotIn("relaynat-open", BENCH.defaultPaths())
-        self.assertIn("haproxy-splice", BENCH.defaultPaths())
-        self.patch(BENCH, "sealKnown", lambda: True)
-        self.assertEqual(BENCH.defaultPaths(), list(BENCH.PATHS))
-
-
 class RoundTripTargetTests(SynchronousTestCase):
     def verdicts(self, p50: float | None, first: float | None) -> list[str]:
         lines = ROUND_TRIPS.targets(100.0, 1.0, p50, first)
