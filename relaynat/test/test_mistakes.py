@@ -65,6 +65,11 @@ def writeStack(directory: str) -> StackConfigs:
 
 
 class MistakeTests(TestCase):
+    """
+    A role that cannot start, run as the real C{twistd} process: it ends at
+    once, with one line that names what to change and no traceback.
+    """
+
     timeout = 90
 
     def stack(self) -> StackConfigs:
@@ -88,11 +93,16 @@ class MistakeTests(TestCase):
             self.assertEqual(len(errors), 1, text)
             self.assertTrue(errors[0].endswith(line), text)
         else:
-            # Said before twistd's logging starts: its usage error, after
-            # the command line's name.
+            # Said before twistd's logging starts: the one line CannotStart
+            # prints from makeService (the loader raises a configuration's
+            # error when twistd makes the service).
             self.assertTrue(text.strip().splitlines()[-1].endswith(line), text)
 
     async def test_portInUse(self) -> None:
+        """
+        A relay whose port for clients another program holds says which
+        port, which key, and to stop the other or choose another port.
+        """
         configs = self.stack()
         taken = socket.socket()
         self.addCleanup(taken.close)
@@ -107,6 +117,7 @@ class MistakeTests(TestCase):
         )
 
     async def test_missingPasswordFile(self) -> None:
+        """A client whose password file is missing names its key and the file."""
         configs = self.stack()
         password = os.path.join(configs.dir, "client.password")
         os.remove(password)
@@ -117,6 +128,10 @@ class MistakeTests(TestCase):
         )
 
     async def test_endpointWithoutPort(self) -> None:
+        """
+        A client whose relay endpoint has no port names its key and says the
+        port is needed, with an example.
+        """
         configs = self.stack()
         with open(configs.client) as f:
             text = f.read()
@@ -131,53 +146,15 @@ class MistakeTests(TestCase):
             " endpoint 'tcp:127.0.0.1': tcp: needs its port, e.g. tcp:relay.example.com:7000",
         )
 
-    async def test_skeletonAtTheClientsPort(self) -> None:
-        """
-        A skeleton pointed at the relay's port for clients is told so by the
-        relay, and says it once, however often it retries.
-        """
-        configs = self.stack()
-        with open(configs.skeleton) as f:
-            text = f.read()
-        with open(configs.skeleton, "w") as f:
-            f.write(text.replace(f":{configs.skeletonsPort}\"", f":{configs.clientsPort}\""))
-        env = childEnvironment()
-        relay = spawn(
-            reactor, "relay", [*twistdCommand(), "--pidfile=", *twistdArguments("relay", configs.relay)],
-            env, configs.dir,
-        )
-        self.addCleanup(relay.stop, reactor)
-        skeleton = spawn(
-            reactor, "skeleton",
-            [*twistdCommand(), "--pidfile=", *twistdArguments("skeleton", configs.skeleton)],
-            env, configs.dir,
-        )
-        self.addCleanup(skeleton.stop, reactor)
-        said = (
-            "the relay refused this skeleton: this is the relay's port for clients (port X);"
-            " a skeleton connects to its port for skeletons (port Y): check [skeleton] relay"
-        )
-
-        async def saidTwiceTried() -> None:
-            if skeleton.text().count("Scheduling retry") < 2 or said not in skeleton.text():
-                raise ValueError(skeleton.tail())
-
-        await pollUntil(reactor, saidTwiceTried, timeout=30, what="the skeleton's retries")
-        self.assertEqual(skeleton.text().count(said), 1, skeleton.text())
-        self.assertEqual(
-            [line for line in self.errorLines(skeleton) if said not in line], [], skeleton.text()
-        )
-        self.assertNotIn("Traceback", skeleton.text() + relay.text())
-
 
 class RetriedMistakeTests(TestCase):
     """
-    An end (a client) whose control connection fails, run as the real
-    C{twistd} process against the real relay (or none) until it has tried
-    L{ATTEMPTS} times: it says why once per reason, each retry's line says
-    why and when it tries next, nothing else is at error level, and SIGTERM
-    ends it within L{STOP_BOUND} seconds as twistd ends at SIGTERM, with no
-    traceback (none of ClientService's C{NoTransition} either).
+    An end (a client or a skeleton) whose control connection fails, run as
+    the real C{twistd} process against the real relay (or none) until it has
+    tried L{ATTEMPTS} times: it says why once per reason, each retry's line
+    says why and when it tries next, nothing else is at error level, and
+    SIGTERM ends it within L{STOP_BOUND} seconds as twistd ends at SIGTERM,
+    with no traceback (none of ClientService's C{NoTransition} either).
     """
 
     timeout = 90
@@ -392,4 +369,24 @@ class RetriedMistakeTests(TestCase):
         await pollUntil(reactor, toldThrice, timeout=45, what="the client's tries at port Y")
         await self.stopAndCheck(client, [f"the relay refused this client: {told}"])
         self.assertEqual(sum(told in t for t in self.texts(client, "warn", "error")), 1)
+        await self.stopRelay(relay)
+
+    async def test_skeletonAtTheClientsPort(self) -> None:
+        """
+        A skeleton pointed at the relay's port for clients is told so by the
+        relay at its first login step, and says it once, at error level,
+        however often it tries again.
+        """
+        configs = self.stack()
+        self.edit(configs.skeleton, f":{configs.skeletonsPort}\"", f":{configs.clientsPort}\"")
+        relay = self.start(configs, "relay")
+        await self.listening(relay, configs)
+        skeleton = self.start(configs, "skeleton")
+        told = (
+            "this is the relay's port for clients (port X); a skeleton connects to"
+            " its port for skeletons (port Y): check [skeleton] relay"
+        )
+        await self.retried(skeleton, f"refused: {told}")
+        await self.stopAndCheck(skeleton, [f"the relay refused this skeleton: {told}"])
+        self.assertEqual(sum(told in t for t in self.texts(skeleton, "warn", "error")), 1)
         await self.stopRelay(relay)
