@@ -468,6 +468,12 @@ def processesIn(namespace: tuple[int, int]) -> list[int]:
 
 
 class ServiceSectionTests(TestCase):
+    """
+    The README's "As a service" section, run line by line as root in a
+    mount namespace of the test's own: the package installed, the units
+    enabled, the relay started, used, reloaded and stopped as systemd would.
+    """
+
     timeout = 90
 
     def setUp(self) -> None:
@@ -655,7 +661,9 @@ class ServiceSectionTests(TestCase):
             if not answer.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
                 raise ValueError(answer[:100])
             if not answer.endswith(b"\r\n\r\nok\n"):
-                raise FailTest(f"/healthz: {answer!r}")
+                # A wrong answer, not a late one: pollUntil gives up at once
+                # on a LocalStackError (a FailTest it would retry for 30 s).
+                raise LocalStackError(f"/healthz: {answer!r}")
 
         await pollUntil(reactor, healthy, 30, "the relay's /healthz", guard=running)
         pid = relay.pid
