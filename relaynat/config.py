@@ -23,7 +23,7 @@ from twisted.internet.testing import MemoryReactor
 
 from relaynat.caps import Limits
 from relaynat.identity import IdentityError, checkFingerprint
-from relaynat.names import checkServerId
+from relaynat.names import checkServerId, checkText
 from relaynat.wire import BadRequest
 
 #: Twisted listens with a backlog of 50, which drops connections when a
@@ -158,13 +158,13 @@ def splitAssignment(flag: str, value: str, form: str = "ID=ENDPOINT") -> tuple[s
     return name, rest
 
 
-def relayConfig(document: dict[str, Any], source: str, base: str | None = None) -> RelayConfig:
+def relayConfig(document: dict[str, Any], source: str) -> RelayConfig:
     """
     Check and build a relay's configuration from a parsed document; file
-    names are relative to C{base} (the config file's folder by default).
+    names are relative to the folder of the file C{source}.
     """
     _onlyTables(document, source, {"relay"}, set())
-    table = _Table(document.get("relay", {}), source, "relay", base)
+    table = _Table(document.get("relay", {}), source, "relay")
     config = RelayConfig(
         clients=table.endpoint("clients", server=True),
         skeletons=table.endpoint("skeletons", server=True),
@@ -279,21 +279,20 @@ def _unescapedParts(text: str) -> list[str]:
 
 
 def skeletonConfig(
-    document: dict[str, Any], source: str, base: str | None = None
+    document: dict[str, Any], source: str
 ) -> SkeletonConfig:
     """Check and build a skeleton's configuration from a parsed document."""
     _onlyTables(document, source, {"skeleton"}, {"server"})
-    table = _Table(document.get("skeleton", {}), source, "skeleton", base)
+    table = _Table(document.get("skeleton", {}), source, "skeleton")
     servers = _entries(
         document,
         source,
         "server",
-        base,
         lambda server: ServerConfig(
             id=server.serverId("id"),
             target=server.endpoint("target", server=False),
             secret_file=server.path("secret_file"),
-            description=server.string("description", ""),
+            description=server.text("description", "description", ""),
             seal=server.boolean("seal", True),
         ),
     )
@@ -302,7 +301,7 @@ def skeletonConfig(
     _unique(source, "server", [s.id for s in servers], "server id")
     config = SkeletonConfig(
         access=_access(table),
-        name=table.string("name", socket.gethostname()),
+        name=table.text("name", "skeleton name", socket.gethostname()),
         pool=int(table.number("pool", 1, low=0, high=1000, integer=True)),
         servers=tuple(servers),
         metrics=table.endpoint("metrics", server=True, required=False),
@@ -312,16 +311,15 @@ def skeletonConfig(
 
 
 def clientConfig(
-    document: dict[str, Any], source: str, needTunnels: bool = True, base: str | None = None
+    document: dict[str, Any], source: str, needTunnels: bool = True
 ) -> ClientConfig:
     """Check and build a client's configuration from a parsed document."""
     _onlyTables(document, source, {"client"}, {"tunnel"})
-    table = _Table(document.get("client", {}), source, "client", base)
+    table = _Table(document.get("client", {}), source, "client")
     tunnels = _entries(
         document,
         source,
         "tunnel",
-        base,
         lambda tunnel: TunnelConfig(
             server=tunnel.serverId("server"),
             listen=tunnel.endpoint("listen", server=True),
@@ -354,14 +352,14 @@ T = TypeVar("T")
 class _Table:
     """One TOML table being read: takes keys off as they are checked."""
 
-    def __init__(self, data: object, source: str, name: str, base: str | None = None) -> None:
+    def __init__(self, data: object, source: str, name: str) -> None:
         if not isinstance(data, dict):
             raise ConfigError(source, name, "must be a table")
         self.data = dict(data)
         self.source, self.name = source, name
-        if base is None:
-            base = "." if source in ("command line", "<string>") else os.path.dirname(source)
-        self.base = base
+        # Flags' file names are absolute already (relative to where the
+        # command runs); a file's are relative to its folder.
+        self.base = "." if source in ("command line", "<string>") else os.path.dirname(source)
 
     def _take(self, key: str, kind: type[T] | tuple[type, ...], default: Any) -> Any:
         if key not in self.data:
@@ -378,7 +376,15 @@ class _Table:
         return f"{self.name}.{key}"
 
     def string(self, key: str, default: Any = None) -> str:
-        return self._take(key, str, _REQUIRED if default is None else default)  # type: ignore[no-any-return]
+        """A string; a required one (no C{default}) may not be empty."""
+        value: str = self._take(key, str, _REQUIRED if default is None else default)
+        if default is None and not value:
+            raise ConfigError(self.source, self._key(key), "must not be empty")
+        return value
+
+    def text(self, key: str, what: str, default: str) -> str:
+        """A name or description: short and printable, as the relay wants it."""
+        return _checked(self.source, self._key(key), lambda v: checkText(what, v), self.string(key, default))
 
     def boolean(self, key: str, default: bool) -> bool:
         return self._take(key, bool, default)  # type: ignore[no-any-return]
@@ -499,13 +505,12 @@ def _entries(
     document: dict[str, Any],
     source: str,
     key: str,
-    base: str | None,
     build: Callable[[_Table], T],
 ) -> list[T]:
     """Each C{[[key]]} table, built by C{build} and checked for unknown keys."""
     built = []
     for i, entry in enumerate(_arrayOfTables(document, source, key)):
-        table = _Table(entry, source, f"{key}[{i}]", base)
+        table = _Table(entry, source, f"{key}[{i}]")
         built.append(build(table))
         table.done()
     return built

@@ -468,14 +468,22 @@ def _describe(
     """
     link = channel.link
     why = str(error) or repr(error)
-    if isinstance(error, LoginFailed) and not isinstance(error, RelayUnproven):
-        if isinstance(error, LoginRefused):
-            why = "wrong password or unknown user"
+    if isinstance(error, LoginRefused):
+        why = "wrong password or unknown user"
         where = f" {link.passwordFile}" if link.passwordFile else ""
         return (
             LogLevel.error,
             "login as {user} refused: {why}; check password_file{where} and user in [{role}]",
             {"user": link.credentials.user, "why": why, "where": where, "role": channel.role},
+            f"login refused: {why}",
+        )
+    if isinstance(error, LoginFailed) and not isinstance(error, RelayUnproven):
+        # Refused before any password was checked (too many attempts from
+        # here): the password is not what to look at.
+        return (
+            LogLevel.error,
+            "login as {user} refused: {why}",
+            {"user": link.credentials.user, "why": why},
             f"login refused: {why}",
         )
     if isinstance(error, RelayKeyMismatch):

@@ -17,7 +17,7 @@ all accept.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -151,11 +151,17 @@ def loadSkeleton(text: str, source: str, flags: Flags = Flags()) -> LoadedSkelet
 
 
 def loadClient(
-    text: str, source: str, flags: Flags = Flags(), needTunnels: bool = True
+    text: str,
+    source: str,
+    flags: Flags = Flags(),
+    needTunnels: bool = True,
+    secretsOf: Collection[str] | None = None,
 ) -> LoadedClient:
     """
     A client's configuration in C{text} under C{flags}, and its files; with
     C{needTunnels} false (C{relaynat list}, C{connect}), it may have none.
+    The secrets read are those of every tunnel, or of the tunnels to the
+    servers in C{secretsOf} (C{relaynat connect} needs one, C{list} none).
     """
     document = _document(text, source, "client", flags, "tunnel", "server")
     config = clientConfig(document, source, needTunnels=needTunnels)
@@ -164,6 +170,7 @@ def loadClient(
     secrets = {
         t.server: files.read(f"tunnel[{i}].secret_file", _secret(t.secret_file), SecretFileError)
         for i, t in enumerate(config.tunnels)
+        if secretsOf is None or t.server in secretsOf
     }
     files.done()
     return LoadedClient(config, access, secrets)
@@ -215,13 +222,21 @@ def _withSecrets(
     entries: list[Any], secrets: Mapping[str, str], idKey: str
 ) -> list[Any]:
     """C{entries}, with the secret files of C{--secret} filled in by id."""
-    ids = {e.get(idKey) for e in entries if isinstance(e, dict)}
-    for serverId in secrets:
-        if serverId not in ids:
-            raise ConfigError("--secret", serverId, "no server of that id is configured")
+    if not secrets:
+        return entries
+
+    def idOf(entry: Any) -> str | None:
+        # What is not a table or has no string id is left for the check to say.
+        value = entry.get(idKey) if isinstance(entry, dict) else None
+        return value if isinstance(value, str) else None
+
+    ids = {idOf(e) for e in entries}
+    for wanted in secrets:
+        if wanted not in ids:
+            raise ConfigError("--secret", wanted, "no server of that id is configured")
     return [
-        {**e, "secret_file": secrets[e[idKey]]}
-        if isinstance(e, dict) and e.get(idKey) in secrets
+        {**e, "secret_file": secrets[serverId]}
+        if (serverId := idOf(e)) is not None and serverId in secrets
         else e
         for e in entries
     ]

@@ -8,6 +8,7 @@ loader.
 from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
+from collections.abc import Collection
 
 from relaynat.load import Flags, LoadedClient, loadClient, readConfig
 from relaynat.tap.access import ACCESS_PARAMETERS, accessFlags
@@ -40,6 +41,11 @@ def clientFlags(args: Namespace) -> Flags:
     return Flags({"relay": args.relay, **accessFlags(given)})
 
 
-def loadedClient(args: Namespace) -> LoadedClient:
-    """The client's file C{--config} names (none: the flags alone), loaded under the flags."""
-    return loadClient(*readConfig(args.config), clientFlags(args), needTunnels=False)
+def loadedClient(args: Namespace, secretsOf: Collection[str] = ()) -> LoadedClient:
+    """
+    The client's file C{--config} names (none: the flags alone), loaded
+    under the flags, with the secrets of the tunnels to C{secretsOf}.
+    """
+    return loadClient(
+        *readConfig(args.config), clientFlags(args), needTunnels=False, secretsOf=secretsOf
+    )

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 from relaynat.client import ClientControl, TunnelFactory
 from relaynat.config import ConfigError
-from relaynat.load import LoadedAccess
+from relaynat.load import COMMAND_LINE, LoadedAccess, readConfig
 from relaynat.names import checkServerId
 from relaynat.scripts.access import defineAccess, loadedClient
 from relaynat.scripts.command import Subcommand, UsageError, absolutePath, seconds
@@ -77,18 +77,18 @@ def read(args: Namespace) -> ConnectOptions:
     except BadRequest as e:
         raise UsageError(f"SERVER: {e}") from e
     timeout = seconds("--timeout", args.timeout)
-    loaded = loadedClient(args)
+    # Only SERVER's secret is read, and none with --secret.
+    loaded = loadedClient(args, secretsOf=() if args.secret is not None else (server,))
     if args.secret is not None:
-        path = absolutePath(args.secret)
         try:
-            secret = loadSecret(path)
+            secret = loadSecret(absolutePath(args.secret))
         except SecretFileError as e:
-            raise ConfigError("command line", "--secret", str(e)) from None
+            raise ConfigError(COMMAND_LINE, "--secret", str(e)) from None
     elif server in loaded.secrets:
         secret = loaded.secrets[server]
     else:
         raise ConfigError(
-            args.config or "command line",
+            readConfig(args.config)[1],
             "tunnel",
             f"no [[tunnel]] for server {server!r}: give --secret FILE",
         )

@@ -36,6 +36,7 @@ from relaynat.link import (
     ControlService,
     Credentials,
     FailureNotes,
+    LoginRefused,
     LoginSession,
     RelayLink,
     RelayUnreachable,
@@ -129,11 +130,13 @@ class RefusedLoginTests(TestCase):
         channels: Counted,
         role: str = "client",
         why: str = "wrong password or unknown user",
+        check: bool = True,
     ) -> None:
         """
-        Over four retries, one line says C{why} and what to check, and no
-        refused connection stays open: once the fifth is refused, the
-        connections are those there were before.
+        Over four retries, one line says C{why} (and, with C{check}: the
+        relay checked the password, what to check), and no refused
+        connection stays open: once the fifth is refused, the connections
+        are those there were before.
         """
         events = said(self)
         baseline = len(openConnections())
@@ -147,13 +150,8 @@ class RefusedLoginTests(TestCase):
         await service.stopService()
         self.assertEqual([c.connected for c in channels.made], [False] * len(channels.made))
         await pollUntil(lambda: len(openConnections()) == baseline)
-        self.assertEqual(
-            lines(events),
-            [
-                f"login as alice refused: {why}; check password_file"
-                f" /etc/relaynat/alice.password and user in [{role}]"
-            ],
-        )
+        advice = f"; check password_file /etc/relaynat/alice.password and user in [{role}]"
+        self.assertEqual(lines(events), [f"login as alice refused: {why}{advice if check else ''}"])
 
     @runAsync
     async def test_clientWrongPassword(self) -> None:
@@ -207,7 +205,8 @@ class RefusedLoginTests(TestCase):
         await self.assertRefusedQuietly(
             link,
             Counted(lambda: ClientControl(link)),
-            why="login failed: unknown user or wrong password",
+            why="too many login attempts from this address or its network; try again in 9 s",
+            check=False,
         )
 
     @runAsync
@@ -345,7 +344,9 @@ class KeepsRefused(amp.AMP):
 
     @Login.responder
     def login(self, role: str, message: str) -> dict[str, object]:
-        raise LoginFailed("login failed: unknown user or wrong password")
+        raise LoginFailed(
+            "too many login attempts from this address or its network; try again in 9 s"
+        )
 
 
 @implementer(IStreamClientEndpoint)
@@ -529,8 +530,8 @@ class FailureNotesTests(SynchronousTestCase):
         channel = ClientControl(offline())
         locked = "too many failed logins from this address; try again in {} min"
         for error in (
-            LoginFailed("login failed: unknown user or wrong password"),
-            LoginFailed("login failed: unknown user or wrong password"),
+            LoginRefused("login failed: unknown user or wrong password"),
+            LoginRefused("login failed: unknown user or wrong password"),
             LoginFailed(locked.format(15)),
             LoginFailed(locked.format(14)),
             RelayUnreachable("cannot reach the relay: connection refused"),
@@ -541,11 +542,10 @@ class FailureNotesTests(SynchronousTestCase):
         self.assertEqual(
             lines(events),
             [
-                "login as alice refused: login failed: unknown user or wrong password;"
+                "login as alice refused: wrong password or unknown user;"
                 " check password_file /etc/relaynat/alice.password and user in [client]",
                 "login as alice refused: too many failed logins from this address;"
-                " try again in 15 min; check password_file /etc/relaynat/alice.password"
-                " and user in [client]",
+                " try again in 15 min",
                 "no control connection to the relay: cannot reach the relay: connection refused",
                 "no control connection to the relay: cannot reach the relay: connection refused",
             ],

@@ -6,8 +6,14 @@ L{ConfigError}; and the roles' C{makeService}, which calls it.
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
+from collections.abc import Callable
 from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -149,6 +155,32 @@ class LoadTests(FilesMixin, SynchronousTestCase):
         )
         self.assertEqual(str(error), "\n".join(error.lines))
 
+    def test_emptyRequired(self) -> None:
+        """A required key given as an empty string is said to be empty."""
+        for text, key in [
+            (RELAY.replace('"relay.key"', '""'), "relay.key"),
+            (SKELETON.replace('"edge.password"', '""'), "skeleton.password_file"),
+            (SKELETON.replace('"web.secret"', '""'), "server[0].secret_file"),
+            (SKELETON.replace('"tcp:relay.example:7001"', '""'), "skeleton.relay"),
+            (SKELETON.replace('"edge"', '""', 1), "skeleton.user"),
+        ]:
+            error = self.assertRaises(ConfigError, load, text, self.source)
+            self.assertEqual(str(error), f"{self.source}: {key}: must not be empty")
+
+    def test_namesAsTheRelayWantsThem(self) -> None:
+        """A skeleton's name and a server's description the relay would refuse are refused here."""
+        error = self.assertRaises(
+            ConfigError, loadSkeleton, SKELETON.replace('name = "edge"', 'name = "a\\tb"'), self.source
+        )
+        self.assertEqual(
+            str(error),
+            f"{self.source}: skeleton.name: bad skeleton name 'a\\tb': use at most 200 printable"
+            " characters",
+        )
+        long = SKELETON + f'description = "{"d" * 201}"\n'
+        error = self.assertRaises(ConfigError, loadSkeleton, long, self.source)
+        self.assertTrue(str(error).startswith(f"{self.source}: server[0].description: bad"), error)
+
     def test_emptyPassword(self) -> None:
         path = os.path.join(self.dir, "laptop.password")
         with open(path, "w") as f:
@@ -253,3 +285,104 @@ class MakeServiceTests(FilesMixin, SynchronousTestCase):
         options = self.options(relayTap, RELAY)
         service = relayTap.makeService(options, MemoryReactorClock())
         self.assertEqual(len(list(service)), 4)
+
+
+def _toml(value: Any) -> str:
+    """C{value} as a TOML value (inline tables for dicts)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+
+
+def _document(document: dict[str, Any]) -> str:
+    lines = []
+    for name, table in document.items():
+        for entry in table if isinstance(table, list) else [table]:
+            header = f"[[{name}]]" if isinstance(table, list) else f"[{name}]"
+            if not isinstance(entry, dict):
+                lines.append(f"{name} = {_toml(table)}")
+                break
+            lines.append(header)
+            lines += [f"{json.dumps(k)} = {_toml(v)}" for k, v in entry.items()]
+    return "\n".join(lines) + "\n"
+
+
+#: Any TOML value: scalars, and lists and tables of them.
+_values = st.recursive(
+    st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text("abcid", min_size=1, max_size=3), inner, max_size=3),
+    max_leaves=5,
+)
+
+
+class AnyValueTests(FilesMixin, SynchronousTestCase):
+    """
+    Whatever value any key of a role's file has (or none, or an unknown
+    key), loading it gives the configuration or a L{ConfigError}: nothing
+    else escapes to print a traceback.
+    """
+
+    def setUp(self) -> None:
+        self.dir = self.folder()
+        self.relayFiles(self.dir)
+        self.secret(self.dir)
+        self.password(self.dir, "edge.password")
+        self.password(self.dir, "laptop.password")
+        self.source = os.path.join(self.dir, "role.toml")
+
+    def loadsOrSays(self, text: str, loader: Callable[[str, str], object], data: Any) -> None:
+        document = tomllib.loads(text)
+        places = [
+            (section, i)
+            for section, table in document.items()
+            for i in (range(len(table)) if isinstance(table, list) else [None])
+        ]
+        section, index = data.draw(st.sampled_from(places))
+        table = document[section] if index is None else document[section][index]
+        key = data.draw(st.sampled_from([*table, "unknown_key"]))
+        # Nothing (the key taken out) and an empty string are drawn often.
+        change = data.draw(st.none() | st.just("") | _values)
+        if change is None:
+            table.pop(key, None)
+        else:
+            table[key] = change
+        if data.draw(st.booleans()):
+            # The whole section replaced by a value.
+            document[section] = data.draw(_values)
+        try:
+            loader(_document(document), self.source)
+        except ConfigError:
+            pass
+
+    @settings(deadline=None, max_examples=150)
+    @given(st.data())
+    def test_relay(self, data: Any) -> None:
+        self.loadsOrSays(RELAY, loadRelay, data)
+
+    @settings(deadline=None, max_examples=150)
+    @given(st.data())
+    def test_skeleton(self, data: Any) -> None:
+        self.loadsOrSays(SKELETON, loadSkeleton, data)
+
+    @settings(deadline=None, max_examples=150)
+    @given(st.data())
+    def test_client(self, data: Any) -> None:
+        self.loadsOrSays(CLIENT, loadClient, data)
+
+    @settings(deadline=None, max_examples=100)
+    @given(st.data())
+    def test_clientWithSecretFlags(self, data: Any) -> None:
+        """The same with a C{--secret} over the file's tunnels (matched by their id)."""
+        web = os.path.join(self.dir, "web.secret")
+
+        def withFlag(text: str, source: str) -> object:
+            return loadClient(text, source, Flags(secrets={"web": web}))
+
+        self.loadsOrSays(CLIENT, withFlag, data)
