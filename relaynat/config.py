@@ -31,6 +31,10 @@ from relaynat.wire import BadRequest
 DEFAULT_BACKLOG = 1024
 
 
+#: What a role's configuration is called in errors when it has no file, only flags.
+COMMAND_LINE = "command line"
+
+
 class ConfigError(Exception):
     """A configuration value is missing or wrong: says where, which and why."""
 
@@ -359,7 +363,7 @@ class _Table:
         self.source, self.name = source, name
         # Flags' file names are absolute already (relative to where the
         # command runs); a file's are relative to its folder.
-        self.base = "." if source in ("command line", "<string>") else os.path.dirname(source)
+        self.base = "." if source in (COMMAND_LINE, "<string>") else os.path.dirname(source)
 
     def _take(self, key: str, kind: type[T] | tuple[type, ...], default: Any) -> Any:
         if key not in self.data:

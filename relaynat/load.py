@@ -17,6 +17,7 @@ all accept.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from twisted.internet.endpoints import clientFromString
 
 from relaynat.auth import Users
 from relaynat.config import (
+    COMMAND_LINE,
     ClientConfig,
     ConfigError,
     ConfigErrors,
@@ -42,13 +44,18 @@ from relaynat.private import PrivateFileError, readPrivate
 from relaynat.secret import SecretFileError, loadSecret
 from relaynat.users import UsersFileError
 
-#: What a role is called in errors when it has no file, only flags.
-COMMAND_LINE = "command line"
-
 #: The role tables, in the order L{roleOf} tells them.
 ROLES = ("relay", "skeleton", "client")
 
 T = TypeVar("T")
+
+
+def flagPath(value: str) -> str:
+    """
+    A file named by a flag: relative to where the command runs, not to a
+    configuration file's folder (as the file's own names are), C{~} expanded.
+    """
+    return os.path.abspath(os.path.expanduser(value))
 
 
 @attrs.frozen

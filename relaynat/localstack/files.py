@@ -21,7 +21,10 @@ import attrs
 import relaynat
 from relaynat.cli import parse, runLocal
 from relaynat.config import (
+    ClientConfig,
     ConfigError,
+    RelayConfig,
+    SkeletonConfig,
     clientConfig,
     parseToml,
     relayConfig,
@@ -246,7 +249,7 @@ def writeConfigs(
     C{[[server]]}.  The files are checked by L{relaynat.config} as the roles
     will check them.
     """
-    documents = {role: _parsed(os.path.join(confDir, f"{role}.toml")) for role in ROLES}
+    documents = {role: parseToml(*readConfig(os.path.join(confDir, f"{role}.toml"))) for role in ROLES}
     ports: dict[int, int] = {}
 
     def move(old: int, new: int) -> int:
@@ -282,9 +285,7 @@ def writeConfigs(
     os.makedirs(outDir, exist_ok=True)
     paths = {role: os.path.join(outDir, f"{role}.toml") for role in ROLES}
     texts = {role: tomlText(moved[role]) for role in ROLES}
-    relayConfig(parseToml(texts["relay"], paths["relay"]), paths["relay"])
-    servers = skeletonConfig(parseToml(texts["skeleton"], paths["skeleton"]), paths["skeleton"])
-    clientConfig(parseToml(texts["client"], paths["client"]), paths["client"])
+    _, servers, _ = _roles(paths, texts)
     for role in ROLES:
         with open(paths[role], "w", encoding="utf-8") as f:
             f.write(texts[role])
@@ -309,9 +310,7 @@ def readConfigs(workDir: str) -> StackConfigs:
     """
     paths = {role: os.path.join(os.path.abspath(workDir), f"{role}.toml") for role in ROLES}
     try:
-        relay = relayConfig(_parsed(paths["relay"]), paths["relay"])
-        skeleton = skeletonConfig(_parsed(paths["skeleton"]), paths["skeleton"])
-        client = clientConfig(_parsed(paths["client"]), paths["client"])
+        relay, skeleton, client = _roles(paths)
     except ConfigError as e:
         raise LocalStackError(f"no local stack in {workDir}: {e}") from None
     return StackConfigs(
@@ -330,9 +329,25 @@ def readConfigs(workDir: str) -> StackConfigs:
 # The relay's key, the users and the servers' secrets.
 
 
-def _parsed(path: str) -> dict[str, Any]:
-    """The role's file at C{path}, parsed (the files it names may not exist yet)."""
-    return parseToml(*readConfig(path))
+def _roles(
+    paths: Mapping[str, str], texts: Mapping[str, str] | None = None
+) -> tuple[RelayConfig, SkeletonConfig, ClientConfig]:
+    """
+    The three roles' configurations in the files at C{paths} (or in
+    C{texts}, to be written there), checked as the roles check them; the
+    files they name need not exist yet.
+    """
+
+    def parsed(role: str) -> dict[str, Any]:
+        if texts is None:
+            return parseToml(*readConfig(paths[role]))
+        return parseToml(texts[role], paths[role])
+
+    return (
+        relayConfig(parsed("relay"), paths["relay"]),
+        skeletonConfig(parsed("skeleton"), paths["skeleton"]),
+        clientConfig(parsed("client"), paths["client"]),
+    )
 
 
 def relaynatTool(*argv: str) -> str:
@@ -371,9 +386,7 @@ def writeKeysAndUsers(
     client.  The certificate names C{names}, the hosts the relay is reached
     by.  Returns the commands, as a user would type them.
     """
-    relay = relayConfig(_parsed(configs.relay), configs.relay)
-    skeleton = skeletonConfig(_parsed(configs.skeleton), configs.skeleton)
-    client = clientConfig(_parsed(configs.client), configs.client)
+    relay, skeleton, client = _roles({role: configs.path(role) for role in ROLES})
     typed: list[str] = []
 
     def run(*argv: str) -> None:

@@ -7,7 +7,6 @@ the values it is given.
 from __future__ import annotations
 
 import math
-import os
 from argparse import ArgumentParser, Namespace
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TextIO, TypeVar
@@ -78,11 +77,6 @@ def seconds(flag: str, value: str) -> float:
     if not (math.isfinite(number) and number > 0):
         raise UsageError(f"{flag} must be a positive number of seconds")
     return number
-
-
-def absolutePath(path: str) -> str:
-    """A file named on the command line: relative to where the command runs, C{~} expanded."""
-    return os.path.abspath(os.path.expanduser(path))
 
 
 def describeOSError(error: OSError) -> str:

@@ -30,11 +30,11 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 
 from relaynat.client import ClientControl, TunnelFactory
-from relaynat.config import ConfigError
-from relaynat.load import COMMAND_LINE, LoadedAccess, readConfig
+from relaynat.config import COMMAND_LINE, ConfigError
+from relaynat.load import LoadedAccess, flagPath, readConfig
 from relaynat.names import checkServerId
 from relaynat.scripts.access import defineAccess, loadedClient
-from relaynat.scripts.command import Subcommand, UsageError, absolutePath, seconds
+from relaynat.scripts.command import Subcommand, UsageError, seconds
 from relaynat.secret import SecretFileError, loadSecret
 from relaynat.splice import Outcome, SpliceHalf
 from relaynat.wire import BadRequest
@@ -81,7 +81,7 @@ def read(args: Namespace) -> ConnectOptions:
     loaded = loadedClient(args, secretsOf=() if args.secret is not None else (server,))
     if args.secret is not None:
         try:
-            secret = loadSecret(absolutePath(args.secret))
+            secret = loadSecret(flagPath(args.secret))
         except SecretFileError as e:
             raise ConfigError(COMMAND_LINE, "--secret", str(e)) from None
     elif server in loaded.secrets:

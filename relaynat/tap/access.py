@@ -5,7 +5,6 @@ trust the relay, their control service, and their reload on SIGHUP.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ from twisted.python.usage import UsageError
 
 from relaynat.config import ConfigError, splitAssignment
 from relaynat.link import ControlChannel, ControlService, RelayLink
+from relaynat.load import flagPath
 from relaynat.tap.options import ConfigOptions
 
 _log = Logger()
@@ -42,7 +42,7 @@ class AccessOptions(ConfigOptions):
             serverId, path = splitAssignment("--secret", value, "ID=FILE")
         except ConfigError as e:
             raise UsageError(str(e)) from e
-        self.secretFiles[serverId] = os.path.abspath(os.path.expanduser(path))
+        self.secretFiles[serverId] = flagPath(path)
 
     def accessFlags(self) -> dict[str, Any]:
         return accessFlags(self)
@@ -58,7 +58,7 @@ def accessFlags(given: Mapping[str, str | None]) -> dict[str, Any]:
 
     def path(flag: str) -> str | None:
         value = given[flag]
-        return None if value is None else os.path.abspath(os.path.expanduser(value))
+        return None if value is None else flagPath(value)
 
     relayKey = given["relay-key"]
     if relayKey is not None and not relayKey.lower().startswith("sha256:"):

@@ -6,14 +6,13 @@ reloads, never while the command line is parsed.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from twisted.python import usage
 
 from relaynat.config import ConfigError
-from relaynat.load import Flags, readConfig
+from relaynat.load import Flags, flagPath, readConfig
 from relaynat.tap.listening import CannotStart
 
 
@@ -54,7 +53,7 @@ class ConfigOptions(usage.Options):
         where the command runs, not to the config file's folder.
         """
         value = self[name]
-        return None if value is None else os.path.abspath(os.path.expanduser(value))
+        return None if value is None else flagPath(value)
 
     def flags(self) -> Flags:
         raise NotImplementedError
