@@ -10,9 +10,10 @@ file but those the configuration names.  Every problem is a
 L{ConfigError}.  A wrong text stops at its first problem; once the text is
 right, every named file is read and each bad one is said, one line each
 (L{ConfigErrors}), so that one run of C{relaynat check} or of a role shows
-them all.  The roles call it from their C{makeService} and on SIGHUP, and
-C{relaynat check}, C{list} and C{connect} call it too: a file one accepts,
-all accept.
+them all.  The roles call it from their C{makeService}, a skeleton and a
+client on SIGHUP too (a relay's SIGHUP rereads its users file only), and
+C{relaynat check}, C{list} and C{connect} call it (the last two reading only
+the secrets they use): a file one accepts, the others accept.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class Flags:
 
 @attrs.frozen
 class LoadedRelay:
+    """A relay's configuration, its identity (key and certificate) and its users."""
+
     config: RelayConfig
     identity: RelayIdentity
     users: Users
@@ -100,6 +103,8 @@ class LoadedAccess:
 
 @attrs.frozen
 class LoadedSkeleton:
+    """A skeleton's configuration, how it reaches the relay, and its servers' secrets."""
+
     config: SkeletonConfig
     access: LoadedAccess
     #: Each server's secret, by its id.
@@ -108,6 +113,8 @@ class LoadedSkeleton:
 
 @attrs.frozen
 class LoadedClient:
+    """A client's configuration, how it reaches the relay, and its tunnels' secrets."""
+
     config: ClientConfig
     access: LoadedAccess
     #: Each tunnel's secret, by its server's id.

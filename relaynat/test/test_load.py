@@ -73,6 +73,7 @@ class LoadTests(FilesMixin, SynchronousTestCase):
         self.assertEqual(loaded.secrets, {"web": loadSecret(self.web)})
 
     def test_client(self) -> None:
+        """A client's text gives its configuration, credentials and secrets."""
         loaded = loadClient(CLIENT, self.source)
         self.assertIsInstance(loaded, LoadedClient)
         self.assertEqual(loaded.access.credentials.user, "laptop")
@@ -121,6 +122,7 @@ class LoadTests(FilesMixin, SynchronousTestCase):
         self.assertEqual(str(error), f"{self.source}: relay: must be a table")
 
     def test_secretForNoServer(self) -> None:
+        """A C{--secret} for an id no server has is refused, not ignored."""
         error = self.assertRaises(
             ConfigError, loadSkeleton, SKELETON, self.source, Flags(secrets={"wbe": self.web})
         )
@@ -182,6 +184,7 @@ class LoadTests(FilesMixin, SynchronousTestCase):
         self.assertTrue(str(error).startswith(f"{self.source}: server[0].description: bad"), error)
 
     def test_emptyPassword(self) -> None:
+        """A password file whose first line is empty is said so."""
         path = os.path.join(self.dir, "laptop.password")
         with open(path, "w") as f:
             f.write("\n")
@@ -364,16 +367,19 @@ class AnyValueTests(FilesMixin, SynchronousTestCase):
     @settings(deadline=None, max_examples=150)
     @given(st.data())
     def test_relay(self, data: Any) -> None:
+        """A relay's file."""
         self.loadsOrSays(RELAY, loadRelay, data)
 
     @settings(deadline=None, max_examples=150)
     @given(st.data())
     def test_skeleton(self, data: Any) -> None:
+        """A skeleton's file."""
         self.loadsOrSays(SKELETON, loadSkeleton, data)
 
     @settings(deadline=None, max_examples=150)
     @given(st.data())
     def test_client(self, data: Any) -> None:
+        """A client's file."""
         self.loadsOrSays(CLIENT, loadClient, data)
 
     @settings(deadline=None, max_examples=100)
