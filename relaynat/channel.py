@@ -173,8 +173,22 @@ class Channel(amp.AMP):
             self._boxKeys = self._boxBytes = 0
         return state
 
+    def warnPeer(self, kind: str, format: str, **fields: Any) -> None:
+        """
+        Warn of what the peer did wrong (C{kind} of mistake, the line's
+        C{format} and fields).  Here a plain warning; the relay's channels,
+        whose peers are anyone on the Internet, bound them by C{kind}
+        (L{relaynat.lograte}).
+        """
+        _log.warn(format, **fields)
+
     def _tooBig(self, why: str) -> str:
-        _log.warn("dropping {peer}: an AMP box of {why}", peer=self.transport.getPeer(), why=why)
+        self.warnPeer(
+            "AMP boxes too big",
+            "dropping {peer}: an AMP box of {why}",
+            peer=self.transport.getPeer(),
+            why=why,
+        )
         self._drop()
         return "dropped"
 
@@ -218,7 +232,8 @@ class Channel(amp.AMP):
             # Stock AMP lets some malformed boxes raise (an empty box, an
             # answer to no question, a command name that is not UTF-8); a
             # peer sending garbage is dropped with one line, not a traceback.
-            _log.warn(
+            self.warnPeer(
+                "malformed AMP",
                 "dropping {peer}: malformed AMP: {error}",
                 peer=self.transport.getPeer(),
                 error=repr(e)[:200],
@@ -234,7 +249,8 @@ class Channel(amp.AMP):
         # (nobody handles it, its arguments do not parse): the peer's
         # mistake, one line; anything else is this program's, a traceback.
         if failure.check(amp.RemoteAmpError):
-            _log.warn(
+            self.warnPeer(
+                "commands that failed unanswered",
                 "dropping {peer}: {why}",
                 peer=self.transport.getPeer(),
                 why=failure.getErrorMessage()[:200],
@@ -256,7 +272,8 @@ class Channel(amp.AMP):
 
     def _malformed(self, failure: Failure) -> Failure:
         if failure.check(BadRequest):
-            _log.warn(
+            self.warnPeer(
+                "malformed commands",
                 "{peer} sent a malformed command: {why}",
                 peer=self.transport.getPeer(),
                 why=failure.getErrorMessage(),

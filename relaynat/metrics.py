@@ -45,7 +45,8 @@ class RelayMetrics:
         self.loginFailures = PromCounter(
             "relaynat_login_failures",
             "Logins refused, by reason (password: unknown user or wrong password;"
-            " malformed; throttled: too many attempts from the source).",
+            " malformed; throttled: too many attempts from the source; wrong_port:"
+            " a client at the skeletons' port, or a skeleton at the clients').",
             ["reason"],
             registry=self.registry,
         )

@@ -112,29 +112,22 @@ class Registry:
         one is added; later (a reload at the skeleton), those it no longer
         lists are withdrawn and new ones added, while one it lists again
         keeps its entry (its C{since}, its pool, its waiting clients), only
-        its description and pool size taken anew.
+        its description and pool size taken anew.  A server withdrawn so is
+        unknown to clients from then on, as if never registered: its
+        skeleton is connected, and no longer offers it.
 
         @raise DuplicateServer: one of the ids belongs to another skeleton,
             or is listed twice.
         @raise BadRequest: one of the ids is malformed.
         """
-        ids = [checkServerId(serverId) for serverId, _ in servers]
-        for serverId in ids:
-            entry = self._servers.get(serverId)
-            if entry is not None and entry.skeleton is not skeleton:
-                # Which skeleton (its name, its user) is not for another
-                # user to learn.
-                raise DuplicateServer(
-                    f"server {serverId} is already registered by another skeleton;"
-                    " give this one another id, or stop the other skeleton"
-                )
-        if len(set(ids)) != len(ids):
-            raise DuplicateServer("the same server id is listed twice")
+        self.check(skeleton, servers)
         pool = max(0, min(pool, self.maxPool))
         held = set(self.serversOf(skeleton))
-        removed = sorted(held - set(ids))
+        removed = sorted(held - {serverId for serverId, _ in servers})
         for serverId in removed:
             self._remove(serverId, f"server {serverId} was withdrawn by its skeleton")
+            # Not offline: its skeleton is connected and no longer offers it.
+            self._seen.discard(serverId)
         now = self._clock.seconds()
         added: list[str] = []
         described: list[str] = []
@@ -164,6 +157,28 @@ class Registry:
                         entry.idle.popleft().close()
                     self._refill(entry)
         return Changes(tuple(added), tuple(removed), tuple(described), tuple(resized))
+
+    def check(self, skeleton: SkeletonLink, servers: list[tuple[str, str]]) -> None:
+        """
+        Raise what L{register} would raise for C{servers} of C{skeleton},
+        changing nothing.
+
+        @raise DuplicateServer: one of the ids belongs to another skeleton,
+            or is listed twice.
+        @raise BadRequest: one of the ids is malformed.
+        """
+        ids = [checkServerId(serverId) for serverId, _ in servers]
+        for serverId in ids:
+            entry = self._servers.get(serverId)
+            if entry is not None and entry.skeleton is not skeleton:
+                # Which skeleton (its name, its user) is not for another
+                # user to learn.
+                raise DuplicateServer(
+                    f"server {serverId} is already registered by another skeleton;"
+                    " give this one another id, or stop the other skeleton"
+                )
+        if len(set(ids)) != len(ids):
+            raise DuplicateServer("the same server id is listed twice")
 
     def unregister(self, skeleton: SkeletonLink) -> None:
         """Remove every server of C{skeleton}: it went away."""
@@ -240,7 +255,12 @@ class Registry:
         self._refill(entry)
 
     def checkOnline(self, serverId: str) -> None:
-        """Raise L{UnknownServer} or L{ServerOffline} unless C{serverId} is registered now."""
+        """
+        Raise L{UnknownServer} or L{ServerOffline} unless C{serverId} is
+        registered now: offline if its skeleton went away (or the relay
+        withdrew it), unknown if it never was registered or its skeleton
+        withdrew it (a reload).
+        """
         if serverId in self._servers:
             return
         if serverId in self._seen:

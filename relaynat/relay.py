@@ -568,6 +568,11 @@ class RelayChannel(Channel):
         self.lastHeard = self.relay.reactor.seconds()
         super().dataReceived(data)
 
+    def warnPeer(self, kind: str, format: str, **fields: Any) -> None:
+        # Anyone can connect and send garbage: bounded, as every warning
+        # strangers can cause.
+        self.relay.budget.warn(kind, format, **fields)
+
     def boxLimit(self) -> int:
         if self.login is None:
             return UNAUTHENTICATED_BOX_BYTES
@@ -590,6 +595,7 @@ class RelayChannel(Channel):
                 "{source} logs in as a {role} at the {port}s' port",
                 source=self.source(), role=printable(role, 20), port=self.role,
             )
+            self.relay.metrics.loginFailures.labels("wrong_port").inc()
             raise BadRequest(self.atTheOtherPort)
         if self._scram is not None or self._failing:
             raise BadRequest("one login at a time: finish this one first")
@@ -763,9 +769,9 @@ class SkeletonChannel(RelayChannel):
         if not servers:
             raise BadRequest("a skeleton must register at least one server")
         name = checkText("skeleton name", name)
-        if not self.registered:
-            # Its refusals name it.
-            self.name = name
+        # Its refusals name it as the relay knows it, or at its first
+        # registration by the name it gives.
+        who = self.describe() if self.registered else repr(name)
         entries = [
             (checkServerId(s["id"]), checkText("description", s["description"]))
             for s in servers
@@ -785,31 +791,30 @@ class SkeletonChannel(RelayChannel):
         except LimitReached as e:
             _log.warn(
                 "skeleton {skeleton} of {user} refused: {why}",
-                skeleton=self.describe(), user=user.name, why=str(e),
+                skeleton=who, user=user.name, why=str(e),
             )
             raise
-        first = not self.registered
-        if first:
-            # Filed first: the registry asks for connections at once, and
-            # their tickets must find their skeleton.
-            self.relay.skeletons[self.login.id] = self
-        previousName, self.name = self.name, name
         try:
-            changes = self.relay.registry.register(self, entries, pool)
-        except Exception as e:
-            self.name = previousName
-            if first:
-                del self.relay.skeletons[self.login.id]
+            self.relay.registry.check(self, entries)
+        except RelaynatError as e:
             if more > 0:
                 self.relay.usage.unregister(user.name, more)
             _log.warn(
                 "skeleton {skeleton} of {user} from {peer} refused: {why}",
-                skeleton=self.describe(),
+                skeleton=who,
                 user=user.name,
                 peer=self.source(),
                 why=str(e),
             )
             raise
+        # Taken from here on: the registry logs the servers it adds with
+        # this name, and the first registration's pool is asked for at
+        # once, whose tickets must find their skeleton.
+        first = not self.registered
+        previousName, self.name = self.name, name
+        if first:
+            self.relay.skeletons[self.login.id] = self
+        changes = self.relay.registry.register(self, entries, pool)
         if more < 0:
             self.relay.usage.unregister(user.name, -more)
         self._owner, self._counted = user.name, len(entries)
@@ -822,15 +827,16 @@ class SkeletonChannel(RelayChannel):
                 peer=self.source(),
                 count=len(servers),
             )
-        elif changes:
+        elif changes or previousName != name:
             _log.info(
                 "skeleton {skeleton} of {user} changed its servers: added {added},"
-                " withdrew {removed}, changed {changed}",
+                " withdrew {removed}, changed {changed}{renamed}",
                 skeleton=self.describe(),
                 user=user.name,
                 added=", ".join(changes.added) or "none",
                 removed=", ".join(changes.removed) or "none",
                 changed=", ".join(sorted({*changes.described, *changes.resized})) or "none",
+                renamed=f"; renamed from {previousName!r}" if previousName != name else "",
             )
         return {}
 

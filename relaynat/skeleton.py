@@ -10,7 +10,7 @@ tunnel's bytes.
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import attrs
@@ -121,22 +121,25 @@ class Skeleton:
         What a registration says now, of every server but C{leaveOut}: the
         name, the pool, each server's id and description.
         """
+        fronted = sorted(
+            (s for s in self.servers.values() if s.id not in leaveOut), key=lambda s: s.id
+        )
         return Registration(
             self.name,
             self.pool,
-            tuple(
-                sorted((s.id, s.description) for s in self.servers.values() if s.id not in leaveOut)
-            ),
+            tuple((s.id, s.description) for s in fronted),
+            tuple(fronted),
         )
 
     async def registerOn(
-        self, control: SkeletonControl, leaveOut: frozenset[str] = frozenset()
+        self, control: SkeletonControl, registration: Registration | None = None
     ) -> Registration:
         """
-        Register every server still offered (but C{leaveOut}) on C{control},
-        logged in; what it registered.
+        Register C{registration} (by default, every server still offered)
+        on C{control}, logged in; what it registered.
         """
-        registration = self.registration(leaveOut)
+        if registration is None:
+            registration = self.registration()
         servers = [{"id": i, "description": d} for i, d in registration.servers]
         if not servers:
             raise NothingToRegister(
@@ -159,11 +162,12 @@ class Skeleton:
         (ids, descriptions, name, pool) changed, the relay is told on the
         live control connection, which stays (L{SkeletonControl.changed});
         with none, the next connection registers the new set.  A server
-        changed loses its connections that carry nothing yet (pooled at the
-        relay, or joined and waiting for a client's first record), so that
-        the relay's pool is refilled with the new settings, and so does a
-        removed one once the relay has taken the new set; open tunnels
-        finish as they began.
+        whose object changed (its target, secret or seal; or removed and
+        added again by reloads in a row) loses its connections that carry
+        nothing yet (pooled at the relay, or joined and waiting for a
+        client's first record), so that the relay's pool is refilled with
+        the new settings, and so does a removed one once the relay has
+        taken the new set; open tunnels finish as they began.
         """
         # Forgotten once gone from the file: added again later, it is tried again.
         self.withdrawn &= set(servers)
@@ -187,28 +191,59 @@ class Skeleton:
                 removed=", ".join(removed) or "none",
                 changed=", ".join(sorted(changed)) or "none",
             )
-        closing = set(changed)
         if self.control is not None:
             self.control.changed()
+            # A removed server's connections close once the relay has taken
+            # the new set (L{registered}): closed before, they would have the
+            # relay ask for replacements that this skeleton refuses.
+            self._closeStale(keep=lambda serverId: True)
         else:
-            closing.update(removed)
-        # A removed server's connections close once the relay has taken the
-        # new set (L{registered}): closed before, they would have the relay
-        # ask for replacements that this skeleton refuses.
-        for end in list(self.dataConnections):
-            if end.server.id in closing and end.unused():
-                end.transport.loseConnection()
+            self._closeStale(keep=lambda serverId: False)
 
     def registered(self, registration: Registration) -> None:
         """
         The relay took C{registration}: its servers are tried, and the
-        connections of servers no longer fronted that carry nothing yet
-        close (the relay has closed those it pooled).
+        connections that carry nothing yet close if their server is no
+        longer fronted (the relay has closed those it pooled) or is fronted
+        anew (they carry the old settings).
         """
-        self.untried -= {i for i, _ in registration.servers}
+        held = {i for i, _ in registration.servers}
+        self.untried -= held
+        self._closeStale(keep=held.__contains__)
+
+    def _closeStale(self, keep: Callable[[str], bool]) -> None:
+        """
+        Close the connections that carry nothing yet and were opened for a
+        server object no longer fronted: another one fronts its id now, or
+        none does and C{keep} (the relay may still hold that id) says no.
+        """
         for end in list(self.dataConnections):
-            if end.server.id not in self.servers and end.unused():
-                end.transport.loseConnection()
+            current = self.servers.get(end.server.id)
+            if current is end.server or not end.unused():
+                continue
+            if current is None and keep(end.server.id):
+                continue
+            end.transport.loseConnection()
+
+    def restore(self, registration: Registration, why: str) -> None:
+        """
+        The relay refused a reload's registration whole, for a reason no
+        server the reload added explains (a name or description it does not
+        take), so it still holds C{registration}: front what that
+        registration fronted, as before the reload, and say so once.
+        """
+        _log.error(
+            "the relay refused the reloaded configuration: {why}; nothing changed"
+            " there, and this skeleton goes on with what it ran before the reload"
+            " ({servers} registered); fix the file and reload again",
+            why=why,
+            servers=", ".join(i for i, _ in registration.servers),
+        )
+        self.servers = {s.id: s for s in registration.fronted}
+        self.name, self.pool = registration.name, registration.pool
+        # What the reload added was never registered, and is not offered now.
+        self.untried = set()
+        self.registered(registration)
 
     def refuse(self, refused: list[str], why: str) -> None:
         """
@@ -255,15 +290,22 @@ class Skeleton:
 
 @attrs.frozen
 class Registration:
-    """What one L{Register} call told the relay."""
+    """What one L{Register} call told the relay, and what fronted its servers then."""
 
     name: str
     pool: int
     servers: tuple[tuple[str, str], ...]
+    #: What fronted those servers when it was sent: not told to the relay,
+    #: and no part of what it holds, but what a refused reload goes back to.
+    fronted: tuple[FrontedServer, ...] = attrs.field(default=(), eq=False, repr=False)
 
     def without(self, serverId: str) -> Registration:
         """This registration once the relay withdrew C{serverId}."""
-        return attrs.evolve(self, servers=tuple(s for s in self.servers if s[0] != serverId))
+        return attrs.evolve(
+            self,
+            servers=tuple(s for s in self.servers if s[0] != serverId),
+            fronted=tuple(s for s in self.fronted if s.id != serverId),
+        )
 
 
 class NothingToRegister(RelaynatError):
@@ -297,27 +339,39 @@ class SkeletonControl(ControlChannel):
         """
         A reload changed what the skeleton registers: send it on this
         connection (the relay replaces the set), unless a registration is
-        on its way, which sends it after its answer.  Should the relay
-        refuse it whole, for a server the reload kept, this connection is
-        dropped, and the next one registers what is current.
+        on its way, which sends it after its answer.  A refusal changes
+        nothing at the relay, and this connection stays: a server the
+        reload added that the relay refuses is left out; a refusal that no
+        added server explains has the skeleton go back to what the relay
+        holds (L{Skeleton.restore}).
         """
         if self._syncing or self.held is None or not self.connected:
             return
         Deferred.fromCoroutine(self._sync()).addErrback(self._syncFailed)
 
     async def _sync(self) -> None:
-        """Register until the relay holds what the skeleton offers now."""
+        """
+        Register until the relay holds what the skeleton offers now.  A
+        refusal that crossed a change here (a server the relay withdrew
+        meanwhile, a reload) is about what was sent, not what is offered
+        now: that is sent before anyone is blamed.
+        """
         self._syncing = True
         try:
-            while self.held != self.skeleton.registration():
+            while self.held != (wanted := self.skeleton.registration()):
                 try:
-                    registered = await self.skeleton.registerOn(self)
-                except _REFUSALS as e:
-                    registered = await self._withoutRefused(e)
-                self.held = registered
-                self.skeleton.registered(registered)
+                    await self.skeleton.registerOn(self, wanted)
+                except _REFUSED as e:
+                    if self.skeleton.registration() == wanted:
+                        await self._refused(wanted, e)
+                else:
+                    self._took(wanted)
         finally:
             self._syncing = False
+
+    def _took(self, registration: Registration) -> None:
+        self.held = registration
+        self.skeleton.registered(registration)
 
     def _syncFailed(self, failure: Failure) -> None:
         if not self.connected:
@@ -330,25 +384,36 @@ class SkeletonControl(ControlChannel):
         )
         self.transport.abortConnection()
 
-    async def _withoutRefused(self, error: Exception) -> Registration:
+    async def _refused(self, sent: Registration, error: Exception) -> None:
         """
-        The relay refused a registration whole.  A refused Register leaves
-        the connection free for another, so that one server a reload added
-        does not take the others offline: each added one is left out in
-        turn, then all of them.
+        The relay refused C{sent} whole, and the skeleton offers the same
+        still.  A refused Register leaves the connection free for another,
+        so that one server a reload added does not take the others offline:
+        each added one is left out in turn, then all of them.  A refusal no
+        added server explains is the first registration's failure (the
+        connection is dropped and the next one tried, each said once); on a
+        registered connection, the relay still holds what it held, and the
+        skeleton goes back to it.
         """
-        untried = sorted(self.skeleton.untried)
-        if not untried:
+        untried = sorted(self.skeleton.untried & {i for i, _ in sent.servers})
+        if isinstance(error, _REFUSALS) and untried:
+            for candidate in untried:
+                attempt = self.skeleton.registration(frozenset({candidate}))
+                try:
+                    await self.skeleton.registerOn(self, attempt)
+                except _REFUSED:
+                    if self.skeleton.registration() != sent:
+                        # Changed meanwhile: what is offered now is sent next.
+                        return
+                    continue
+                self.skeleton.refuse([candidate], str(error))
+                self._took(attempt)
+                return
+            self.skeleton.refuse(untried, str(error))
+            return
+        if self.held is None:
             raise error
-        for candidate in untried:
-            try:
-                registered = await self.skeleton.registerOn(self, frozenset({candidate}))
-            except _REFUSALS:
-                continue
-            self.skeleton.refuse([candidate], str(error))
-            return registered
-        self.skeleton.refuse(untried, str(error))
-        return await self.skeleton.registerOn(self)
+        self.skeleton.restore(self.held, str(error))
 
     @ServerWithdrawn.responder
     def serverWithdrawn(self, server: str, reason: str) -> dict[str, object]:
@@ -390,6 +455,10 @@ class SkeletonControl(ControlChannel):
 
 #: How the relay refuses a registration whole for some of its servers.
 _REFUSALS = (PermissionDenied, DuplicateServer, LimitReached)
+
+#: How the relay refuses a registration whole, changing nothing: for some of
+#: its servers, or for a name or description it does not take.
+_REFUSED = (*_REFUSALS, BadRequest)
 
 
 class RelayEnd(SpliceHalf):

@@ -303,8 +303,33 @@ class ReplaceTests(RegistryTestCase):
         # Only b's pool was asked for.
         self.assertEqual([s for s, _ in skeleton.requests[asked:]], ["b"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        # A removed server is offline, as one whose skeleton went away.
-        self.failureResultOf(self.registry.claim("c"), ServerOffline)
+        # A removed server is unknown, as one never registered.
+        self.failureResultOf(self.registry.claim("c"), UnknownServer)
+
+    def test_withdrawnByItsSkeletonIsUnknown(self) -> None:
+        """
+        A server its skeleton no longer lists is unknown to clients (its
+        skeleton is connected: "not connected" would send its users to the
+        wrong place), and so is a later join to it; one whose skeleton went
+        away, or that the relay withdrew, is offline; registered again, it
+        is online.
+        """
+        skeleton = FakeSkeleton()
+        self.registry.register(skeleton, [("a", "A"), ("b", "B"), ("c", "C")], pool=0)
+        self.registry.register(skeleton, [("a", "A"), ("c", "C")], pool=0)
+        failure = self.failureResultOf(self.registry.claim("b"), UnknownServer)
+        self.assertEqual(
+            failure.getErrorMessage(),
+            "no server b is registered at this relay; 'relaynat list' shows the ones that are",
+        )
+        self.assertRaises(UnknownServer, self.registry.checkOnline, "b")
+        self.registry.withdraw("c")
+        self.assertRaises(ServerOffline, self.registry.checkOnline, "c")
+        self.registry.unregister(skeleton)
+        self.assertRaises(ServerOffline, self.registry.checkOnline, "a")
+        self.assertRaises(UnknownServer, self.registry.checkOnline, "b")
+        self.registry.register(FakeSkeleton("beta"), [("b", "B")], pool=0)
+        self.registry.checkOnline("b")
 
     def test_sameSetChangesNothing(self) -> None:
         """The same servers registered again: no change, nothing asked, nothing closed."""

@@ -31,7 +31,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols import amp, tls
 from twisted.python.failure import Failure
 from twisted.test.iosim import ConnectionCompleter, FakeTransport, IOPump
@@ -41,7 +41,7 @@ from zope.interface import implementer
 from relaynat.channel import Channel
 from relaynat.client import ClientControl, TunnelFactory
 from relaynat.identity import PinnedRelay
-from relaynat.link import Credentials, LoginSession, RelayLink
+from relaynat.link import STOP_GRACE, ControlService, Credentials, LoginSession, RelayLink
 from relaynat.caps import Limits
 from relaynat.relay import DataConnection, FirstBytes, Relay
 from relaynat.skeleton import FrontedServer, RelayEnd, Skeleton, SkeletonControl
@@ -60,6 +60,7 @@ from relaynat.wire import (
     DuplicateServer,
     LimitReached,
     ListServers,
+    Login,
     LoginRequired,
     OpenConnection,
     PermissionDenied,
@@ -88,9 +89,11 @@ SECRET = b"s" * 32
 
 #: The refusal codes a client's data connection can read (L{wire.JOIN_REFUSALS}),
 #: spelled out so that a changed code fails here.  (Code 1, UnknownServer,
-#: cannot be had with a ticket: tickets are only issued for servers the
-#: relay has seen, which it never forgets.)
-SERVER_OFFLINE, JOIN_TIMEOUT, SKELETON_GONE, SESSION_REFUSED, LIMIT_REACHED = 2, 3, 4, 5, 6
+#: is had with a ticket only for a server its skeleton withdrew since:
+#: tickets are only issued for servers registered.)
+UNKNOWN_SERVER, SERVER_OFFLINE, JOIN_TIMEOUT, SKELETON_GONE, SESSION_REFUSED, LIMIT_REACHED = (
+    1, 2, 3, 4, 5, 6
+)
 
 #: The most bytes a data connection may send after its ticket before it is
 #: joined (the relay's limit, which is private to it).
@@ -987,7 +990,18 @@ class RegisterAgainTests(RelayTestCase):
         self.assertEqual(len(self.relay.tunnels), 1)
         self.assertEqual(self.relay.usage.servers, {"alice": 2})
         channel, _ = self.loggedIn(CLIENTS, Peer())
-        self.failureResultOf(self.askTickets(channel, "db"), ServerOffline)
+        self.failureResultOf(self.askTickets(channel, "db"), UnknownServer)
+
+    def test_withdrawnServerUnknownToATicket(self) -> None:
+        """
+        A ticket for a server its skeleton withdrew since (a reload) is
+        refused as for a server never registered (code 1), not as one whose
+        skeleton is offline: the skeleton is connected.
+        """
+        control = self.stalledSkeleton(["web", "db"])
+        _, [ticket] = self.clientTickets("db")
+        self.successResultOf(self.register(control, ["web"]))
+        self.assertRefused(self.data(CLIENTS, ticket), UNKNOWN_SERVER)
 
     def test_describedAnew(self) -> None:
         """
@@ -1014,6 +1028,31 @@ class RegisterAgainTests(RelayTestCase):
         self.assertFalse(pooled.closed)
         [channel] = self.relay.skeletons.values()
         self.assertEqual(channel.name, "renamed")
+
+    def test_renamedLogged(self) -> None:
+        """
+        A new name alone is taken and logged, in the line that says what a
+        registration changed; a refused registration with a new name keeps
+        the old one, and its refusal names the skeleton by it.
+        """
+        control = self.stalledSkeleton(["web"])
+        self.stalledSkeleton(["taken"])
+        events = logEvents(self)
+        self.successResultOf(self.register(control, ["web"], name="renamed"))
+        [channel] = [c for c in self.relay.skeletons.values() if c.name == "renamed"]
+        self.assertEqual(
+            [formatEvent(e) for e in events if "changed its servers" in formatEvent(e)],
+            [
+                "skeleton 'renamed' of alice changed its servers: added none, withdrew none,"
+                " changed none; renamed from 'raw'"
+            ],
+        )
+        self.failureResultOf(
+            self.register(control, ["web", "taken"], name="again"), DuplicateServer
+        )
+        self.assertEqual(channel.name, "renamed")
+        [refused] = [formatEvent(e) for e in events if "refused" in formatEvent(e)]
+        self.assertIn("skeleton 'renamed' of alice from", refused)
 
     def test_refusedChangesNothing(self) -> None:
         """
@@ -1189,6 +1228,249 @@ class SkeletonReconfigureTests(RelayTestCase):
         self.assertEqual(self.listed(), {})
         [line] = [formatEvent(e) for e in events if "refused the reloaded" in formatEvent(e)]
         self.assertIn("every server of it was withdrawn", line)
+
+
+class ReloadRefusedTests(RelayTestCase):
+    """
+    A reload the relay refuses whole for a reason no added server explains:
+    the relay holds what it held, and the skeleton goes back to it, on the
+    same connection.
+    """
+
+    def errors(self, events: list[dict[str, Any]]) -> list[str]:
+        return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+
+    def test_refusedDescriptionKeepsTheRunningSet(self) -> None:
+        """
+        A reload that gives web a description the relay refuses (not
+        printable) and adds mail is refused whole: the control connection
+        stays, web stays listed as it was (its description, its C{since}),
+        the skeleton fronts web as before the reload (the same object, so
+        its pool is refilled with the old settings) and not mail, and one
+        error line says what the relay refused and what to do; nothing more
+        is sent or said as time passes.
+        """
+        skeleton, control = self.startSkeleton({"web": TARGET}, pool=1)
+        web = skeleton.servers["web"]
+        before = self.listed()
+        events = logEvents(self)
+        self.reactor.advance(5)
+        skeleton.reconfigure(
+            {"web": attrs.evolve(web, description="bell\x07"), "mail": self.fronted("mail")},
+            "test-skeleton",
+            1,
+        )
+        self.net.settle()
+        self.assertTrue(control.connected)
+        self.assertIs(skeleton.control, control)
+        self.assertEqual(self.listed(), before)
+        self.assertEqual(skeleton.servers, {"web": web})
+        self.assertIs(skeleton.servers["web"], web)
+        self.assertEqual(skeleton.untried, set())
+        self.assertEqual(control.held, skeleton.registration())
+        self.assertEqual([end.server for end in skeleton.dataConnections], [web])
+        self.assertEqual(self.relay.registry.counts()["idle"], 1)
+        [line] = self.errors(events)
+        self.assertIn("the relay refused the reloaded configuration: bad description", line)
+        self.assertIn("goes on with what it ran before the reload (web registered)", line)
+        self.assertIn("fix the file and reload again", line)
+        for _ in range(3):
+            self.reactor.advance(60)
+            self.net.settle()
+        self.assertEqual(len(self.errors(events)), 1)
+        self.assertTrue(control.connected)
+
+    def test_refusedNameKeepsTheRunningSet(self) -> None:
+        """
+        A reload to a name the relay refuses (a newline in it) keeps the
+        connection, the name the relay knows and the servers; the next
+        connection, should this one go, registers them again.
+        """
+        skeleton, control = self.startSkeleton({"web": TARGET}, pool=0)
+        events = logEvents(self)
+        skeleton.reconfigure(dict(skeleton.servers), "two\nlines", 0)
+        self.net.settle()
+        self.assertTrue(control.connected)
+        self.assertEqual(skeleton.name, "test-skeleton")
+        [channel] = self.relay.skeletons.values()
+        self.assertEqual(channel.name, "test-skeleton")
+        [line] = self.errors(events)
+        self.assertIn("bad skeleton name 'two\\nlines'", line)
+        control.transport.loseConnection()
+        self.net.settle()
+        again = self.connectVia(skeleton.link, SkeletonControl(skeleton))
+        d = skeleton.register(again)
+        self.net.settle()
+        self.successResultOf(d)
+        self.assertEqual(sorted(self.listed()), ["web"])
+
+    def test_firstRegistrationRefusedSaidOnce(self) -> None:
+        """
+        A skeleton whose first registration is refused (a name the relay
+        does not take) is dropped and tries again, as its service does, and
+        the refusal is one error line, however many times it is tried.
+        """
+        servers = {"web": self.fronted("web")}
+        skeleton = Skeleton(self.link(SKELETONS), "bell\x07", servers, 0)
+        service = ControlService(
+            skeleton.link.endpoint,
+            lambda: SkeletonControl(skeleton),
+            self.reactor,
+            retryPolicy=lambda attempt: 1.0,
+        )
+        events = logEvents(self)
+        service.startService()
+        attempts = 4
+        for _ in range(attempts):
+            self.net.settle()
+            self.reactor.advance(1.0)
+        self.net.settle()
+        stopped = service.stopService()
+        self.net.settle()
+        self.reactor.advance(STOP_GRACE)
+        self.net.settle()
+        self.successResultOf(stopped)
+        self.assertEqual(self.relay.skeletons, {})
+        tried = [formatEvent(e) for e in events if "logged in to the relay" in formatEvent(e)]
+        self.assertGreaterEqual(len(tried), attempts)
+        [line] = self.errors(events)
+        self.assertIn("the relay refused this skeleton: bad skeleton name", line)
+
+
+class ReloadRaceTests(RelayTestCase):
+    """Reloads that cross the relay's own changes, or each other."""
+
+    def test_refusalAfterWithdrawalBlamesNobody(self) -> None:
+        """
+        The relay withdraws db (its user lost the right) while the new set
+        of a reload that keeps db and adds mail is on its way: the relay
+        refuses that set for db, after telling the skeleton db is withdrawn.
+        The skeleton sends what it offers now (web and mail) rather than
+        blame mail, which is registered.
+        """
+        skeleton, control = self.startSkeleton({"web": TARGET, "db": TARGET}, pool=0)
+        events = logEvents(self)
+        servers = {**skeleton.servers, "mail": self.fronted("mail")}
+        skeleton.reconfigure(servers, "test-skeleton", 0)
+        # Before the relay reads the new set.
+        self.changeUsers(alice=Rights(register=frozenset({"web", "mail"}), join=None))
+        self.net.settle()
+        self.assertEqual(said(events, "not registered"), [])
+        self.assertEqual(sorted(self.listed()), ["mail", "web"])
+        self.assertEqual(sorted(skeleton.servers), ["mail", "web"])
+        self.assertEqual(skeleton.withdrawn, {"db"})
+        self.assertEqual(control.held, skeleton.registration())
+        self.assertTrue(control.connected)
+
+    def test_removedAndAddedAgainReplacesItsConnections(self) -> None:
+        """
+        Reloads in a row while a registration is on its way: one that
+        describes web anew, one that removes db, one that adds db again
+        with a new secret.  The relay never hears db removed (the last set
+        has it, as it held), but db's pooled connection, opened with the
+        old secret, is closed, and the pool refilled with the new one.
+        """
+        skeleton, control = self.startSkeleton({"web": TARGET, "db": TARGET}, pool=1)
+        web, db = skeleton.servers["web"], skeleton.servers["db"]
+        [oldDb] = [end for end in skeleton.dataConnections if end.server is db]
+        newWeb = attrs.evolve(web, description="the new web")
+        newDb = FrontedServer("db", "db server", self.net.endpoint(TARGET), b"t" * 32)
+        skeleton.reconfigure({"web": newWeb, "db": db}, "test-skeleton", 1)
+        skeleton.reconfigure({"web": newWeb}, "test-skeleton", 1)
+        skeleton.reconfigure({"web": newWeb, "db": newDb}, "test-skeleton", 1)
+        self.net.settle()
+        self.assertIsNotNone(oldDb.lost)
+        pooled = {end.server.id: end.server for end in skeleton.dataConnections}
+        self.assertEqual(pooled, {"web": newWeb, "db": newDb})
+        self.assertIs(pooled["db"], newDb)
+        self.assertEqual(self.relay.registry.counts()["idle"], 2)
+        self.assertEqual(sorted(self.listed()), ["db", "web"])
+        self.assertEqual(control.held, skeleton.registration())
+
+
+def said(events: list[dict[str, Any]], words: str) -> list[str]:
+    """The lines of C{events} with C{words} in them."""
+    return [formatEvent(e) for e in events if words in formatEvent(e)]
+
+
+class StrangerLogTests(RelayTestCase):
+    """
+    What anyone who connects can make the relay log is bounded by its log
+    budget (ten lines of a kind a minute, the rest summed up): malformed
+    commands, logins at the wrong port.
+    """
+
+    def warnings(self, events: list[dict[str, Any]], words: str) -> list[str]:
+        return [
+            formatEvent(e)
+            for e in events
+            if e.get("log_level") == LogLevel.warn and words in formatEvent(e)
+        ]
+
+    def test_malformedLoginsBounded(self) -> None:
+        """
+        A hundred Login boxes that do not parse (without the role, or with
+        a role that is not UTF-8) on one connection are each answered
+        L{BadRequest}, and give ten warnings, then one line that sums up
+        the other ninety once the minute is over.
+        """
+        channel = self.connect(CLIENTS, Peer())
+        events = logEvents(self)
+        answers: list[Deferred[Any]] = []
+        for i in range(100):
+            if i % 2:
+                box = channel.callRemoteString(b"Login", message=b"n,,n=alice,r=abc")
+            else:
+                box = channel.callRemoteString(b"Login", role=b"\xff\xfe", message=b"n,,")
+            # Taken before the network moves, as L{call} does.
+            answers.append(Deferred())
+            box.chainDeferred(answers[-1])
+        self.net.settle()
+        for answer in answers:
+            failure = self.failureResultOf(answer)
+            self.assertEqual(failure.value.errorCode, b"BAD_REQUEST")
+        self.assertTrue(channel.connected)
+        self.assertEqual(len(self.warnings(events, "sent a malformed command")), 10)
+        self.reactor.advance(60)
+        self.relay.heartbeat()
+        [summary] = self.warnings(events, "left out of the log")
+        self.assertEqual(
+            summary, "90 more warnings of malformed commands left out of the log in 60 s"
+        )
+        self.assertEqual(len(self.warnings(events, "malformed command")), 11)
+
+    def test_wrongPortLoginsCountedNotThrottled(self) -> None:
+        """
+        Twenty logins as a skeleton at the clients' port are each told the
+        port is wrong, give at most ten warnings and a summing-up line, are
+        counted in the metrics as C{wrong_port}, and leave the throttle
+        untouched: a mistake of configuration guesses no password.
+        """
+        channel = self.connect(CLIENTS, Peer())
+        events = logEvents(self)
+        answers: list[Deferred[Any]] = []
+        for _ in range(20):
+            answers.append(Deferred())
+            login = channel.callRemote(Login, role="skeleton", message="n,,n=alice,r=abc")
+            login.chainDeferred(answers[-1])
+        self.net.settle()
+        for answer in answers:
+            failure = self.failureResultOf(answer, BadRequest)
+            self.assertIn("this is the relay's port for clients", failure.getErrorMessage())
+        self.assertEqual(len(self.warnings(events, "logs in as a 'skeleton'")), 10)
+        self.reactor.advance(60)
+        self.relay.heartbeat()
+        self.assertEqual(
+            self.warnings(events, "left out"),
+            ["10 more warnings of logins at the wrong port left out of the log in 60 s"],
+        )
+        self.assertEqual(len(self.relay.throttle), 0)
+        self.assertEqual(
+            self.relay.metrics.registry.get_sample_value(
+                "relaynat_login_failures_total", {"reason": "wrong_port"}
+            ),
+            20,
+        )
 
 
 class ListServersTests(RelayTestCase):

@@ -14,6 +14,7 @@ import os
 import signal
 from typing import Any, cast
 
+import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -175,6 +176,16 @@ def skeletonOf(service: MultiService) -> Skeleton:
     return cast(Skeleton, reloadOf(service).skeleton)
 
 
+async def readyControl(service: MultiService) -> Any:
+    """
+    The skeleton's control connection once ready: the relay lists its
+    servers as it takes them, a moment before the skeleton reads its answer.
+    """
+    ready = partOf(service, ControlService).ready
+    await pollUntil(lambda: ready.current is not None)
+    return ready.current
+
+
 async def freePort() -> int:
     """A port of 127.0.0.1 nobody listens on now."""
     port = await listen(Factory())
@@ -211,6 +222,7 @@ class SkeletonReloadTests(TestCase):
         ports = {serverId: await freePort() for serverId in ("a", "b", "c")}
         ends.run(clientTap, await ends.writeClient(ports))
         await pollUntil(lambda: set(ends.listed()) == set(servers))
+        await readyControl(skeleton)
         return skeleton, ports
 
     @runAsync
@@ -261,7 +273,7 @@ class SkeletonReloadTests(TestCase):
         path = await ends.writeSkeleton({"a": "A"}, pool=2)
         skeleton = ends.run(skeletonTap, path)
         await pollUntil(lambda: ends.relay.registry.counts()["idle"] == 2)
-        control = partOf(skeleton, ControlService).ready.current
+        control = await readyControl(skeleton)
         pooled = set(skeletonOf(skeleton).dataConnections)
         with open(path, "a", encoding="utf-8") as f:
             f.write("# a comment changes nothing\n")
@@ -308,7 +320,7 @@ class SkeletonReloadTests(TestCase):
         path = await ends.writeSkeleton({"a": "A"})
         skeleton = ends.run(skeletonTap, path)
         await pollUntil(lambda: ends.listed() == {"a": "A"})
-        control = partOf(skeleton, ControlService).ready.current
+        control = await readyControl(skeleton)
         for text, words in (
             ("[skeleton\n", "(syntax)"),
             (open(path).read().replace("a.secret", "missing.secret"), "missing.secret"),
@@ -335,7 +347,7 @@ class SkeletonReloadTests(TestCase):
         path = await ends.writeSkeleton({"a": "A"})
         skeleton = ends.run(skeletonTap, path)
         await pollUntil(lambda: ends.listed() == {"a": "A"})
-        control = partOf(skeleton, ControlService).ready.current
+        control = await readyControl(skeleton)
         since = (await ends.listedByClient())["a"]["since"]
         events = logEvents(self)
         await ends.writeSkeleton({"a": "A2", "b": "B", "forbidden": "F"})
@@ -346,6 +358,52 @@ class SkeletonReloadTests(TestCase):
         self.assertEqual(sorted(skeletonOf(skeleton).servers), ["a", "b"])
         self.assertIs(partOf(skeleton, ControlService).ready.current, control)
         self.assertEqual((await ends.listedByClient())["a"]["since"], since)
+
+    @runAsync
+    async def test_refusedReloadKeepsRunning(self) -> None:
+        """
+        A reload the relay refuses whole for a reason no added server
+        explains (here a name it does not take and a description it does
+        not print, which the loader may catch first: they are handed to the
+        skeleton as a loaded file would be) changes nothing: the same
+        control connection, a and c listed as they were (never offline), a
+        tunnel open before carrying bytes after, new tunnels to both, one
+        error line saying what to fix; and the next reload of the file
+        registers what it says.
+        """
+        ends = Ends(self)
+        await ends.startRelay()
+        skeleton, ports = await self.startBoth(ends, {"a": "A", "c": "C"})
+        before = await ends.echoed(ports["a"], b"before")
+        control = partOf(skeleton, ControlService).ready.current
+        listed = await ends.listedByClient()
+        running = skeletonOf(skeleton)
+        fronted = dict(running.servers)
+        events = logEvents(self)
+
+        bad = {**fronted, "a": attrs.evolve(fronted["a"], description="A\x1b[2J")}
+        running.reconfigure(bad, "test\nsecond line", 1)
+        await pollUntil(lambda: said(events, "the relay refused the reloaded"))
+
+        [line] = said(events, "the relay refused the reloaded")
+        self.assertIn("nothing changed there", line)
+        self.assertIn("bad skeleton name", line)
+        self.assertIn("fix the file and reload again", line)
+        self.assertIs(partOf(skeleton, ControlService).ready.current, control)
+        self.assertEqual(running.servers, fronted)
+        self.assertTrue(all(running.servers[i] is fronted[i] for i in fronted))
+        self.assertEqual((running.name, running.pool), ("test", 1))
+        self.assertEqual(await ends.listedByClient(), listed)
+        await echoedAgain(before, b" and after")
+        await ends.echoed(ports["a"], b"a again")
+        await ends.echoed(ports["c"], b"c again")
+        self.assertEqual(len(said(events, "refused the reloaded configuration")), 1)
+
+        await ends.writeSkeleton({"a": "A2", "c": "C"})
+        reloadOf(skeleton)()
+        await pollUntil(lambda: ends.listed() == {"a": "A2", "c": "C"})
+        self.assertIs(partOf(skeleton, ControlService).ready.current, control)
+        self.assertEqual((await ends.listedByClient())["a"]["since"], listed["a"]["since"])
 
 
 class ClientReloadTests(TestCase):
