@@ -175,26 +175,36 @@ def moveEndpoints(
     return moved
 
 
+def tomlValue(v: Any) -> str:
+    """C{v} (a string, number, boolean, or a list or table of them) as a TOML value."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        # A TOML basic string: JSON's escapes are TOML's for these.
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(tomlValue(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {tomlValue(x)}" for k, x in v.items()) + "}"
+    raise LocalStackError(f"cannot write {v!r} as TOML")
+
+
 def tomlText(document: Mapping[str, Any]) -> str:
-    """TOML for the flat tables and arrays of tables a role's configuration has."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            # A TOML basic string: JSON's escapes are TOML's for these.
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        raise LocalStackError(f"cannot write {v!r} as TOML")
-
+    """
+    TOML for the tables and arrays of tables a role's configuration has (a
+    section that is neither is written as the value it is).
+    """
     lines = []
     for name, table in document.items():
-        for entry in table if isinstance(table, list) else [table]:
+        entries = table if isinstance(table, list) else [table]
+        if not all(isinstance(entry, dict) for entry in entries):
+            lines += [f"{json.dumps(name)} = {tomlValue(table)}", ""]
+            continue
+        for entry in entries:
             lines.append(f"[[{name}]]" if isinstance(table, list) else f"[{name}]")
-            lines += [f"{k} = {value(v)}" for k, v in entry.items()]
+            lines += [f"{json.dumps(k)} = {tomlValue(v)}" for k, v in entry.items()]
             lines.append("")
     return "\n".join(lines)
 

@@ -115,13 +115,15 @@ class HttpGet(Protocol):
             self.done.callback(b"".join(self.received))
 
 
-async def fetchPage(reactor: Any, port: int, timeout: float = 10.0) -> bytes:
+async def fetchPage(
+    reactor: Any, port: int, path: str = "/", timeout: float = 10.0
+) -> bytes:
     """
-    The body of C{GET /} from 127.0.0.1:C{port}; a L{ValueError} unless the
-    answer is a 200.
+    The body of C{GET path} from 127.0.0.1:C{port}; a L{ValueError} unless
+    the answer is a 200.
     """
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=timeout)
-    get = await connectProtocol(endpoint, HttpGet(f"127.0.0.1:{port}"))
+    get = await connectProtocol(endpoint, HttpGet(f"127.0.0.1:{port}", path))
     d = get.done
     d.addTimeout(timeout, reactor)
     try:
@@ -132,7 +134,7 @@ async def fetchPage(reactor: Any, port: int, timeout: float = 10.0) -> bytes:
     head, _, body = answer.partition(b"\r\n\r\n")
     status = head.split(b"\r\n", 1)[0]
     if not status.startswith(b"HTTP/1.") or status.split(b" ")[1:2] != [b"200"]:
-        raise ValueError(f"expected a 200 answer, got {status[:80]!r}")
+        raise ValueError(f"GET {path}: expected a 200 answer, got {status[:80]!r}")
     return body
 
 

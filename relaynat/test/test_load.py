@@ -6,7 +6,6 @@ L{ConfigError}; and the roles' C{makeService}, which calls it.
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from relaynat.load import (
     loadSkeleton,
     readConfig,
 )
+from relaynat.localstack.files import tomlText
 from relaynat.secret import loadSecret
 from relaynat.tap import client as clientTap
 from relaynat.tap import relay as relayTap
@@ -290,32 +290,6 @@ class MakeServiceTests(FilesMixin, SynchronousTestCase):
         self.assertEqual(len(list(service)), 4)
 
 
-def _toml(value: Any) -> str:
-    """C{value} as a TOML value (inline tables for dicts)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
-
-
-def _document(document: dict[str, Any]) -> str:
-    lines = []
-    for name, table in document.items():
-        for entry in table if isinstance(table, list) else [table]:
-            header = f"[[{name}]]" if isinstance(table, list) else f"[{name}]"
-            if not isinstance(entry, dict):
-                lines.append(f"{name} = {_toml(table)}")
-                break
-            lines.append(header)
-            lines += [f"{json.dumps(k)} = {_toml(v)}" for k, v in entry.items()]
-    return "\n".join(lines) + "\n"
-
-
 #: Any TOML value: scalars, and lists and tables of them.
 _values = st.recursive(
     st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -360,7 +334,7 @@ class AnyValueTests(FilesMixin, SynchronousTestCase):
             # The whole section replaced by a value.
             document[section] = data.draw(_values)
         try:
-            loader(_document(document), self.source)
+            loader(tomlText(document), self.source)
         except ConfigError:
             pass
 

@@ -34,7 +34,6 @@ from typing import Any
 import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from relaynat.caps import Limits
@@ -44,7 +43,6 @@ from relaynat.config import parseToml
 from relaynat.load import loadClient, readConfig
 from relaynat.localstack import (
     ChildProcess,
-    HttpGet,
     childEnvironment,
     fetchPage,
     moveEndpoints,
@@ -279,11 +277,11 @@ class ReadmeOnThreeMachinesTests(TestCase):
     async def checkRelayWeb(self) -> None:
         """The relay's web page, health and metrics, as "Metrics and health" has them."""
         assert self.fingerprint is not None
-        page = (await getPath(self.ports[7080], "/")).decode()
+        page = (await fetchPage(reactor, self.ports[7080], "/")).decode()
         self.assertIn(self.fingerprint, page)
         self.assertIn("relaynat trust", page)
-        self.assertEqual((await getPath(self.ports[7080], "/healthz")).strip(), b"ok")
-        metrics = (await getPath(self.ports[7080], "/metrics")).decode()
+        self.assertEqual((await fetchPage(reactor, self.ports[7080], "/healthz")).strip(), b"ok")
+        metrics = (await fetchPage(reactor, self.ports[7080], "/metrics")).decode()
         served = set(re.findall(r"^# TYPE (relaynat_\w+) ", metrics, re.M))
         # A histogram's creation time is the client library's, not one of ours.
         served = {name for name in served if not name.endswith("_created")}
@@ -319,23 +317,6 @@ class ReadmeOnThreeMachinesTests(TestCase):
 
 def maskTime(lines: list[str]) -> list[str]:
     return [re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "YYYY-MM-DD hh:mm:ss", line) for line in lines]
-
-
-async def getPath(port: int, path: str) -> bytes:
-    """The body of C{GET path} from 127.0.0.1:C{port}, which must answer 200."""
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10)
-    get = await connectProtocol(endpoint, HttpGet(f"127.0.0.1:{port}", path))
-    d = get.done
-    d.addTimeout(10, reactor)
-    try:
-        answer = await d
-    finally:
-        if get.transport is not None:
-            get.transport.abortConnection()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    if head.split(b"\r\n", 1)[0].split(b" ")[1:2] != [b"200"]:
-        raise ValueError(f"GET {path}: {head[:80]!r}")
-    return body
 
 
 def readmeMetrics() -> list[str]:

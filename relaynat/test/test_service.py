@@ -50,7 +50,6 @@ import tomllib
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, TimeoutError
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -59,9 +58,9 @@ from twisted.trial.unittest import FailTest, SkipTest, TestCase
 
 from relaynat.localstack import (
     ChildProcess,
-    HttpGet,
     LocalStackError,
     endpointPort,
+    fetchPage,
     moveEndpoints,
     pickFreePort,
     pollUntil,
@@ -430,19 +429,6 @@ def serviceCommand(unit: Unit, namespace: MountNamespace, staging: str) -> list[
     )
 
 
-async def getPath(port: int, path: str) -> bytes:
-    """The whole answer to C{GET path} at 127.0.0.1:C{port}."""
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
-    get = await connectProtocol(endpoint, HttpGet(f"127.0.0.1:{port}", path))
-    d = get.done
-    d.addTimeout(5, reactor)
-    try:
-        return await d
-    finally:
-        if get.transport is not None:
-            get.transport.abortConnection()
-
-
 def writePrivate(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -657,13 +643,11 @@ class ServiceSectionTests(TestCase):
                 raise LocalStackError(f"the relay {relay.describeEnd()}:\n{relay.tail()}")
 
         async def healthy() -> None:
-            answer = await getPath(self.ports["web"], "/healthz")
-            if not answer.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
-                raise ValueError(answer[:100])
-            if not answer.endswith(b"\r\n\r\nok\n"):
+            body = await fetchPage(reactor, self.ports["web"], "/healthz", timeout=5)
+            if body != b"ok\n":
                 # A wrong answer, not a late one: pollUntil gives up at once
                 # on a LocalStackError (a FailTest it would retry for 30 s).
-                raise LocalStackError(f"/healthz: {answer!r}")
+                raise LocalStackError(f"/healthz: {body!r}")
 
         await pollUntil(reactor, healthy, 30, "the relay's /healthz", guard=running)
         pid = relay.pid
