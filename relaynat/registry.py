@@ -186,8 +186,13 @@ class Registry:
             self._remove(serverId, f"the skeleton of server {serverId} went away")
 
     def withdraw(self, serverId: str) -> None:
-        """Remove C{serverId}: its skeleton may no longer front it."""
+        """
+        Remove C{serverId}: its skeleton may no longer front it.  Clients
+        are told it is unknown, as for one never registered: its skeleton
+        is connected, and "not connected" would send them the wrong way.
+        """
         self._remove(serverId, f"server {serverId} was withdrawn")
+        self._seen.discard(serverId)
 
     def serversOf(self, skeleton: SkeletonLink) -> list[str]:
         """The ids of the servers C{skeleton} registered."""

@@ -310,9 +310,9 @@ class ReplaceTests(RegistryTestCase):
         """
         A server its skeleton no longer lists is unknown to clients (its
         skeleton is connected: "not connected" would send its users to the
-        wrong place), and so is a later join to it; one whose skeleton went
-        away, or that the relay withdrew, is offline; registered again, it
-        is online.
+        wrong place), and so is a later join to it, and one the relay
+        withdrew (its owner lost the right); one whose skeleton went away is
+        offline; registered again, it is online.
         """
         skeleton = FakeSkeleton()
         self.registry.register(skeleton, [("a", "A"), ("b", "B"), ("c", "C")], pool=0)
@@ -324,7 +324,7 @@ class ReplaceTests(RegistryTestCase):
         )
         self.assertRaises(UnknownServer, self.registry.checkOnline, "b")
         self.registry.withdraw("c")
-        self.assertRaises(ServerOffline, self.registry.checkOnline, "c")
+        self.assertRaises(UnknownServer, self.registry.checkOnline, "c")
         self.registry.unregister(skeleton)
         self.assertRaises(ServerOffline, self.registry.checkOnline, "a")
         self.assertRaises(UnknownServer, self.registry.checkOnline, "b")

@@ -2159,7 +2159,8 @@ class JoinTests(RelayTestCase):
         self.assertTrue(pooled["web"].closed)
         self.assertFalse(pooled["db"].closed)
         channel, _ = self.loggedIn(CLIENTS, Peer())
-        self.failureResultOf(self.askTickets(channel, "web"), ServerOffline)
+        # Gone from the relay, as if never registered: not "not connected".
+        self.failureResultOf(self.askTickets(channel, "web"), UnknownServer)
         self.successResultOf(self.askTickets(channel, "db"))
 
 
