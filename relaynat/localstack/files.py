@@ -187,8 +187,13 @@ def tomlValue(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(tomlValue(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {tomlValue(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{tomlKey(k)} = {tomlValue(x)}" for k, x in v.items()) + "}"
     raise LocalStackError(f"cannot write {v!r} as TOML")
+
+
+def tomlKey(key: str) -> str:
+    """C{key} as a TOML key: bare when it may be (as people write them), else quoted."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def tomlText(document: Mapping[str, Any]) -> str:
@@ -200,11 +205,11 @@ def tomlText(document: Mapping[str, Any]) -> str:
     for name, table in document.items():
         entries = table if isinstance(table, list) else [table]
         if not all(isinstance(entry, dict) for entry in entries):
-            lines += [f"{json.dumps(name)} = {tomlValue(table)}", ""]
+            lines += [f"{tomlKey(name)} = {tomlValue(table)}", ""]
             continue
         for entry in entries:
-            lines.append(f"[[{name}]]" if isinstance(table, list) else f"[{name}]")
-            lines += [f"{json.dumps(k)} = {tomlValue(v)}" for k, v in entry.items()]
+            lines.append(f"[[{tomlKey(name)}]]" if isinstance(table, list) else f"[{tomlKey(name)}]")
+            lines += [f"{tomlKey(k)} = {tomlValue(v)}" for k, v in entry.items()]
             lines.append("")
     return "\n".join(lines)
 
