@@ -15,7 +15,7 @@ from relaynat.load import Flags, LoadedRelay, loadRelay
 from relaynat.relay import Relay
 from relaynat.tap.hangup import ReloadOnHangup
 from relaynat.tap.limits import raiseOpenFileLimit
-from relaynat.tap.listening import Listening
+from relaynat.tap.listening import Listening, OnionTors
 from relaynat.tap.options import ConfigOptions, number
 from relaynat.web import publicationResource
 from relaynat.wire import HEARTBEAT
@@ -97,15 +97,17 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     heartbeat.clock = reactor
     heartbeat.setServiceParent(service)
     ReloadOnHangup(reactor, loaded.users.reload).setServiceParent(service)
-    Listening(reactor, config.clients, relay.clientFactory(), "[relay] clients").setServiceParent(
-        service
-    )
+    # The ports that are onion services on one Tor share one connection to it.
+    tors = OnionTors(reactor)
     Listening(
-        reactor, config.skeletons, relay.skeletonFactory(), "[relay] skeletons"
+        reactor, config.clients, relay.clientFactory(), "[relay] clients", tors
+    ).setServiceParent(service)
+    Listening(
+        reactor, config.skeletons, relay.skeletonFactory(), "[relay] skeletons", tors
     ).setServiceParent(service)
     if config.web is not None:
         site = Site(
             publicationResource(loaded.identity, relay.metrics.registry, config.metrics_allow)
         )
-        Listening(reactor, config.web, site, "[relay] web").setServiceParent(service)
+        Listening(reactor, config.web, site, "[relay] web", tors).setServiceParent(service)
     return service

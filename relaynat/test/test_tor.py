@@ -12,7 +12,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import struct
+from functools import partial
+
 import txtorcon
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -25,6 +28,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from relaynat.localstack import (
     ChildProcess,
     LocalStackError,
+    fetchPage,
     pollUntil,
     relaynatList,
     spawn,
@@ -32,6 +36,7 @@ from relaynat.localstack import (
     writeConfigs,
     writeKeysAndUsers,
 )
+from relaynat.tap.listening import CannotStart, OnionTors
 from relaynat.test.net import runAsync
 
 ONION = re.compile(r"^[a-z2-7]{56}\.onion$")
@@ -96,18 +101,49 @@ async def startTor(case: TestCase) -> tuple[ChildProcess, str]:
     return child, port
 
 
-async def hiddenServicePorts(controlPort: str) -> list[str]:
-    """The C{HiddenServicePort} lines the tor at C{controlPort} holds, asked over its control port."""
+async def hiddenServices(controlPort: str) -> dict[str, list[str]]:
+    """
+    The onion services the tor at C{controlPort} holds, asked over its
+    control port: each C{HiddenServiceDir} and its C{HiddenServicePort} lines.
+    """
     tor = await txtorcon.connect(
         reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", int(controlPort))
     )
     try:
-        options = await tor.protocol.get_conf("HiddenServiceOptions")
+        # Raw, in tor's order: each service's lines follow its directory.
+        raw = await tor.protocol.get_conf_raw("HiddenServiceOptions")
     finally:
         await tor.quit()
-    # One service gives a string, several a list; nothing, no key.
-    ports = options.get("HiddenServicePort", [])
-    return [ports] if isinstance(ports, str) else list(ports)
+    services: dict[str, list[str]] = {}
+    folder = None
+    for line in raw.splitlines():
+        key, _, value = line.partition("=")
+        if key == "HiddenServiceDir":
+            folder = value.rstrip("/")
+            services[folder] = []
+        elif key == "HiddenServicePort" and folder is not None:
+            services[folder].append(value)
+    return services
+
+
+def localPort(line: str, public: int) -> int:
+    """The local port a C{HiddenServicePort} line for C{public} leads to, on 127.0.0.1."""
+    port, target = line.split()
+    if port != str(public):
+        raise ValueError(f"not port {public}: {line!r}")
+    host, local = target.rsplit(":", 1)
+    if host != "127.0.0.1":
+        raise ValueError(f"not to 127.0.0.1: {line!r}")
+    return int(local)
+
+
+async def onionName(folder: str) -> str:
+    """The .onion name tor wrote in C{folder}/hostname; L{ValueError} until it has."""
+    with open(os.path.join(folder, "hostname"), encoding="ascii") as f:
+        name = f.read().strip()
+    if not ONION.match(name):
+        raise ValueError(f"not an onion name: {name!r}")
+    return name
 
 
 class Socks5AsTor(Protocol):
@@ -202,9 +238,20 @@ class Back(Protocol):
 
 
 class OnionRelayTests(TestCase):
-    """A real C{twistd relay} whose clients' port is an onion service."""
+    """A real C{twistd relay} whose ports are onion services (or cannot be)."""
 
     timeout = 120
+
+    def relay(self, work: str, configPath: str, *flags: str) -> ChildProcess:
+        """A C{twistd relay} with C{flags}, stopped when the test ends."""
+        relay = spawn(
+            reactor,
+            "relay",
+            twistdCommand() + ["-n", "--pidfile=", "relay", "--config", configPath, *flags],
+            cwd=work,
+        )
+        self.addCleanup(relay.stop, reactor)
+        return relay
 
     @runAsync
     async def test_onionService(self) -> None:
@@ -227,37 +274,22 @@ class OnionRelayTests(TestCase):
             f"onion:{PUBLIC_PORT}:controlPort={controlPort}:version=3"
             f":hiddenServiceDir={serviceDir}"
         )
-        relay = spawn(
-            reactor,
-            "relay",
-            twistdCommand()
-            + ["-n", "--pidfile=", "relay", "--config", configs.relay, "--clients", onion],
-            cwd=work,
-        )
-        self.addCleanup(relay.stop, reactor)
+        relay = self.relay(work, configs.relay, "--clients", onion)
 
         def alive() -> None:
             for child in (tor, relay):
                 if not child.running:
                     raise LocalStackError(f"{child.name} {child.describeEnd()}:\n{child.tail()}")
 
-        async def hostname() -> str:
-            with open(os.path.join(serviceDir, "hostname"), encoding="ascii") as f:
-                name = f.read().strip()
-            if not ONION.match(name):
-                raise ValueError(f"not an onion name: {name!r}")
-            return name
-
-        name = await pollUntil(reactor, hostname, timeout=60, what="the onion name", guard=alive)
+        name = await pollUntil(
+            reactor, partial(onionName, serviceDir), timeout=60, what="the onion name",
+            guard=alive,
+        )
 
         async def servicePort() -> int:
-            ports = await hiddenServicePorts(controlPort)
-            [line] = ports
-            public, target = line.split()
-            self.assertEqual(public, str(PUBLIC_PORT))
-            host, port = target.rsplit(":", 1)
-            self.assertEqual(host, "127.0.0.1")
-            return int(port)
+            [(folder, [line])] = (await hiddenServices(controlPort)).items()
+            self.assertEqual(folder, os.path.realpath(serviceDir))
+            return localPort(line, PUBLIC_PORT)
 
         local = await pollUntil(
             reactor, servicePort, timeout=30, what="tor's HiddenServicePort", guard=alive
@@ -297,3 +329,146 @@ class OnionRelayTests(TestCase):
         self.assertTrue(relay.stoppedNormally(), relay.describeEnd())
         self.assertNotIn("Traceback", relay.text())
 
+    @runAsync
+    async def test_portsOnOneTor(self) -> None:
+        """
+        The relay's three ports (clients 7000, skeletons 7001, web 7080) as
+        C{onion:PORT:controlPort=N:version=3:hiddenServiceDir=DIR} on one
+        tor, a folder each, make three v3 services that the tor keeps
+        together: each folder gets a .onion name of its own, the tor holds
+        each folder with its own C{HiddenServicePort} from its port to a
+        local port of its own, and the relay serves each role there (a
+        client logs in at 7000's, is told it is at the skeletons' port at
+        7001's; 7080's answers C{/healthz}).
+        """
+        tor, controlPort = await startTor(self)
+        work = os.path.abspath(self.mktemp())
+        configs = writeConfigs(work, 1)
+        writeKeysAndUsers(configs)
+        ports = {"clients": 7000, "skeletons": 7001, "web": 7080}
+        folders = {key: os.path.join(work, f"onion-{key}") for key in ports}
+        flags = [
+            arg
+            for key, port in ports.items()
+            for arg in (
+                f"--{key}",
+                f"onion:{port}:controlPort={controlPort}:version=3"
+                f":hiddenServiceDir={folders[key]}",
+            )
+        ]
+        relay = self.relay(work, configs.relay, *flags)
+
+        def alive() -> None:
+            for child in (tor, relay):
+                if not child.running:
+                    raise LocalStackError(f"{child.name} {child.describeEnd()}:\n{child.tail()}")
+
+        names = {
+            key: await pollUntil(
+                reactor, partial(onionName, folder), timeout=60,
+                what=f"the onion name of {key}", guard=alive,
+            )
+            for key, folder in folders.items()
+        }
+        self.assertEqual(len(set(names.values())), len(ports), names)
+
+        async def allServices() -> dict[str, int]:
+            services = await hiddenServices(controlPort)
+            expected = {os.path.realpath(folder) for folder in folders.values()}
+            if set(services) != expected:
+                raise ValueError(f"tor holds {services}")
+            local = {}
+            for key, folder in folders.items():
+                [line] = services[os.path.realpath(folder)]
+                local[key] = localPort(line, ports[key])
+            return local
+
+        # Each hostname is written as its service is added; the last added
+        # must not have taken the others' place (10 s: the relay is done).
+        local = await pollUntil(
+            reactor, allServices, timeout=10, what="tor holding the three services",
+            guard=alive,
+        )
+        self.assertEqual(len(set(local.values())), len(ports), local)
+
+        listed = await relaynatList(
+            reactor, configs.client, "--relay", f"tcp:127.0.0.1:{local['clients']}"
+        )
+        self.assertEqual(listed.exitCode, 0, listed.text())
+        atSkeletons = await relaynatList(
+            reactor, configs.client, "--relay", f"tcp:127.0.0.1:{local['skeletons']}"
+        )
+        self.assertNotEqual(atSkeletons.exitCode, 0, atSkeletons.text())
+        self.assertIn("port for skeletons (port Y)", atSkeletons.text())
+        self.assertEqual(await fetchPage(reactor, local["web"], "/healthz"), b"ok\n")
+
+        await relay.stop(reactor)
+        self.assertTrue(relay.stoppedNormally(), relay.describeEnd())
+        self.assertNotIn("Traceback", relay.text())
+
+    @runAsync
+    async def test_noTor(self) -> None:
+        """
+        Both ports as C{onion:} endpoints whose C{controlPort} refuses
+        connections (no tor there): the start goes on (the port is reached
+        only once the reactor runs), then each port fails with one line
+        naming its endpoint and key, the refusal and what to do, and the
+        relay stops by itself, with no traceback.
+        """
+        # Bound, never listening: a connection to it is refused.
+        closed = socket.socket()
+        self.addCleanup(closed.close)
+        closed.bind(("127.0.0.1", 0))
+        controlPort = closed.getsockname()[1]
+        work = os.path.abspath(self.mktemp())
+        configs = writeConfigs(work, 1)
+        writeKeysAndUsers(configs)
+        onion = {
+            key: f"onion:{port}:controlPort={controlPort}:version=3"
+            f":hiddenServiceDir={os.path.join(work, f'onion-{key}')}"
+            for key, port in (("clients", 7000), ("skeletons", 7001))
+        }
+        relay = self.relay(
+            work, configs.relay, "--clients", onion["clients"], "--skeletons", onion["skeletons"]
+        )
+        self.assertTrue(await relay.waitEnded(reactor, 30), relay.tail())
+        text = relay.text()
+        for key, description in onion.items():
+            lines = [
+                line
+                for line in text.splitlines()
+                if f"cannot listen on {description} ([relay] {key}): " in line
+            ]
+            self.assertEqual(len(lines), 1, text)
+            self.assertIn("Connection refused", lines[0], text)
+            self.assertIn("no Tor answers at its controlPort", lines[0], text)
+        self.assertNotIn("Traceback", text)
+        self.assertNotIn("Unhandled", text)
+
+
+class OnionTorsTests(TestCase):
+    """L{OnionTors}: the relay's onion ports, as it reads them (nothing is opened)."""
+
+    def test_oneFolderTwice(self) -> None:
+        """
+        Two ports naming one C{hiddenServiceDir} on one tor (which would be
+        one service, at one of the two ports' local ports) stop the start
+        with one line naming both ports; the same folder on another tor is
+        not this tor's business.
+        """
+        tors = OnionTors(reactor)
+        folder = os.path.abspath(self.mktemp())
+        tors.endpoint(f"onion:7000:controlPort=9051:version=3:hiddenServiceDir={folder}", "a")
+        error = self.assertRaises(
+            CannotStart,
+            tors.endpoint,
+            f"onion:7001:controlPort=9051:version=3:hiddenServiceDir={folder}",
+            "b",
+        )
+        self.assertEqual(
+            str(error),
+            f"cannot listen on onion:7001:controlPort=9051:version=3:hiddenServiceDir={folder}"
+            " (b): a has the same hiddenServiceDir on this Tor: give each port a folder of its"
+            " own",
+        )
+        tors.endpoint(f"onion:7001:controlPort=9052:version=3:hiddenServiceDir={folder}", "c")

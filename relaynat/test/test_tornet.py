@@ -1,7 +1,7 @@
 """
 A tunnel through a private Tor network (L{relaynat.test.tornet}) end to
-end: the real relay listening as two onion services (its clients' port X
-and its skeletons' port Y), and a skeleton and a client reaching them with
+end: the real relay listening as two onion services on one tor (its
+clients' port X and its skeletons' port Y), and a skeleton and a client reaching them with
 C{tor:} through a client tor's SOCKS port, every hop a real Tor circuit on
 127.0.0.1.  It takes some 25 s, most of it the network's bootstrap.
 """
@@ -61,7 +61,8 @@ class TorNetworkTunnelTests(TestCase):
         """
         In a bootstrapped private Tor network, a C{twistd relay} given
         C{onion:PORT:controlPort=N:version=3:hiddenServiceDir=DIR} for both
-        its ports makes two v3 onion services whose descriptors reach the
+        its ports, one tor (N) and a folder (DIR) each, makes two v3 onion
+        services on that tor, of two names, whose descriptors reach the
         HSDirs; a C{twistd skeleton} and a C{twistd client} whose
         C{--relay} is
         C{tor:host=NAME.onion:port=PORT:socksHostname=127.0.0.1:socksPort=S}
@@ -72,16 +73,13 @@ class TorNetworkTunnelTests(TestCase):
         Stopping ends every relaynat process normally and every tor, and
         removes the network's folder.
         """
-        # Each port's service in a tor of its own: two onion: endpoints with
-        # a hiddenServiceDir on one tor keep only one service (each txtorcon
-        # controller sets the HiddenService lines it knows of, its own).
-        hosts = {CLIENTS_PORT: "servicex", SKELETONS_PORT: "servicey"}
-        net = TorNetwork(reactor, clients=(*hosts.values(), "socks"))
+        # Both ports' services on one tor, as one would run them.
+        net = TorNetwork(reactor, clients=("service", "socks"))
         self.addCleanup(net.stop)
         bootstrap = await net.start(timeout=90)
         _log.info("private Tor network bootstrapped in {seconds:.1f} s", seconds=bootstrap)
         socksPort = await net.socksPort("socks")
-        uploads = {port: await net.watchUploads(host) for port, host in hosts.items()}
+        uploads = await net.watchUploads("service")
 
         target = bulkPeer("target", "listen", str(SIZE), "1")
         self.addCleanup(target.stop, reactor)
@@ -96,11 +94,13 @@ class TorNetworkTunnelTests(TestCase):
         work = os.path.abspath(self.mktemp())
         configs = writeConfigs(work, targetPort)
         writeKeysAndUsers(configs)
-        serviceDirs = {port: os.path.join(work, f"onion-{port}") for port in hosts}
+        ports = (CLIENTS_PORT, SKELETONS_PORT)
+        serviceDirs = {port: os.path.join(work, f"onion-{port}") for port in ports}
+        controlPort = await net.controlPort("service")
         onion = {
-            port: f"onion:{port}:controlPort={await net.controlPort(host)}:version=3"
+            port: f"onion:{port}:controlPort={controlPort}:version=3"
             f":hiddenServiceDir={serviceDirs[port]}"
-            for port, host in hosts.items()
+            for port in ports
         }
         children: list[ChildProcess] = []
 
@@ -132,9 +132,9 @@ class TorNetworkTunnelTests(TestCase):
                 raise ValueError(f"not an onion name: {name!r}")
             return name
 
-        async def published(port: int, name: str) -> None:
-            if not uploads[port].published(name):
-                raise ValueError(uploads[port].describe(name))
+        async def published(name: str) -> None:
+            if not uploads.published(name):
+                raise ValueError(uploads.describe(name))
 
         names: dict[int, str] = {}
         for port, folder in serviceDirs.items():
@@ -144,9 +144,10 @@ class TorNetworkTunnelTests(TestCase):
             )
         # The ends start once the HSDirs have both descriptors: one that
         # asks before is told the host is unreachable, and backs off.
-        for port, name in names.items():
+        self.assertNotEqual(names[CLIENTS_PORT], names[SKELETONS_PORT])
+        for name in names.values():
             await pollUntil(
-                reactor, partial(published, port, name), 60, f"the descriptor of {name}",
+                reactor, partial(published, name), 60, f"the descriptor of {name}",
                 guard=alive,
             )
         _log.info(
