@@ -29,11 +29,11 @@ from relaynat.localstack import (
     writeKeysAndUsers,
 )
 from relaynat.test.net import runAsync
+from relaynat.test.test_tor import onionName
 from relaynat.test.tornet import TorNetwork
 
 _log = Logger()
 
-ONION = re.compile(r"^[a-z2-7]{56}\.onion$")
 #: The onion services' ports: what the ends name after the .onion address.
 CLIENTS_PORT, SKELETONS_PORT = 7000, 7001
 #: Bytes sent each way through the tunnel.
@@ -125,13 +125,6 @@ class TorNetworkTunnelTests(TestCase):
         relayStarted = reactor.seconds()
         start("relay", "--clients", onion[CLIENTS_PORT], "--skeletons", onion[SKELETONS_PORT])
 
-        async def hostname(folder: str) -> str:
-            with open(os.path.join(folder, "hostname"), encoding="ascii") as f:
-                name = f.read().strip()
-            if not ONION.match(name):
-                raise ValueError(f"not an onion name: {name!r}")
-            return name
-
         async def published(name: str) -> None:
             if not uploads.published(name):
                 raise ValueError(uploads.describe(name))
@@ -139,7 +132,7 @@ class TorNetworkTunnelTests(TestCase):
         names: dict[int, str] = {}
         for port, folder in serviceDirs.items():
             names[port] = await pollUntil(
-                reactor, partial(hostname, folder), 30, f"the onion name of port {port}",
+                reactor, partial(onionName, folder), 30, f"the onion name of port {port}",
                 guard=alive,
             )
         # The ends start once the HSDirs have both descriptors: one that
