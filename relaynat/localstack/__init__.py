@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from relaynat.client import listServers
 from relaynat.load import loadClient, readConfig
@@ -187,6 +188,17 @@ class LocalStack:
             lambda: fetchPage(self.reactor, self.configs.tunnelPorts[0]),
             timeout,
             "a page through the tunnel",
+            guard=self.checkAlive,
+        )
+
+    async def connectTunnel(self, protocol: Any, timeout: float = 30.0) -> None:
+        """Connect C{protocol} to the client's first tunnel, once it listens."""
+        tunnel = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.configs.tunnelPorts[0])
+        await pollUntil(
+            self.reactor,
+            lambda: connectProtocol(tunnel, protocol),
+            timeout,
+            "a connection to the tunnel",
             guard=self.checkAlive,
         )
 

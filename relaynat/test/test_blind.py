@@ -65,7 +65,7 @@ class BlindRelayTests(TwistdStack):
         pattern = b"relaynat canary " + secrets.token_hex(16).encode()
         message = pattern * (2_000_000 // len(pattern))
         collector = Collect(message)
-        await self.connectTunnel(stack, collector)
+        await stack.connectTunnel(collector)
         await waitFor(lambda: sum(map(len, collector.received)) == len(message), timeout=30)
         relayPid, clientPid = stack.children["relay"].pid, stack.children["client"].pid
         assert relayPid is not None and clientPid is not None

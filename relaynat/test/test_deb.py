@@ -117,6 +117,15 @@ def snapshot(top: str) -> dict[str, tuple[int, int]]:
     return files
 
 
+def unpackedVenv() -> tuple[str, str]:
+    """The unpacked package's venv and its Python; a skip if that Python is not here."""
+    venv = os.path.join(unpacked(), VENV.lstrip("/"))
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(python):
+        raise SkipTest(f"the venv's interpreter {os.readlink(python)} is not installed here")
+    return venv, python
+
+
 class PackageTests(TestCase):
     def test_control(self) -> None:
         """
@@ -335,13 +344,7 @@ class PackageTests(TestCase):
         doing so: the plugin cache and the compiled modules are fresh (run
         as root, as in CI, Twisted and Python would rewrite stale ones).
         """
-        root = unpacked()
-        venv = os.path.join(root, VENV.lstrip("/"))
-        python = os.path.join(venv, "bin", "python")
-        if not os.path.exists(python):
-            raise SkipTest(
-                f"the venv's interpreter {os.readlink(python)} is not installed here"
-            )
+        venv, python = unpackedVenv()
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
         where = subprocess.run(
             [python, "-I", "-c", "import relaynat, twisted.plugins; print(relaynat.__file__)"],
@@ -367,13 +370,7 @@ class PackageTests(TestCase):
 
     def test_relaynatCommand(self) -> None:
         """The package's relaynat command runs from the unpacked venv."""
-        root = unpacked()
-        venv = os.path.join(root, VENV.lstrip("/"))
-        python = os.path.join(venv, "bin", "python")
-        if not os.path.exists(python):
-            raise SkipTest(
-                f"the venv's interpreter {os.readlink(python)} is not installed here"
-            )
+        venv, python = unpackedVenv()
         result = subprocess.run(
             [python, "-I", os.path.join(venv, "bin", "relaynat"), "--version"],
             capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=60,

@@ -8,6 +8,7 @@ login the relay revokes, and a server it withdraws, are heard and acted on.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, cast
 
 import attrs
@@ -376,17 +377,23 @@ class Unanswered(StringTransport):
 
 
 @implementer(IStreamClientEndpoint)
-class Unanswering:
-    """Connects at once, on an L{Unanswered} transport."""
+class ConnectsAtOnce:
+    """
+    Connects each protocol at once, on a new C{transport()} (an
+    L{Unanswered} one, say); keeps the protocols and their transports.
+    """
 
-    def __init__(self) -> None:
-        self.transports: list[Unanswered] = []
+    def __init__(self, transport: Callable[[], StringTransport] = StringTransport) -> None:
+        self.transport = transport
+        self.made: list[Any] = []
+        self.transports: list[Any] = []
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         protocol = protocolFactory.buildProtocol(NOWHERE)
         assert protocol is not None
-        transport = Unanswered()
+        transport: Any = self.transport()
         transport.protocol = protocol
+        self.made.append(protocol)
         self.transports.append(transport)
         protocol.makeConnection(transport)
         return succeed(protocol)
@@ -420,10 +427,10 @@ class Scripted(ClientControl):
 class ControlServiceTests(SynchronousTestCase):
     """L{ControlService} on a clock: bounded stops, bounded attempts."""
 
-    def start(self, channel: type[ClientControl]) -> tuple[ControlService, Unanswering, Clock]:
+    def start(self, channel: type[ClientControl]) -> tuple[ControlService, ConnectsAtOnce, Clock]:
         clock = Clock()
         link = offline(clock)
-        endpoint = Unanswering()
+        endpoint = ConnectsAtOnce(Unanswered)
         service = ControlService(endpoint, lambda: channel(link), clock, retryPolicy=QUICKLY)
         service.startService()
         return service, endpoint, clock
@@ -569,21 +576,6 @@ class FakeRelay(amp.AMP):
         return {}
 
 
-@implementer(IStreamClientEndpoint)
-class Accepting:
-    """A data connection endpoint that connects each protocol to a string transport."""
-
-    def __init__(self) -> None:
-        self.made: list[Any] = []
-
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        protocol = protocolFactory.buildProtocol(NOWHERE)
-        assert protocol is not None
-        protocol.makeConnection(StringTransport())
-        self.made.append(protocol)
-        return succeed(protocol)
-
-
 def asked(relay: amp.AMP, command: type[amp.Command], **kw: object) -> Deferred[Any]:
     """
     C{command} sent, its answer taken at once: AMP hands an error nobody
@@ -630,8 +622,8 @@ class ToldTests(SynchronousTestCase):
         self.assertEqual(len(lost), 1)
         self.assertEqual(len(lines(events)), 1)
 
-    def fronting(self, clock: Clock) -> tuple[Skeleton, Accepting]:
-        raw = Accepting()
+    def fronting(self, clock: Clock) -> tuple[Skeleton, ConnectsAtOnce]:
+        raw = ConnectsAtOnce()
         link = offline(clock)
         link.raw = raw
         servers = {

@@ -452,11 +452,15 @@ class RelayTestCase(SynchronousTestCase):
             serverId: self.fronted(serverId, port, sealed) for serverId, port in servers.items()
         }
         skeleton = Skeleton(self.link(SKELETONS, user), name, fronted, pool)
+        return skeleton, self.registered(skeleton)
+
+    def registered(self, skeleton: Skeleton) -> SkeletonControl:
+        """A new control connection of C{skeleton}, logged in and registered."""
         control = self.connectVia(skeleton.link, SkeletonControl(skeleton))
         d = skeleton.register(control)
         self.net.settle()
         self.successResultOf(d)
-        return skeleton, control
+        return control
 
     def fronted(self, serverId: str, port: int = TARGET, sealed: bool = True) -> FrontedServer:
         """What a skeleton fronts as C{serverId}: the target at C{port}."""
@@ -1181,10 +1185,7 @@ class SkeletonReconfigureTests(RelayTestCase):
         self.net.settle()
         self.assertIsNone(skeleton.control)
         skeleton.reconfigure({"db": self.fronted("db")}, "test-skeleton", 0)
-        again = self.connectVia(skeleton.link, SkeletonControl(skeleton))
-        d = skeleton.register(again)
-        self.net.settle()
-        self.successResultOf(d)
+        self.registered(skeleton)
         self.assertEqual(sorted(self.listed()), ["db"])
 
     def test_refusedAdditionLeftOut(self) -> None:
@@ -1298,10 +1299,7 @@ class ReloadRefusedTests(RelayTestCase):
         self.assertIn("bad skeleton name 'two\\nlines'", line)
         control.transport.loseConnection()
         self.net.settle()
-        again = self.connectVia(skeleton.link, SkeletonControl(skeleton))
-        d = skeleton.register(again)
-        self.net.settle()
-        self.successResultOf(d)
+        self.registered(skeleton)
         self.assertEqual(sorted(self.listed()), ["web"])
 
     def test_firstRegistrationRefusedSaidOnce(self) -> None:

@@ -523,14 +523,7 @@ class HangupTests(TestCase):
         stack.start()
         [registered] = await stack.waitRegistered(timeout=30)
         collector = Collect(b"before")
-        tunnel = TCP4ClientEndpoint(reactor, "127.0.0.1", stack.configs.tunnelPorts[0])
-        await pollProcess(
-            reactor,
-            lambda: connectProtocol(tunnel, collector),
-            timeout=30,
-            what="a connection to the tunnel",
-            guard=stack.checkAlive,
-        )
+        await stack.connectTunnel(collector)
         await pollUntil(lambda: b"".join(collector.received) == b"before", timeout=30)
 
         path = stack.configs.skeleton

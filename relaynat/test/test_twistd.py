@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.trial.unittest import TestCase
@@ -197,16 +197,6 @@ class TwistdStack(TestCase):
         await stack.waitRegistered(timeout=30)
         return stack
 
-    async def connectTunnel(self, stack: LocalStack, protocol: Any) -> None:
-        """Connect C{protocol} to the client's first tunnel, once it listens."""
-        tunnel = TCP4ClientEndpoint(reactor, "127.0.0.1", stack.configs.tunnelPorts[0])
-        await pollUntil(
-            reactor,
-            lambda: connectProtocol(tunnel, protocol),
-            timeout=30,
-            what="a connection to the tunnel",
-            guard=stack.checkAlive,
-        )
 
     def assertStoppedCleanly(self, stack: LocalStack) -> None:
         """Every role ended as twistd ends at SIGTERM, and no log shows an error."""
@@ -394,7 +384,7 @@ class TwistdTests(TwistdStack):
 
         size = 256 * MB
         sender = Bulk(size, seed=7)
-        await self.connectTunnel(stack, sender)
+        await stack.connectTunnel(sender)
 
         # Stalled: joined to the target (before that, the client holds the
         # sender back too), paused by flow control, no progress between polls.
